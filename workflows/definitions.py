@@ -1,0 +1,214 @@
+"""Workflow definitions: the structure of each lifecycle, loaded from `definitions/*.yaml`.
+
+Definitions are code-owned data (states, events, transitions, action names); policy (guards,
+routes, timers, numbers) lives in rules.yaml. A definition is checked when it is loaded: schema,
+unknown states and events, unreachable and dead-end states, unknown actions, branch order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from workflows.actions import ACTIONS
+from workflows.documents import Document, load_yaml_file, schema_problems, validator_for
+from workflows.exceptions import DefinitionError, Problem
+
+DEFINITIONS = Path(__file__).resolve().parent / "definitions"
+WORKFLOWS = ("signup", "payment_method", "credit", "invoice")
+CREATE_EVENT = "create"
+
+
+@dataclass(frozen=True)
+class State:
+    name: str
+    description: str = ""
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    data_schema: Mapping[str, Any]
+    validator: Draft202012Validator = field(compare=False, repr=False)
+    description: str = ""
+    timed: bool = False
+    prepare: tuple[str, ...] = ()
+    actions: tuple[str, ...] = ()
+    on_denied: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Transition:
+    event: str
+    source: str
+    dest: str | None  # None: internal (the state does not change, no exit or entry)
+    when: str | None = None  # a route rule id
+
+    @property
+    def target(self) -> str:
+        return self.dest or self.source
+
+
+@dataclass(frozen=True)
+class Definition:
+    name: str
+    description: str
+    initial: str
+    references_account: bool
+    states: tuple[State, ...]
+    events: Mapping[str, Event]
+    transitions: tuple[Transition, ...]
+    facts: Mapping[str, tuple[str, ...]]  # fact name → events that need it
+    fact_descriptions: Mapping[str, str]
+    secret_fields: frozenset[str]
+    context_schema: Mapping[str, Any]
+    context_validator: Draft202012Validator = field(compare=False, repr=False)
+    file: str = ""
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.states)
+
+    def state(self, name: str) -> State:
+        return next(s for s in self.states if s.name == name)
+
+    def events_from(self, state: str) -> list[str]:
+        seen: dict[str, None] = {}
+        for t in self.transitions:
+            if t.source == state:
+                seen[t.event] = None
+        return list(seen)
+
+    def branches(self, event: str, state: str) -> list[Transition]:
+        return [t for t in self.transitions if t.event == event and t.source == state]
+
+    def facts_for(self, event: str) -> tuple[str, ...]:
+        return tuple(name for name, events in self.facts.items() if event in events)
+
+
+def _as_list(value: Any) -> list[str]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _build(doc: Document) -> tuple[Definition | None, list[Problem]]:
+    problems = schema_problems(doc, "workflow.schema.json")
+    if problems:
+        return None, problems
+    raw = doc.data
+    states = tuple(State(s["name"], s.get("description", ""), bool(s.get("final"))) for s in raw["states"])
+    names = [s.name for s in states]
+    for i, name in enumerate(names):
+        if names.index(name) != i:
+            problems.append(doc.problem(("states", i, "name"), f"The state '{name}' is defined twice."))
+    if raw["initial"] not in names:
+        problems.append(doc.problem(("initial",), f"The initial state '{raw['initial']}' is not a state."))
+    events: dict[str, Event] = {}
+    for name, spec in raw["events"].items():
+        for key in ("prepare", "actions", "on_denied"):
+            for i, action in enumerate(spec.get(key, [])):
+                if action not in ACTIONS:
+                    problems.append(doc.problem(("events", name, key, i),
+                                                f"The action '{action}' is not defined in workflows/actions.py."))
+        events[name] = Event(name, spec["data"], validator_for(spec["data"]), spec.get("description", ""),
+                             bool(spec.get("timed")), tuple(spec.get("prepare", [])),
+                             tuple(spec.get("actions", [])), tuple(spec.get("on_denied", [])))
+    if CREATE_EVENT in events:
+        problems.append(doc.problem(("events", CREATE_EVENT), "'create' is reserved for instance creation.",
+                                    key=True))
+    transitions: list[Transition] = []
+    for i, spec in enumerate(raw["transitions"]):
+        if spec["event"] not in events:
+            problems.append(doc.problem(("transitions", i, "event"), f"The event '{spec['event']}' is not "
+                                        "defined under events."))
+        if spec.get("to") is not None and spec["to"] not in names:
+            problems.append(doc.problem(("transitions", i, "to"), f"The state '{spec['to']}' is not defined."))
+        for j, source in enumerate(_as_list(spec["from"])):
+            if source not in names:
+                where = ("transitions", i, "from", j) if isinstance(spec["from"], list) else ("transitions", i, "from")
+                problems.append(doc.problem(where, f"The state '{source}' is not defined."))
+            transitions.append(Transition(spec["event"], source, spec.get("to"), spec.get("when")))
+    used = {t.event for t in transitions}
+    for name in events:
+        if name not in used:
+            problems.append(doc.problem(("events", name), f"The event '{name}' has no transition.", key=True))
+    facts = {name: tuple(spec["events"]) for name, spec in raw.get("facts", {}).items()}
+    for name, fact_events in facts.items():
+        for i, event in enumerate(fact_events):
+            if event not in events and event != CREATE_EVENT:
+                problems.append(doc.problem(("facts", name, "events", i), f"The event '{event}' is not defined."))
+    definition = Definition(
+        name=raw["workflow"], description=raw.get("description", ""), initial=raw["initial"],
+        references_account=raw["references_account"], states=states, events=events,
+        transitions=tuple(transitions), facts=facts,
+        fact_descriptions={n: s["description"] for n, s in raw.get("facts", {}).items()},
+        secret_fields=frozenset(raw.get("secret_fields", [])), context_schema=raw["context"],
+        context_validator=validator_for(raw["context"]), file=doc.file)
+    if not problems:
+        problems.extend(_structure_problems(definition, doc))
+    return definition, problems
+
+
+def _structure_problems(definition: Definition, doc: Document) -> list[Problem]:
+    """Unreachable and dead-end states, and branches hidden behind an unconditional one."""
+    problems = []
+    reachable = {definition.initial}
+    frontier = [definition.initial]
+    while frontier:
+        state = frontier.pop()
+        for t in definition.transitions:
+            if t.source == state and t.target not in reachable:
+                reachable.add(t.target)
+                frontier.append(t.target)
+    for i, state in enumerate(definition.states):
+        if state.name not in reachable:
+            problems.append(doc.problem(("states", i), f"The state '{state.name}' cannot be reached from "
+                                        f"'{definition.initial}'."))
+        leaves = any(t.source == state.name and t.dest not in (None, state.name)
+                     for t in definition.transitions)
+        if not state.final and not leaves:
+            problems.append(doc.problem(("states", i), f"The state '{state.name}' is a dead end: no "
+                                        "transition leaves it; mark it final or add one."))
+        if state.final and any(t.source == state.name for t in definition.transitions):
+            problems.append(doc.problem(("states", i), f"The final state '{state.name}' has outgoing "
+                                        "transitions."))
+    groups: dict[tuple[str, str], list[Transition]] = {}
+    for t in definition.transitions:
+        groups.setdefault((t.event, t.source), []).append(t)
+    for (event, source), branches in groups.items():
+        for t in branches[:-1]:
+            if t.when is None:
+                problems.append(doc.problem(("transitions",), f"The event '{event}' from '{source}' has an "
+                                            "unconditional branch before another; only the last may have "
+                                            "no 'when'."))
+        if branches[-1].when is not None:
+            problems.append(doc.problem(("transitions",), f"The event '{event}' from '{source}' needs a last "
+                                        "branch without 'when', taken when no route rule holds."))
+    return problems
+
+
+def load_definition(path: Path) -> Definition:
+    doc, problems = load_yaml_file(path)
+    if doc is None:
+        raise DefinitionError(problems)
+    definition, more = _build(doc)
+    problems += more
+    if problems or definition is None:
+        raise DefinitionError(problems)
+    return definition
+
+
+@cache
+def definitions() -> Mapping[str, Definition]:
+    """The four bundled workflow definitions, checked once per process."""
+    loaded = {name: load_definition(DEFINITIONS / f"{name}.yaml") for name in WORKFLOWS}
+    for name, definition in loaded.items():
+        if definition.name != name:
+            raise DefinitionError([Problem("$.workflow", f"The file {name}.yaml defines '{definition.name}'.",
+                                           definition.file)])
+    return loaded

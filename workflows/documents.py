@@ -1,0 +1,211 @@
+"""Loading YAML and JSON documents safely, remembering where every value came from.
+
+`load_yaml` uses PyYAML's safe constructor on a composed node tree, so no tag can build Python
+objects, and records the line and column of each value by JSON path. `schema_problems` validates
+a document against one of our JSON Schemas and returns every error, most relevant first, with
+its position.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from jsonschema import Draft202012Validator, FormatChecker
+
+from workflows.calendar import parse_clock_time
+from workflows.exceptions import Problem
+
+SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+
+PathKey = tuple[str | int, ...]
+
+
+def json_path(parts: PathKey) -> str:
+    """`('params', 'billing', 0)` → `$.params.billing[0]`."""
+    out = "$"
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", part):
+            out += f".{part}"
+        else:
+            out += f"[{json.dumps(part, ensure_ascii=False)}]"
+    return out
+
+
+@dataclass
+class Document:
+    """A loaded document with the 1-based (line, column) of each value and key by path."""
+
+    data: Any
+    file: str
+    marks: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
+    key_marks: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
+    styles: dict[PathKey, str | None] = field(default_factory=dict)
+
+    def where(self, path: PathKey, *, key: bool = False) -> tuple[int | None, int | None]:
+        """The position of the value at `path`, or of its nearest ancestor that has one."""
+        table = self.key_marks if key and path in self.key_marks else self.marks
+        probe = tuple(path)
+        while probe not in table and probe:
+            probe = probe[:-1]
+            table = self.marks
+        line_col = table.get(probe)
+        return line_col if line_col else (None, None)
+
+    def problem(self, path: PathKey, message: str, *, key: bool = False,
+                offset: tuple[int, int] | None = None) -> Problem:
+        """A Problem at `path`; `offset` is a (line, column) inside a multi-line scalar value."""
+        line, column = self.where(path, key=key)
+        if offset and line is not None and column is not None:
+            sub_line, sub_col = offset
+            style = self.styles.get(tuple(path))
+            if style in ("|", ">"):
+                # Block scalars start on the line after the indicator, indented by 2 more.
+                line, column = line + sub_line, column + 1 + sub_col
+            elif sub_line == 1:
+                column += sub_col - 1 + (1 if style in ('"', "'") else 0)
+            else:
+                line += sub_line - 1
+        return Problem(path=json_path(path), message=message, file=self.file, line=line, column=column)
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe loader that refuses duplicate keys (a silent overwrite hides policy mistakes)."""
+
+
+def _construct(loader: _Loader, node: yaml.Node, path: PathKey, doc: Document,
+               problems: list[Problem]) -> Any:
+    doc.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int | bool) or key is None:
+                key = str(key)
+            key = str(key) if not isinstance(key, str) else key
+            child = (*path, key)
+            doc.key_marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            if key in out:
+                problems.append(Problem(json_path(child), f"The key '{key}' appears twice; keep one.",
+                                        doc.file, key_node.start_mark.line + 1,
+                                        key_node.start_mark.column + 1))
+            out[key] = _construct(loader, value_node, child, doc, problems)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(loader, item, (*path, i), doc, problems) for i, item in enumerate(node.value)]
+    doc.styles[path] = getattr(node, "style", None)
+    value = loader.construct_object(node, deep=True)
+    if hasattr(value, "isoformat") and not isinstance(value, str):
+        value = value.isoformat()  # YAML dates become strings, as JSON would carry them
+    return value
+
+
+def load_yaml(text: str, file: str) -> tuple[Document | None, list[Problem]]:
+    """Parse YAML text safely; on a syntax error return the problem with its position."""
+    problems: list[Problem] = []
+    try:
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            doc = Document(data=None, file=file)
+            if node is not None:
+                doc.data = _construct(loader, node, (), doc, problems)
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        what = " ".join(filter(None, [error.context, error.problem])) or "invalid YAML"
+        problems.append(Problem("$", f"YAML syntax error: {what}.", file,
+                                mark.line + 1 if mark else None, mark.column + 1 if mark else None))
+        return None, problems
+    except yaml.YAMLError as error:
+        problems.append(Problem("$", f"YAML error: {error}.", file))
+        return None, problems
+    return doc, problems
+
+
+def load_yaml_file(path: Path) -> tuple[Document | None, list[Problem]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        return None, [Problem("$", f"The file cannot be read: {error.strerror}.", str(path))]
+    except UnicodeDecodeError as error:
+        return None, [Problem("$", f"The file is not UTF-8 text ({error.reason}).", str(path))]
+    return load_yaml(text, str(path))
+
+
+_format_checker = FormatChecker()
+
+
+@_format_checker.checks("hh:mm", raises=ValueError)
+def _is_hhmm(value: object) -> bool:
+    if not isinstance(value, str):
+        return True
+    if len(value) != 5:
+        raise ValueError(f"'{value}' is not a time HH:MM")
+    parse_clock_time(value)
+    return True
+
+
+@cache
+def schema(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((SCHEMAS / name).read_text(encoding="utf-8"))
+    return loaded
+
+
+@cache
+def validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(schema(name), format_checker=_format_checker)
+
+
+def validator_for(sub_schema: Mapping[str, Any]) -> Draft202012Validator:
+    """A validator for a schema embedded in a definition (event data, creation context)."""
+    return Draft202012Validator(dict(sub_schema), format_checker=_format_checker)
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    if error.validator == "format" and error.validator_value == "hh:mm":
+        return f"{error.instance!r} is not a time HH:MM"
+    if error.validator == "additionalProperties":
+        return error.message.replace("Additional properties are not allowed", "Unknown key(s)") + \
+            "; check the spelling against the schema"
+    if error.validator == "propertyNames":
+        return f"{error.message} (names are lowercase letters, digits and _)"
+    return error.message
+
+
+def _relevance(error: jsonschema.ValidationError) -> tuple[int, int]:
+    return (-len(error.absolute_path), 0 if error.validator in ("required", "type") else 1)
+
+
+def schema_problems(doc: Document, schema_name: str, instance: Any = None,
+                    base: PathKey = ()) -> list[Problem]:
+    """Every schema violation in the document (or in `instance` found at `base` inside it)."""
+    target = doc.data if instance is None else instance
+    errors = sorted(validator(schema_name).iter_errors(target), key=_relevance)
+    out = []
+    for error in errors:
+        if error.validator in ("if", "then", "else") and error.context:
+            error = jsonschema.exceptions.best_match(error.context) or error
+        path: PathKey = (*base, *error.absolute_path)
+        key = error.validator in ("additionalProperties", "propertyNames")
+        out.append(doc.problem(path, _message(error), key=key))
+    return sorted(out, key=lambda p: (p.line or 0, p.column or 0))
+
+
+def data_problems(validator_: Draft202012Validator, data: Any, what: str) -> list[Problem]:
+    """Schema violations of request data, as problems with JSON paths (no file positions)."""
+    out = []
+    for error in sorted(validator_.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        out.append(Problem(json_path(tuple(error.absolute_path)), _message(error), file=what))
+    return out

@@ -1,0 +1,214 @@
+"""The engine: `transitions` machines built once per rules version, driven by pure calls.
+
+`Engine.decide(snapshot, event, data, now)` judges one event and returns an `Outcome`; it never
+mutates its inputs, reads the clock or does I/O. Each workflow has one `transitions.Machine`
+(`auto_transitions=False`) with one long-lived cursor model: a call positions the cursor on the
+snapshot's state and triggers the event, so no model is bound per request. Route rules are the
+machine's conditions, the event's actions its `after` callbacks.
+"""
+
+from __future__ import annotations
+
+import copy
+import secrets
+import threading
+from collections.abc import Mapping
+from datetime import datetime
+from random import Random
+from typing import Any
+
+from transitions import EventData, Machine
+
+from workflows.actions import ACTIONS
+from workflows.calendar import as_utc
+from workflows.definitions import CREATE_EVENT, Definition
+from workflows.documents import data_problems
+from workflows.exceptions import BadRequest, InvalidTransition, Reason
+from workflows.guards import holds
+from workflows.outcome import Outcome, Snapshot, Step, TimerSpec
+from workflows.policy import Policy, TimerRule
+
+REDACTED = "[redacted]"
+_system_random = secrets.SystemRandom()
+
+
+class _Cursor:
+    """The single model of a workflow's machine; holds the step being applied."""
+
+    state: str
+    step: Step
+    inputs: dict[str, Any]
+
+
+class WorkflowMachine:
+    """One workflow's `transitions.Machine` for one rules version, with its cursor and lock."""
+
+    def __init__(self, definition: Definition, policy: Policy) -> None:
+        self.definition = definition
+        self.policy = policy
+        self.cursor = _Cursor()
+        self.lock = threading.Lock()
+        self.timers = policy.timers_of(definition.name)
+        transitions = []
+        for t in definition.transitions:
+            spec: dict[str, Any] = {"trigger": t.event, "source": t.source, "dest": t.dest,
+                                    "after": [self._run_actions]}
+            if t.when:
+                spec["conditions"] = [self._route(t.when)]
+            transitions.append(spec)
+        self.machine = Machine(model=self.cursor, states=list(definition.state_names),
+                               initial=definition.initial, transitions=transitions,
+                               auto_transitions=False, send_event=True, name=definition.name)
+
+    def _route(self, rule_id: str) -> Any:
+        rule = self.policy.rules.get(rule_id)
+
+        def condition(event_data: EventData) -> bool:
+            if holds(rule, event_data.model.inputs):
+                event_data.model.notes.append(rule.reason() if rule else None)
+                return True
+            return False
+        condition.__name__ = f"route_{rule_id}"
+        return condition
+
+    def _run_actions(self, event_data: EventData) -> None:
+        cursor = event_data.model
+        for name in self.definition.events[event_data.event.name].actions:
+            ACTIONS[name](cursor.step)
+
+    def fire(self, state: str, event: str, step: Step, inputs: dict[str, Any]) -> tuple[str, list[Reason]]:
+        """Trigger `event` from `state`; return the state reached and the route notes."""
+        with self.lock:
+            cursor = self.cursor
+            cursor.state = state
+            cursor.step = step
+            cursor.inputs = inputs
+            cursor.notes = []  # type: ignore[attr-defined]
+            self.machine.events[event].trigger(cursor)
+            return cursor.state, [n for n in cursor.notes if n is not None]  # type: ignore[attr-defined]
+
+
+class Engine:
+    """Judges events for every workflow under one policy version."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.machines = {name: WorkflowMachine(d, policy) for name, d in policy.definitions.items()}
+
+    # ── helpers ──────────────────────────────────────────────────────────────────────────────
+
+    def definition(self, workflow: str) -> Definition:
+        return self.policy.definitions[workflow]
+
+    def _step(self, instance_id: str, workflow: str, data: Mapping[str, Any], context: Mapping[str, Any],
+              secrets_: Mapping[str, Any], account: Mapping[str, Any] | None, facts: Mapping[str, Any],
+              now: datetime, rng: Random | None) -> Step:
+        return Step(instance_id=instance_id, workflow=workflow, data=data,
+                    context=copy.deepcopy(dict(context)), secrets=dict(secrets_), account=account,
+                    facts=facts, now=now, params=self.policy.params, zone=self.policy.zone,
+                    rng=rng or _system_random)
+
+    @staticmethod
+    def _redact(definition: Definition, data: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: (REDACTED if k in definition.secret_fields else v) for k, v in data.items()}
+
+    def _timer_changes(self, timers: list[TimerRule], source: str | None, target: str,
+                       inputs: Mapping[str, Any]) -> tuple[tuple[TimerSpec, ...], tuple[str, ...]]:
+        armed: list[TimerSpec] = []
+        cancelled: list[str] = []
+        for timer in timers:
+            was_in = source in timer.states
+            is_in = target in timer.states
+            if is_in and (not was_in or source == target):
+                if timer.when is not None and timer.when.evaluate(inputs) is not True:
+                    if was_in:
+                        cancelled.append(timer.id)
+                    continue
+                at = timer.at.evaluate(inputs)
+                if isinstance(at, datetime):
+                    armed.append(TimerSpec(timer.id, timer.event, as_utc(at)))
+                elif was_in:
+                    cancelled.append(timer.id)
+            elif was_in and not is_in:
+                cancelled.append(timer.id)
+        return tuple(armed), tuple(cancelled)
+
+    def validate_data(self, workflow: str, event: str, data: Any) -> None:
+        definition = self.definition(workflow)
+        spec = definition.events.get(event)
+        if spec is None:
+            raise BadRequest(f"The {workflow} workflow has no event '{event}'; its events: "
+                             f"{', '.join(definition.events)}.")
+        if not isinstance(data, Mapping):
+            raise BadRequest(f"The data of '{event}' must be a JSON object.")
+        if not spec.validator.is_valid(data):
+            problems = data_problems(spec.validator, data, f"{event}.data")
+            raise BadRequest(f"The data of '{event}' is not valid: {problems[0].path}: "
+                             f"{problems[0].message}.", problems)
+
+    # ── the two entry points ─────────────────────────────────────────────────────────────────
+
+    def decide(self, snapshot: Snapshot, event: str, data: Mapping[str, Any], now: datetime,
+               *, rng: Random | None = None) -> Outcome:
+        """Judge `event` with `data` for the instance in `snapshot` at time `now`."""
+        definition = self.definition(snapshot.workflow)
+        self.validate_data(snapshot.workflow, event, data)
+        branches = definition.branches(event, snapshot.state)
+        if not branches:
+            raise InvalidTransition(snapshot.workflow, snapshot.state, event,
+                                    definition.events_from(snapshot.state))
+        now = as_utc(now)
+        inputs: dict[str, Any] = {"data": data, "context": snapshot.context, "account": snapshot.account,
+                                  "facts": snapshot.facts, "now": now}
+        reasons = self.policy.guards(snapshot.workflow, event).failures(inputs)
+        spec = definition.events[event]
+        step = self._step(snapshot.id, snapshot.workflow, data, snapshot.context, snapshot.secrets,
+                          snapshot.account, snapshot.facts, now, rng)
+        redacted = self._redact(definition, data)
+        if reasons:
+            for name in spec.on_denied:
+                ACTIONS[name](step)
+            return Outcome(workflow=snapshot.workflow, event=event, source=snapshot.state,
+                           target=snapshot.state, applied=False, reasons=tuple(reasons),
+                           context=step.context, context_changed=step.context != snapshot.context,
+                           secrets=step.secrets, data=redacted, rules_version=self.policy.version)
+        for name in spec.prepare:
+            ACTIONS[name](step)
+        inputs["context"] = step.context
+        target, notes = self.machines[snapshot.workflow].fire(snapshot.state, event, step, inputs)
+        internal = all(b.dest is None for b in branches if b.target == target) and target == snapshot.state
+        armed: tuple[TimerSpec, ...] = ()
+        cancelled: tuple[str, ...] = ()
+        if not internal:
+            inputs["context"] = step.context
+            armed, cancelled = self._timer_changes(self.machines[snapshot.workflow].timers,
+                                                   snapshot.state, target, inputs)
+        return Outcome(workflow=snapshot.workflow, event=event, source=snapshot.state, target=target,
+                       applied=True, notes=tuple(notes), context=step.context,
+                       context_changed=step.context != snapshot.context, secrets=step.secrets,
+                       timers_set=armed, timers_cancelled=cancelled,
+                       notifications=tuple(step.notifications), sends=tuple(step.sends),
+                       data=redacted, rules_version=self.policy.version)
+
+    def create(self, workflow: str, context: Mapping[str, Any], now: datetime, *,
+               instance_id: str = "", account: Mapping[str, Any] | None = None,
+               facts: Mapping[str, Any] | None = None) -> Outcome:
+        """Judge the creation of an instance; the outcome's target is the initial state."""
+        if workflow not in self.policy.definitions:
+            raise BadRequest(f"There is no workflow '{workflow}'.")
+        definition = self.definition(workflow)
+        if not isinstance(context, Mapping) or not definition.context_validator.is_valid(context):
+            problems = data_problems(definition.context_validator, context, "context")
+            raise BadRequest(f"The context of a new {workflow} instance is not valid: "
+                             f"{problems[0].path}: {problems[0].message}.", problems)
+        now = as_utc(now)
+        inputs = {"data": {}, "context": context, "account": account, "facts": facts or {}, "now": now}
+        reasons = self.policy.guards(workflow, CREATE_EVENT).failures(inputs)
+        if reasons:
+            return Outcome(workflow=workflow, event=CREATE_EVENT, source=None, target=definition.initial,
+                           applied=False, reasons=tuple(reasons), context=dict(context),
+                           rules_version=self.policy.version)
+        armed, _ = self._timer_changes(self.machines[workflow].timers, None, definition.initial, inputs)
+        return Outcome(workflow=workflow, event=CREATE_EVENT, source=None, target=definition.initial,
+                       applied=True, context=dict(context), context_changed=True, timers_set=armed,
+                       rules_version=self.policy.version)

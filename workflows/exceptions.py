@@ -1,0 +1,163 @@
+"""Every error tollgate raises on purpose; `service/errors.py` maps them to problem+json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class TollgateError(Exception):
+    """Base of every deliberate tollgate error; `str(error)` is a full sentence."""
+
+    status = 500
+    type_slug = "error"
+    title = "Internal error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def extra(self) -> dict[str, Any]:
+        """Members added to the problem+json body besides type, title, status and detail."""
+        return {}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a rules file, definition or request body, with where it is."""
+
+    path: str
+    message: str
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+
+    def location(self) -> str:
+        where = self.file or "<input>"
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        return where
+
+    def __str__(self) -> str:
+        return f"{self.location()} {self.path}: {self.message}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "line": self.line, "column": self.column,
+                "message": self.message, **({"file": self.file} if self.file else {})}
+
+
+class RulesError(TollgateError):
+    """A rules file (or workflow definition) that cannot be activated; lists every problem."""
+
+    status = 422
+    type_slug = "invalid_rules"
+    title = "Invalid rules"
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        count = len(problems)
+        first = f" The first: {problems[0]}" if problems else ""
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(f"The rules were refused because of {count} {noun}.{first}")
+
+    def extra(self) -> dict[str, Any]:
+        return {"errors": [p.as_dict() for p in self.problems]}
+
+
+class DefinitionError(RulesError):
+    """A workflow definition under workflows/definitions/ is inconsistent."""
+
+    type_slug = "invalid_definition"
+    title = "Invalid workflow definition"
+
+
+class NotFound(TollgateError):
+    status = 404
+    type_slug = "not_found"
+    title = "Not found"
+
+
+class BadRequest(TollgateError):
+    """A request body or event data that does not match its schema."""
+
+    status = 400
+    type_slug = "bad_request"
+    title = "Bad request"
+
+    def __init__(self, message: str, problems: list[Problem] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+    def extra(self) -> dict[str, Any]:
+        return {"errors": [p.as_dict() for p in self.problems]} if self.problems else {}
+
+
+class InvalidTransition(TollgateError):
+    """The event is not defined for the instance's current state."""
+
+    status = 409
+    type_slug = "invalid_transition"
+    title = "Invalid transition"
+
+    def __init__(self, workflow: str, state: str, event: str, allowed: list[str]) -> None:
+        self.workflow, self.state, self.event, self.allowed = workflow, state, event, allowed
+        options = ", ".join(allowed) if allowed else "none"
+        super().__init__(
+            f"The event '{event}' is not valid for a {workflow} instance in state '{state}'; "
+            f"events valid there: {options}."
+        )
+
+    def extra(self) -> dict[str, Any]:
+        return {"state": self.state, "event": self.event, "allowed_events": self.allowed}
+
+
+@dataclass(frozen=True)
+class Reason:
+    """A failed policy rule: its id and its message in Korean and English."""
+
+    rule: str
+    ko: str
+    en: str
+    detail: str | None = field(default=None, compare=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rule": self.rule, "message": {"ko": self.ko, "en": self.en}}
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+
+class GuardDenied(TollgateError):
+    """One or more policy rules refused the event (or the creation of an instance)."""
+
+    status = 422
+    type_slug = "guard_denied"
+    title = "Denied by policy"
+
+    def __init__(self, event: str, reasons: list[Reason]) -> None:
+        self.event, self.reasons = event, reasons
+        rules = ", ".join(r.rule for r in reasons)
+        super().__init__(f"The event '{event}' was denied by the rules: {rules}.")
+
+    def extra(self) -> dict[str, Any]:
+        return {"reasons": [r.as_dict() for r in self.reasons]}
+
+
+class Conflict(TollgateError):
+    status = 409
+    type_slug = "conflict"
+    title = "Conflict"
+
+
+class StaleVersion(TollgateError):
+    status = 412
+    type_slug = "stale_version"
+    title = "Precondition failed"
+
+
+class ClockError(TollgateError):
+    status = 422
+    type_slug = "clock_error"
+    title = "Clock cannot move"

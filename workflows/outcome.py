@@ -1,0 +1,122 @@
+"""The values that go into and come out of the pure core."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from random import Random
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from workflows.exceptions import Reason
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the core needs to know about one instance to judge an event.
+
+    `account` is the referenced signup instance as a flat map (id, state and its context) and
+    `facts` holds the named inputs the workflow declares for the event (see `Definition.facts`).
+    """
+
+    workflow: str
+    state: str
+    context: Mapping[str, Any]
+    id: str = ""
+    account: Mapping[str, Any] | None = None
+    facts: Mapping[str, Any] = field(default_factory=dict)
+    secrets: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TimerSpec:
+    """A timer to (re)arm on the instance: fire `event` at `at`; `name` is the rules.yaml timer id."""
+
+    name: str
+    event: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Notification:
+    template: str
+    channel: str  # email | sms | gateway
+    recipient: str
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Send:
+    """An event for another instance, applied in the same transaction as this one."""
+
+    instance: str
+    event: str
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one event: applied (with its effects) or denied (with every failed rule)."""
+
+    workflow: str
+    event: str
+    source: str | None  # None for creation
+    target: str
+    applied: bool
+    reasons: tuple[Reason, ...] = ()
+    notes: tuple[Reason, ...] = ()  # route rules that chose the branch taken
+    context: Mapping[str, Any] = field(default_factory=dict)
+    context_changed: bool = False
+    secrets: Mapping[str, Any] = field(default_factory=dict)
+    timers_set: tuple[TimerSpec, ...] = ()
+    timers_cancelled: tuple[str, ...] = ()
+    notifications: tuple[Notification, ...] = ()
+    sends: tuple[Send, ...] = ()
+    data: Mapping[str, Any] = field(default_factory=dict)  # event data with secret fields redacted
+    rules_version: str = ""
+
+    @property
+    def allowed(self) -> bool:
+        return self.applied
+
+
+@dataclass
+class Step:
+    """The working state handed to actions while one event is applied."""
+
+    instance_id: str
+    workflow: str
+    data: Mapping[str, Any]
+    context: dict[str, Any]
+    secrets: dict[str, Any]
+    account: Mapping[str, Any] | None
+    facts: Mapping[str, Any]
+    now: datetime
+    params: Mapping[str, Any]
+    zone: ZoneInfo
+    rng: Random
+    notifications: list[Notification] = field(default_factory=list)
+    sends: list[Send] = field(default_factory=list)
+
+    def notify(self, template: str, channel: str, recipient: str, payload: Mapping[str, Any]) -> None:
+        self.notifications.append(Notification(template, channel, recipient, dict(payload)))
+
+    def send(self, instance: str, event: str, data: Mapping[str, Any]) -> None:
+        self.sends.append(Send(instance, event, dict(data)))
+
+    def param(self, dotted: str) -> Any:
+        value: Any = self.params
+        for part in dotted.split("."):
+            value = value[part]
+        return value
+
+    @property
+    def email(self) -> str:
+        source = self.account if self.account is not None else self.context
+        return str(source.get("email") or source.get("id") or self.instance_id)
+
+    @property
+    def phone(self) -> str:
+        source = self.account if self.account is not None else self.context
+        return str(source.get("phone") or source.get("id") or self.instance_id)
