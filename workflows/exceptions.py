@@ -161,3 +161,41 @@ class ClockError(TollgateError):
     status = 422
     type_slug = "clock_error"
     title = "Clock cannot move"
+
+
+class Unprocessable(TollgateError):
+    """A well-formed request that refers to something unusable (unknown account, wrong clock)."""
+
+    status = 422
+    type_slug = "unprocessable"
+    title = "Unprocessable request"
+
+
+class IdempotencyMismatch(TollgateError):
+    status = 409
+    type_slug = "idempotency_key_reused"
+    title = "Idempotency key reused"
+
+
+class SendFailed(GuardDenied):
+    """An event sent to another instance was refused, so the whole transaction was undone."""
+
+    type_slug = "guard_denied"
+
+    def __init__(self, target: str, event: str, cause: TollgateError) -> None:
+        reasons = list(getattr(cause, "reasons", []))
+        if not reasons:
+            reasons = [Reason("linked_instance", f"연결된 인스턴스 {target}이(가) '{event}' 이벤트를 거부했습니다.",
+                              f"The linked instance {target} refused '{event}': {cause.message}")]
+        super().__init__(event, reasons)
+        self.target, self.cause = target, cause
+        self.message = (f"The event was undone because the linked instance {target} refused "
+                        f"'{event}': {cause.message}")
+
+
+class DiagramUnavailable(TollgateError):
+    """A diagram format whose renderer (Graphviz `dot`) is not installed or failed."""
+
+    status = 503
+    type_slug = "diagram_unavailable"
+    title = "Diagram unavailable"

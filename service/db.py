@@ -1,0 +1,86 @@
+"""Database connections: SQLite (WAL, default) or PostgreSQL (psycopg 3), migrated by Alembic."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.pool import StaticPool
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+DEFAULT_URL = "sqlite:///tollgate.db"
+
+
+def normalise_url(url: str) -> str:
+    """Accept `postgresql://` and `postgres://` and use the psycopg 3 driver for them."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+class Database:
+    """One SQLAlchemy engine plus the transaction discipline tollgate relies on.
+
+    SQLite: WAL journal, `synchronous=FULL` (an acknowledged event survives power loss), a 30 s
+    busy timeout and `BEGIN IMMEDIATE` so writers queue instead of failing on lock upgrade.
+    PostgreSQL: READ COMMITTED with row locks (`SELECT … FOR UPDATE`) on the instances touched.
+    """
+
+    def __init__(self, url: str | None = None, *, echo: bool = False) -> None:
+        self.url = normalise_url(url or os.environ.get("TOLLGATE_DATABASE_URL") or DEFAULT_URL)
+        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        self.is_sqlite = self.url.startswith("sqlite")
+        if self.is_sqlite:
+            memory = self.url in ("sqlite://", "sqlite:///:memory:")
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            if memory:
+                kwargs["poolclass"] = StaticPool
+        else:
+            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        self.engine: Engine = create_engine(self.url, **kwargs)
+        if self.is_sqlite:
+            self._sqlite_discipline(memory=self.url in ("sqlite://", "sqlite:///:memory:"))
+
+    def _sqlite_discipline(self, *, memory: bool) -> None:
+        @event.listens_for(self.engine, "connect")
+        def on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+            cursor = dbapi_connection.cursor()
+            if not memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(self.engine, "begin")
+        def on_begin(connection: Connection) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A read-write transaction: committed on success, rolled back on any exception."""
+        with self.engine.begin() as connection:
+            yield connection
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (creates it on first start)."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def for_update(self) -> bool:
+        """Whether row locks are available (SQLite serialises writers with BEGIN IMMEDIATE)."""
+        return not self.is_sqlite
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,563 @@
+"""The runtime: instances, events, timers, clocks and rules versions over one database.
+
+This is where the pure core meets I/O. One event is one transaction: the instance row, its
+history row, timer changes, outbox rows and the events it sends to other instances commit
+together or not at all. Every attempt — applied or denied — is written to the history with the
+rules version it was judged under.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from service import facts as fact_providers
+from service.db import Database
+from service.problems import problem
+from service.tables import clocks, history, idempotency, instances, notifications, rules_versions, timers
+from workflows.definitions import CREATE_EVENT, definitions
+from workflows.engine import Engine
+from workflows.exceptions import (
+    BadRequest,
+    ClockError,
+    Conflict,
+    GuardDenied,
+    IdempotencyMismatch,
+    InvalidTransition,
+    NotFound,
+    Problem,
+    RulesError,
+    SendFailed,
+    StaleVersion,
+    TollgateError,
+    Unprocessable,
+)
+from workflows.outcome import Outcome, Snapshot
+from workflows.policy import load_policy
+
+MAX_SEND_DEPTH = 4
+TIMER_ACTOR = "timer"
+ID_PREFIX = {"signup": "acct", "payment_method": "pm", "credit": "cr", "invoice": "inv"}
+
+
+def system_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def rfc3339(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat()
+
+
+@dataclass(frozen=True)
+class RulesVersion:
+    id: int
+    sha256: str
+    activated_at: datetime
+    source: str
+    yaml: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"version": self.id, "sha256": self.sha256, "activated_at": rfc3339(self.activated_at),
+                "source": self.source, "yaml": self.yaml}
+
+
+@dataclass(frozen=True)
+class Result:
+    """A response the API returns as it is: status and JSON body (also what idempotency stores)."""
+
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+class Runtime:
+    """Everything the HTTP API, the scheduler, the worker and the demo do, over one database."""
+
+    def __init__(self, db: Database, *, now: Callable[[], datetime] = system_now) -> None:
+        self.db = db
+        self.now = now
+        self._engines: dict[str, Engine] = {}
+        self._engines_lock = threading.Lock()
+        missing = fact_providers.missing_providers(definitions())
+        if missing:
+            raise RuntimeError(f"No provider for the facts {', '.join(missing)} in service/facts.py.")
+
+    # ── rules versions ───────────────────────────────────────────────────────────────────────
+
+    def engine_for(self, version: RulesVersion) -> Engine:
+        """The engine (machines and compiled guards) of a rules version, built once."""
+        engine = self._engines.get(version.sha256)
+        if engine is None:
+            with self._engines_lock:
+                engine = self._engines.get(version.sha256)
+                if engine is None:
+                    engine = Engine(load_policy(version.yaml, version.source))
+                    self._engines[version.sha256] = engine
+        return engine
+
+    def _active(self, conn: Connection) -> RulesVersion:
+        row = conn.execute(select(rules_versions).order_by(rules_versions.c.id.desc()).limit(1)).first()
+        if row is None:
+            raise TollgateError("No rules version is active; start the service with a rules file.")
+        return RulesVersion(row.id, row.sha256, row.activated_at, row.source, row.yaml)
+
+    def active_rules(self) -> RulesVersion:
+        with self.db.engine.connect() as conn:
+            return self._active(conn)
+
+    def validate_rules(self, text: str, source: str = "rules.yaml") -> list[Problem]:
+        try:
+            load_policy(text, source)
+        except RulesError as error:
+            return error.problems
+        return []
+
+    def activate_rules(self, text: str, *, source: str = "rules.yaml", actor: str = "admin") -> RulesVersion:
+        """Validate and activate `text` as a new version; the old version stays on any problem."""
+        policy = load_policy(text, source)  # raises RulesError with every problem
+        with self.db.transaction() as conn:
+            now = self.now()
+            new_id = conn.execute(insert(rules_versions).values(
+                sha256=policy.sha256, yaml=text, source=source, activated_at=now,
+                activated_by=actor).returning(rules_versions.c.id)).scalar_one()
+            version = RulesVersion(new_id, policy.sha256, now, source, text)
+        with self._engines_lock:
+            self._engines.setdefault(policy.sha256, Engine(policy))
+        return version
+
+    def bootstrap(self, rules_path: str | Path) -> RulesVersion:
+        """Migrate the schema; activate the rules file when it differs from the active version."""
+        self.db.migrate()
+        path = Path(rules_path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise RulesError([Problem("$", f"The rules file cannot be read: {error.strerror}.",
+                                      str(path))]) from None
+        with self.db.engine.connect() as conn:
+            row = conn.execute(select(rules_versions.c.sha256).order_by(rules_versions.c.id.desc())
+                               .limit(1)).first()
+        if row is not None and row.sha256 == hashlib.sha256(text.encode()).hexdigest():
+            return self.active_rules()
+        return self.activate_rules(text, source=path.name, actor="startup")
+
+    # ── reading ──────────────────────────────────────────────────────────────────────────────
+
+    def _row(self, conn: Connection, instance_id: str, *, lock: bool = False) -> Row[Any]:
+        query = select(instances).where(instances.c.id == instance_id)
+        if lock and self.db.for_update():
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            raise NotFound(f"There is no instance '{instance_id}'.")
+        return row
+
+    def _timers_of(self, conn: Connection, instance_id: str) -> list[dict[str, Any]]:
+        rows = conn.execute(select(timers).where(timers.c.instance == instance_id)
+                            .order_by(timers.c.due_at, timers.c.name))
+        return [{"name": t.name, "event": t.event, "at": rfc3339(t.due_at)} for t in rows]
+
+    def _instance_dict(self, conn: Connection, row: Row[Any]) -> dict[str, Any]:
+        return {"id": row.id, "workflow": row.workflow, "state": row.state, "context": row.context,
+                "version": row.version, "clock": row.clock, "timers": self._timers_of(conn, row.id),
+                "created_at": rfc3339(row.created_at), "updated_at": rfc3339(row.updated_at)}
+
+    def get_instance(self, instance_id: str) -> dict[str, Any]:
+        with self.db.engine.connect() as conn:
+            return self._instance_dict(conn, self._row(conn, instance_id))
+
+    def list_instances(self, *, workflow: str | None = None, state: str | None = None,
+                       account: str | None = None, limit: int = 50,
+                       cursor: str | None = None) -> dict[str, Any]:
+        if workflow is not None and workflow not in definitions():
+            raise BadRequest(f"There is no workflow '{workflow}'; workflows: {', '.join(definitions())}.")
+        if not 1 <= limit <= 500:
+            raise BadRequest(f"The limit must be between 1 and 500, not {limit}.")
+        query = select(instances)
+        if workflow:
+            query = query.where(instances.c.workflow == workflow)
+        if state:
+            query = query.where(instances.c.state == state)
+        if account:
+            query = query.where(or_(instances.c.account == account, instances.c.id == account))
+        if cursor:
+            created, last_id = _decode_cursor(cursor)
+            query = query.where(or_(instances.c.created_at > created,
+                                    and_(instances.c.created_at == created, instances.c.id > last_id)))
+        query = query.order_by(instances.c.created_at, instances.c.id).limit(limit + 1)
+        with self.db.engine.connect() as conn:
+            rows = list(conn.execute(query))
+            items = [self._instance_dict(conn, r) for r in rows[:limit]]
+        next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+        return {"items": items, "next_cursor": next_cursor}
+
+    def history(self, instance_id: str) -> list[dict[str, Any]]:
+        with self.db.engine.connect() as conn:
+            self._row(conn, instance_id)
+            rows = conn.execute(select(history).where(history.c.instance == instance_id)
+                                .order_by(history.c.seq))
+            return [{"seq": h.seq, "event": h.event, "from": h.from_state, "to": h.to_state,
+                     "outcome": h.outcome, "reasons": h.reasons, "notes": h.notes, "data": h.data,
+                     "at": rfc3339(h.at), "rules_version": h.rules_version, "actor": h.actor}
+                    for h in rows]
+
+    def notifications(self, instance_id: str | None = None) -> list[dict[str, Any]]:
+        query = select(notifications).order_by(notifications.c.id)
+        if instance_id:
+            query = query.where(notifications.c.instance == instance_id)
+        with self.db.engine.connect() as conn:
+            return [{"id": n.id, "instance": n.instance, "template": n.template, "channel": n.channel,
+                     "recipient": n.recipient, "payload": n.payload, "created_at": rfc3339(n.created_at)}
+                    for n in conn.execute(query)]
+
+    # ── time ─────────────────────────────────────────────────────────────────────────────────
+
+    def _clock_now(self, conn: Connection, clock_id: str | None) -> datetime:
+        if clock_id is None:
+            return self.now()
+        value = conn.execute(select(clocks.c.now).where(clocks.c.id == clock_id)).scalar_one_or_none()
+        if value is None:
+            raise NotFound(f"There is no clock '{clock_id}'.")
+        return value
+
+    def create_clock(self, now: datetime, clock_id: str | None = None) -> dict[str, Any]:
+        clock_id = clock_id or "clk_" + secrets.token_hex(6)
+        with self.db.transaction() as conn:
+            try:
+                conn.execute(insert(clocks).values(id=clock_id, now=now, created_at=self.now()))
+            except IntegrityError:
+                raise Conflict(f"A clock '{clock_id}' already exists.") from None
+        return {"id": clock_id, "now": rfc3339(now), "fired": []}
+
+    def get_clock(self, clock_id: str) -> dict[str, Any]:
+        with self.db.engine.connect() as conn:
+            return {"id": clock_id, "now": rfc3339(self._clock_now(conn, clock_id)), "fired": []}
+
+    def advance_clock(self, clock_id: str, to: datetime, *, actor: str = TIMER_ACTOR) -> dict[str, Any]:
+        """Move a test clock to `to`, firing every timer due on the way in time order.
+
+        Timers set by the fired transitions are fired too when they fall due before `to`.
+        """
+        with self.db.engine.connect() as conn:
+            current = self._clock_now(conn, clock_id)
+        if to < current:
+            raise ClockError(f"The clock '{clock_id}' is at {rfc3339(current)}; it cannot go back to "
+                             f"{rfc3339(to)}.")
+        fired: list[dict[str, Any]] = []
+        while True:
+            entry = self._fire_next_timer(clock_id, to, actor)
+            if entry is None:
+                break
+            fired.append(entry)
+        with self.db.transaction() as conn:
+            conn.execute(update(clocks).where(clocks.c.id == clock_id).values(now=to))
+        return {"id": clock_id, "now": rfc3339(to), "fired": fired}
+
+    def _fire_next_timer(self, clock_id: str | None, until: datetime, actor: str) -> dict[str, Any] | None:
+        """Claim and fire the earliest due timer of a clock (None: real time); None when none."""
+        nested_failure: SendFailed | None = None
+        with self.db.transaction() as conn:
+            query = (select(timers).where(timers.c.clock.is_(None) if clock_id is None
+                                          else timers.c.clock == clock_id, timers.c.due_at <= until)
+                     .order_by(timers.c.due_at, timers.c.instance, timers.c.name).limit(1))
+            if self.db.for_update():
+                query = query.with_for_update(skip_locked=True)
+            timer = conn.execute(query).first()
+            if timer is None:
+                return None
+            conn.execute(delete(timers).where(timers.c.instance == timer.instance,
+                                              timers.c.name == timer.name))
+            if clock_id is not None:
+                conn.execute(update(clocks).where(clocks.c.id == clock_id, clocks.c.now < timer.due_at)
+                             .values(now=timer.due_at))
+            row = self._row(conn, timer.instance, lock=True)
+            entry = {"instance": row.id, "event": timer.event, "from": row.state, "to": row.state,
+                     "at": rfc3339(timer.due_at), "timer": timer.name}
+            version = self._active(conn)
+            savepoint = conn.begin_nested()
+            try:
+                outcome = self._apply(conn, version, row, timer.event, {}, actor, depth=0)
+                savepoint.commit()
+                entry.update(to=outcome.target, outcome="applied")
+            except GuardDenied as denied:
+                if isinstance(denied, SendFailed):
+                    savepoint.rollback()
+                    nested_failure = denied
+                else:
+                    savepoint.commit()  # keep the denied attempt in the history; drop the timer
+                entry.update(outcome="denied", reasons=[r.as_dict() for r in denied.reasons])
+            except InvalidTransition:
+                savepoint.rollback()
+                entry.update(outcome="dropped")
+        if nested_failure is not None:
+            self._record_failed_send(timer.instance, timer.event, {}, actor, nested_failure)
+        return entry
+
+    def run_due_timers(self, *, limit: int = 1000, actor: str = TIMER_ACTOR) -> list[dict[str, Any]]:
+        """Fire real-time timers that are due now (the scheduler and `tollgate worker` call this)."""
+        fired = []
+        now = self.now()
+        for _ in range(limit):
+            entry = self._fire_next_timer(None, now, actor)
+            if entry is None:
+                break
+            fired.append(entry)
+        return fired
+
+    # ── creating ─────────────────────────────────────────────────────────────────────────────
+
+    def create_instance(self, workflow: str, context: Mapping[str, Any], *, instance_id: str | None = None,
+                        clock: str | None = None, actor: str = "api") -> dict[str, Any]:
+        if workflow not in definitions():
+            raise NotFound(f"There is no workflow '{workflow}'; workflows: {', '.join(definitions())}.")
+        with self.db.transaction() as conn:
+            version = self._active(conn)
+            engine = self.engine_for(version)
+            definition = engine.definition(workflow)
+            account = None
+            account_id = None
+            if definition.references_account and isinstance(context, Mapping) and "account" in context:
+                account_id = str(context["account"])
+                account_row = conn.execute(select(instances).where(instances.c.id == account_id)).first()
+                if account_row is None or account_row.workflow != "signup":
+                    raise Unprocessable(f"The account '{account_id}' does not exist; give the id of a "
+                                        "signup instance in context.account.")
+                if clock is not None and clock != account_row.clock:
+                    raise Unprocessable(f"The account '{account_id}' runs on "
+                                        f"{'clock ' + repr(account_row.clock) if account_row.clock else 'real time'}"
+                                        f"; an instance that references it cannot use the clock '{clock}'.")
+                clock = account_row.clock
+                account = _account_dict(account_row)
+            now = self._clock_now(conn, clock)
+            instance_id = instance_id or f"{ID_PREFIX[workflow]}_{secrets.token_hex(8)}"
+            pseudo_row = {"id": instance_id, "context": dict(context) if isinstance(context, Mapping) else {},
+                          "account": account_id}
+            facts = fact_providers.gather(conn, definition, CREATE_EVENT, pseudo_row, {})
+            outcome = engine.create(workflow, context, now, instance_id=instance_id, account=account,
+                                    facts=facts)
+            if not outcome.applied:
+                raise GuardDenied(CREATE_EVENT, list(outcome.reasons))
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(instances).values(
+                        id=instance_id, workflow=workflow, state=outcome.target,
+                        context=dict(outcome.context), secrets={}, version=1, clock=clock,
+                        account=account_id, email=None,
+                        usage_month=outcome.context.get("usage_month") if workflow == "invoice" else None,
+                        created_at=now, updated_at=now))
+            except IntegrityError:
+                raise self._duplicate(conn, workflow, instance_id, outcome.context) from None
+            self._write_history(conn, instance_id, 1, outcome, now, version.id, actor)
+            self._write_timers(conn, instance_id, clock, outcome)
+            return self._instance_dict(conn, self._row(conn, instance_id))
+
+    def _duplicate(self, conn: Connection, workflow: str, instance_id: str,
+                   context: Mapping[str, Any]) -> Conflict:
+        if conn.execute(select(instances.c.id).where(instances.c.id == instance_id)).first():
+            return Conflict(f"An instance '{instance_id}' already exists.")
+        other = conn.execute(select(instances.c.id).where(
+            instances.c.account == context.get("account"),
+            instances.c.usage_month == context.get("usage_month"))).scalar_one_or_none()
+        return Conflict(f"The account '{context.get('account')}' already has the invoice '{other}' for "
+                        f"{context.get('usage_month')}; there is one invoice per account and month.")
+
+    # ── events ───────────────────────────────────────────────────────────────────────────────
+
+    def fire(self, instance_id: str, event: str, data: Mapping[str, Any] | None = None, *,
+             actor: str = "api", if_match: int | None = None, dry_run: bool = False,
+             idempotency_key: str | None = None, fingerprint: str | None = None) -> Result:
+        """Fire `event` on an instance: 200 with the instance, or the problem for a refusal.
+
+        Errors the client must fix (404, 409, 412, 400) are raised; a policy denial is recorded
+        in the history and returned as a 422 result so that it can be stored for idempotency.
+        """
+        data = {} if data is None else data
+        if dry_run:
+            return self._dry_run(instance_id, event, data)
+        nested: SendFailed | None = None
+        with self.db.transaction() as conn:
+            if idempotency_key is not None:
+                stored = self._idempotent_replay(conn, idempotency_key, fingerprint or "")
+                if stored is not None:
+                    return stored
+            version = self._active(conn)
+            row = self._row(conn, instance_id, lock=True)
+            if if_match is not None and row.version != if_match:
+                raise StaleVersion(f"The instance '{instance_id}' is at version {row.version}, not "
+                                   f"{if_match}; read it again and retry.")
+            savepoint = conn.begin_nested()
+            try:
+                self._apply(conn, version, row, event, data, actor, depth=0)
+                savepoint.commit()
+                result = Result(200, self._instance_dict(conn, self._row(conn, instance_id)))
+            except SendFailed as failure:
+                savepoint.rollback()
+                nested = failure
+                result = Result(failure.status, problem(failure))
+            except GuardDenied as denied:
+                savepoint.commit()  # the denied attempt stays in the history
+                result = Result(denied.status, problem(denied))
+            if nested is None and idempotency_key is not None:
+                self._idempotent_store(conn, idempotency_key, fingerprint or "", result)
+        if nested is not None:
+            self._record_failed_send(instance_id, event, data, actor, nested)
+            if idempotency_key is not None:
+                with self.db.transaction() as conn:
+                    self._idempotent_store(conn, idempotency_key, fingerprint or "", result)
+        return result
+
+    def _dry_run(self, instance_id: str, event: str, data: Mapping[str, Any]) -> Result:
+        with self.db.engine.connect() as conn:
+            version = self._active(conn)
+            row = self._row(conn, instance_id)
+            outcome = self._decide(conn, self.engine_for(version), row, event, data)
+            return Result(200, {"allowed": outcome.applied, "to": outcome.target,
+                                "reasons": [r.as_dict() for r in outcome.reasons],
+                                "notes": [n.as_dict() for n in outcome.notes],
+                                "rules_version": version.id})
+
+    def _decide(self, conn: Connection, engine: Engine, row: Row[Any], event: str,
+                data: Mapping[str, Any]) -> Outcome:
+        definition = engine.definition(row.workflow)
+        account = None
+        if definition.references_account:
+            account_row = conn.execute(select(instances).where(
+                instances.c.id == row.context.get("account"))).first()
+            account = _account_dict(account_row) if account_row is not None else None
+        if event in definition.events:
+            facts = fact_providers.gather(conn, definition, event, row._mapping, data)
+        else:
+            facts = {}
+        snapshot = Snapshot(workflow=row.workflow, state=row.state, context=row.context, id=row.id,
+                            account=account, facts=facts, secrets=row.secrets or {})
+        return engine.decide(snapshot, event, data, self._clock_now(conn, row.clock))
+
+    def _apply(self, conn: Connection, version: RulesVersion, row: Row[Any], event: str,
+               data: Mapping[str, Any], actor: str, depth: int) -> Outcome:
+        """Judge and apply one event inside the caller's transaction; sends recurse."""
+        now = self._clock_now(conn, row.clock)
+        outcome = self._decide(conn, self.engine_for(version), row, event, data)
+        seq = row.version + 1
+        self._write_history(conn, row.id, seq, outcome, now, version.id, actor)
+        values: dict[str, Any] = {"version": seq, "updated_at": now}
+        if outcome.context_changed:
+            values["context"] = dict(outcome.context)
+            if row.workflow == "signup":
+                values["email"] = outcome.context.get("email")
+        if outcome.secrets != (row.secrets or {}):
+            values["secrets"] = dict(outcome.secrets)
+        if not outcome.applied:
+            conn.execute(update(instances).where(instances.c.id == row.id).values(**values))
+            raise GuardDenied(event, list(outcome.reasons))
+        values["state"] = outcome.target
+        conn.execute(update(instances).where(instances.c.id == row.id).values(**values))
+        self._write_timers(conn, row.id, row.clock, outcome)
+        if outcome.notifications:
+            conn.execute(insert(notifications), [
+                {"instance": row.id, "template": n.template, "channel": n.channel,
+                 "recipient": n.recipient, "payload": dict(n.payload), "created_at": now}
+                for n in outcome.notifications])
+        for send in outcome.sends:
+            if depth >= MAX_SEND_DEPTH:
+                raise SendFailed(send.instance, send.event,
+                                 TollgateError("Events sent between instances nest too deeply."))
+            try:
+                target = self._row(conn, send.instance, lock=True)
+                self._apply(conn, version, target, send.event, send.data, f"{row.workflow}:{row.id}",
+                            depth + 1)
+            except SendFailed:
+                raise
+            except (GuardDenied, InvalidTransition, NotFound, BadRequest) as error:
+                raise SendFailed(send.instance, send.event, error) from error
+        return outcome
+
+    def _record_failed_send(self, instance_id: str, event: str, data: Mapping[str, Any], actor: str,
+                            failure: SendFailed) -> None:
+        """After a rollback, keep the attempt in the history as denied (and nothing else)."""
+        with self.db.transaction() as conn:
+            version = self._active(conn)
+            row = self._row(conn, instance_id, lock=True)
+            definition = self.engine_for(version).definition(row.workflow)
+            redacted = {k: ("[redacted]" if k in definition.secret_fields else v) for k, v in data.items()}
+            now = self._clock_now(conn, row.clock)
+            conn.execute(insert(history).values(
+                instance=row.id, seq=row.version + 1, event=event, from_state=row.state,
+                to_state=row.state, outcome="denied", reasons=[r.as_dict() for r in failure.reasons],
+                notes=[], data=redacted, at=now, rules_version=version.id, actor=actor))
+            conn.execute(update(instances).where(instances.c.id == row.id)
+                         .values(version=row.version + 1, updated_at=now))
+
+    # ── writing helpers ──────────────────────────────────────────────────────────────────────
+
+    @staticmethod
+    def _write_history(conn: Connection, instance_id: str, seq: int, outcome: Outcome, at: datetime,
+                       rules_version: int, actor: str) -> None:
+        conn.execute(insert(history).values(
+            instance=instance_id, seq=seq, event=outcome.event, from_state=outcome.source,
+            to_state=outcome.target, outcome="applied" if outcome.applied else "denied",
+            reasons=[r.as_dict() for r in outcome.reasons], notes=[n.as_dict() for n in outcome.notes],
+            data=dict(outcome.data), at=at, rules_version=rules_version, actor=actor))
+
+    @staticmethod
+    def _write_timers(conn: Connection, instance_id: str, clock: str | None, outcome: Outcome) -> None:
+        names = set(outcome.timers_cancelled) | {t.name for t in outcome.timers_set}
+        if names:
+            conn.execute(delete(timers).where(timers.c.instance == instance_id, timers.c.name.in_(names)))
+        if outcome.timers_set:
+            conn.execute(insert(timers), [{"instance": instance_id, "name": t.name, "event": t.event,
+                                           "due_at": t.at, "clock": clock} for t in outcome.timers_set])
+
+    def _idempotent_replay(self, conn: Connection, key: str, fingerprint: str) -> Result | None:
+        row = conn.execute(select(idempotency).where(idempotency.c.key == key)).first()
+        if row is None:
+            return None
+        if row.fingerprint != fingerprint:
+            raise IdempotencyMismatch(f"The Idempotency-Key '{key}' was already used with a different "
+                                      "request; use a new key for a new request.")
+        return Result(row.status, row.body, replayed=True)
+
+    def _idempotent_store(self, conn: Connection, key: str, fingerprint: str, result: Result) -> None:
+        conn.execute(insert(idempotency).values(key=key, fingerprint=fingerprint, status=result.status,
+                                                body=result.body, headers={}, created_at=self.now()))
+
+
+def _account_dict(row: Row[Any]) -> dict[str, Any]:
+    account = {"partner": False, **(row.context or {})}
+    account.update(id=row.id, state=row.state)
+    return account
+
+
+def _encode_cursor(row: Row[Any]) -> str:
+    import base64
+    raw = json.dumps([rfc3339(row.created_at), row.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    import base64
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, last_id = json.loads(raw)
+        return datetime.fromisoformat(created), str(last_id)
+    except (ValueError, TypeError):
+        raise BadRequest(f"The cursor '{cursor}' is not one this service returned.") from None
+
+
+def fingerprint_of(*parts: Any) -> str:
+    """A stable digest of a request (method, path, body) for Idempotency-Key checks."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def count_instances(db: Database) -> int:
+    with db.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(instances)).scalar_one())

@@ -1,0 +1,137 @@
+"""The database schema as SQLAlchemy Core tables (the migrations create exactly these)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData()
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("Naive datetimes are not stored; give a timezone.")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Json = JSON().with_variant(JSONB(), "postgresql")
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+rules_versions = Table(
+    "rules_versions", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("sha256", String(64), nullable=False),
+    Column("yaml", Text, nullable=False),
+    Column("source", String(500), nullable=False),
+    Column("activated_at", UTCDateTime, nullable=False),
+    Column("activated_by", String(100), nullable=False),
+)
+
+clocks = Table(
+    "clocks", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("now", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+instances = Table(
+    "instances", metadata,
+    Column("id", String(128), primary_key=True),
+    Column("workflow", String(32), nullable=False),
+    Column("state", String(64), nullable=False),
+    Column("context", Json, nullable=False),
+    Column("secrets", Json, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("clock", String(64), ForeignKey("clocks.id"), nullable=True),
+    Column("account", String(128), nullable=True),
+    Column("email", String(254), nullable=True),
+    Column("usage_month", String(7), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_instances_workflow_state", "workflow", "state"),
+    Index("ix_instances_account", "account", "workflow"),
+    Index("ix_instances_email", "email"),
+    Index("ix_instances_created", "created_at", "id"),
+    Index("ux_invoice_month", "account", "usage_month", unique=True),
+)
+
+history = Table(
+    "history", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("instance", String(128), ForeignKey("instances.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("event", String(64), nullable=False),
+    Column("from_state", String(64), nullable=True),
+    Column("to_state", String(64), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("reasons", Json, nullable=False),
+    Column("notes", Json, nullable=False),
+    Column("data", Json, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("rules_version", BigInteger, nullable=False),
+    Column("actor", String(200), nullable=False),
+    UniqueConstraint("instance", "seq", name="ux_history_instance_seq"),
+)
+
+timers = Table(
+    "timers", metadata,
+    Column("instance", String(128), ForeignKey("instances.id"), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("event", String(64), nullable=False),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("clock", String(64), nullable=True),
+    Index("ix_timers_due", "clock", "due_at"),
+)
+
+notifications = Table(
+    "notifications", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("instance", String(128), ForeignKey("instances.id"), nullable=False),
+    Column("template", String(64), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("recipient", String(254), nullable=False),
+    Column("payload", Json, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_notifications_instance", "instance", "id"),
+)
+
+idempotency = Table(
+    "idempotency_keys", metadata,
+    Column("key", String(200), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("body", Json, nullable=False),
+    Column("headers", Json, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
