@@ -1,0 +1,62 @@
+"""`tollgate serve`: the Flask app on gunicorn (gthread workers) with the timer scheduler.
+
+Each gunicorn worker runs one scheduler thread; claiming a timer deletes it in the transaction
+that fires it, so several schedulers never fire one twice.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class TollgateServer(BaseApplication):  # type: ignore[misc]
+    def __init__(self, options: dict[str, Any], *, scheduler: bool = True) -> None:
+        self.options = options
+        self.scheduler = scheduler
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            if key in self.cfg.settings and value is not None:
+                self.cfg.set(key, value)
+        if self.scheduler:
+            self.cfg.set("post_worker_init", _start_scheduler)
+
+    def load(self) -> Any:
+        from service.app import create_app
+        return create_app()
+
+
+def _start_scheduler(worker: Any) -> None:
+    from service.scheduler import Scheduler
+    runtime = worker.wsgi.extensions["tollgate"]
+    scheduler = Scheduler(runtime)
+    scheduler.start()
+    worker.tollgate_scheduler = scheduler
+
+
+def serve(host: str, port: int, *, workers: int = 2, threads: int = 8, scheduler: bool = True,
+          access_log: bool = True) -> int:
+    """Run the API; without TOLLGATE_TOKENS, make an admin token and listen on loopback only."""
+    if not os.environ.get("TOLLGATE_TOKENS"):
+        token = secrets.token_urlsafe(24)
+        os.environ["TOLLGATE_TOKENS"] = f"admin={token}"
+        if host not in LOOPBACK:
+            print(f"No TOLLGATE_TOKENS set, so tollgate listens on 127.0.0.1 only (not {host}).",
+                  file=sys.stderr)
+        host = "127.0.0.1"
+        print(f"No TOLLGATE_TOKENS set: generated an admin token for this run (shown once):\n"
+              f"  Authorization: Bearer {token}", flush=True)
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    options = {"bind": bind, "workers": workers, "threads": threads, "worker_class": "gthread",
+               "timeout": 60, "graceful_timeout": 10, "accesslog": "-" if access_log else None,
+               "preload_app": False}
+    TollgateServer(options, scheduler=scheduler).run()
+    return 0
