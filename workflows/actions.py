@@ -184,12 +184,20 @@ def add_usage(step: Step) -> None:
     step.context["usage"] = int(step.context.get("usage", 0)) + int(step.data["amount"])
 
 
+def _expiry_order(credit: dict) -> tuple[datetime, str]:
+    """Sort key of a credit fact: its expiry as an instant (texts with different offsets do not
+    sort by time), then its id."""
+    expires = credit["expires_at"]
+    instant = expires if isinstance(expires, datetime) else calendar.parse_instant(str(expires))
+    return calendar.as_utc(instant), str(credit["id"])
+
+
 @action
 def compute_amount_due(step: Step) -> None:
     """Apply the account's active credits, earliest expiry first, then set amount_due and payer."""
     remaining = int(step.context.get("usage", 0))
     applied = []
-    for credit in sorted(step.facts.get("credits", []), key=lambda c: (c["expires_at"], c["id"])):
+    for credit in sorted(step.facts.get("credits", []), key=_expiry_order):
         if remaining <= 0:
             break
         take = min(remaining, int(credit["balance"]))
