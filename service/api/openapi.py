@@ -1,0 +1,24 @@
+"""`/openapi.json`: the OpenAPI 3.1 description of every route (see `service/openapi.py`)."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from flask import Blueprint, Response
+
+from service import openapi as description
+from service.api.routes import bind
+from service.api.support import reply
+
+bp = Blueprint("openapi", __name__)
+
+
+@cache
+def _document() -> dict[str, Any]:
+    return description.build()
+
+
+@bind(bp)
+def openapi() -> Response:
+    return reply(_document())

@@ -1,0 +1,146 @@
+"""The route table: every HTTP route of SPEC §4 with its permission, body, replies and errors.
+
+This one table drives three things so they cannot drift apart: the Flask URL rules (views bind
+to their row with `bind`), the permission check in `service/auth.py`, and `/openapi.json`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flask import Blueprint
+
+View = TypeVar("View", bound=Callable[..., Any])
+
+#: Permissions a route may require; `service/auth.py` maps roles onto them.
+PERMISSIONS = ("read", "instances", "events", "clocks", "rules")
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class Param:
+    """A query parameter or request header a route reads."""
+
+    name: str
+    description: str
+    schema: tuple[tuple[str, Any], ...] = (("type", "string"),)
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A success response: status, what it means, the schema (or media type) of its body."""
+
+    status: int
+    description: str
+    schema: str | None = None  # a file name in schemas/api/ without .json
+    media: str = JSON
+    headers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Route:
+    """One method on one path; `permission` None means public (only `/healthz`)."""
+
+    endpoint: str  # blueprint.view
+    method: str
+    path: str  # OpenAPI style: /instances/{id}
+    permission: str | None
+    summary: str
+    replies: tuple[Reply, ...]
+    errors: tuple[int, ...] = ()
+    body: str | None = None  # request schema in schemas/api/, or "yaml" for rules text
+    query: tuple[Param, ...] = ()
+    headers: tuple[Param, ...] = ()
+
+    @property
+    def flask_path(self) -> str:
+        return re.sub(r"\{(\w+)\}", r"<\1>", self.path)
+
+
+_ID = (("type", "string"),)
+_WF = Param("workflow", "Only instances of this workflow.")
+_INSTANCE_REPLY = Reply(200, "The instance.", "instance", headers=("ETag",))
+
+ROUTES: tuple[Route, ...] = (
+    Route("health.healthz", "GET", "/healthz", None, "Liveness and the active rules version.",
+          (Reply(200, "The service is up.", "health"),)),
+    Route("workflows.list_workflows", "GET", "/workflows", "read",
+          "Every workflow: states, events, transitions and bound rule ids.",
+          (Reply(200, "The workflows.", "workflow_list"),)),
+    Route("workflows.get_workflow", "GET", "/workflows/{wf}", "read", "One workflow definition.",
+          (Reply(200, "The workflow.", "workflow"),), (404,)),
+    Route("workflows.diagram", "GET", "/workflows/{wf}/diagram", "read",
+          "The workflow as a diagram; the instance's current state highlighted when one is given.",
+          (Reply(200, "Mermaid stateDiagram-v2 text.", media="text/vnd.mermaid"),
+           Reply(200, "Graphviz DOT text.", media="text/vnd.graphviz"),
+           Reply(200, "SVG rendered by Graphviz.", media="image/svg+xml")),
+          (400, 404, 503),
+          query=(Param("format", "mermaid (default), dot or svg.",
+                       (("enum", ["mermaid", "dot", "svg"]),)),
+                 Param("instance", "Highlight this instance's current state."))),
+    Route("instances.create_instance", "POST", "/workflows/{wf}/instances", "instances",
+          "Create an instance of the workflow.",
+          (Reply(201, "The new instance.", "instance", headers=("Location", "ETag")),),
+          (400, 404, 409, 422), body="create_instance"),
+    Route("instances.list_instances", "GET", "/instances", "read", "Instances, oldest first, paginated.",
+          (Reply(200, "A page of instances.", "instance_list"),), (400,),
+          query=(_WF, Param("state", "Only instances in this state."),
+                 Param("account", "Only this account and the instances that reference it."),
+                 Param("limit", "Page size, 1 to 500 (default 50).",
+                       (("type", "integer"), ("minimum", 1), ("maximum", 500))),
+                 Param("cursor", "The next_cursor of the previous page."))),
+    Route("instances.get_instance", "GET", "/instances/{id}", "read", "One instance.",
+          (_INSTANCE_REPLY,), (404,)),
+    Route("instances.fire", "POST", "/instances/{id}/events", "events",
+          "Fire an event; with dry_run=true only say what it would do.",
+          (Reply(200, "The instance after the event.", "instance", headers=("ETag", "Idempotent-Replayed")),
+           Reply(200, "With dry_run=true: whether the event would apply, and why not.", "dry_run")),
+          (400, 404, 409, 412, 422), body="fire_event",
+          query=(Param("dry_run", "true: evaluate without applying.", (("type", "boolean"),)),),
+          headers=(Param("Idempotency-Key", "Replaying the same key returns the first response."),
+                   Param("If-Match", 'The instance version as an ETag ("3"); 412 when stale.'))),
+    Route("instances.history", "GET", "/instances/{id}/history", "read",
+          "Every attempt on the instance, applied or denied, in order.",
+          (Reply(200, "The history.", "history"),), (404,)),
+    Route("notifications.list_notifications", "GET", "/notifications", "read", "The notification outbox.",
+          (Reply(200, "The notifications, oldest first.", "notification_list"),), (400,),
+          query=(Param("instance", "Only notifications of this instance."),)),
+    Route("clocks.create_clock", "POST", "/clocks", "clocks", "Create a test clock.",
+          (Reply(201, "The new clock.", "clock", headers=("Location",)),), (400, 409),
+          body="create_clock"),
+    Route("clocks.get_clock", "GET", "/clocks/{id}", "read", "A test clock.",
+          (Reply(200, "The clock.", "clock"),), (404,)),
+    Route("clocks.advance_clock", "POST", "/clocks/{id}/advance", "clocks",
+          "Advance a test clock, firing every due timer in time order.",
+          (Reply(200, "The clock and the timers fired.", "clock"),), (400, 404, 422),
+          body="advance_clock"),
+    Route("rules.get_rules", "GET", "/rules", "read", "The active rules version.",
+          (Reply(200, "The active rules.", "rules_version"),)),
+    Route("rules.validate_rules", "POST", "/rules/validate", "rules", "Validate a rules.yaml text only.",
+          (Reply(200, "The rules are valid.", "rules_valid"),), (422,), body="yaml"),
+    Route("rules.put_rules", "PUT", "/rules", "rules",
+          "Validate a rules.yaml text, then activate it as a new version.",
+          (Reply(200, "The new active version.", "rules_version"),), (422,), body="yaml"),
+    Route("openapi.openapi", "GET", "/openapi.json", "read", "This OpenAPI 3.1 description.",
+          (Reply(200, "The OpenAPI document."),)),
+)
+
+BY_ENDPOINT: dict[str, Route] = {r.endpoint: r for r in ROUTES}
+
+
+def bind(blueprint: Blueprint) -> Callable[[View], View]:
+    """Register a view under its row of ROUTES (`blueprint.function`); unknown views fail at import."""
+
+    def decorate(view: View) -> View:
+        endpoint = f"{blueprint.name}.{view.__name__}"
+        route = BY_ENDPOINT.get(endpoint)
+        if route is None:
+            raise LookupError(f"The view {endpoint} has no row in service/api/routes.py ROUTES; add one.")
+        blueprint.add_url_rule(route.flask_path, view_func=view, methods=[route.method])
+        return view
+
+    return decorate

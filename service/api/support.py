@@ -1,0 +1,146 @@
+"""What every blueprint needs: the runtime, request bodies checked against `schemas/api/`,
+RFC 3339 timestamps, query flags and JSON replies."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from flask import Response, current_app, g, request
+from jsonschema import Draft202012Validator, FormatChecker
+from werkzeug.exceptions import UnsupportedMediaType
+
+from service.runtime import Runtime
+from workflows.documents import data_problems
+from workflows.exceptions import BadRequest, Problem
+
+API_SCHEMAS = Path(__file__).resolve().parent.parent.parent / "schemas" / "api"
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+FLAGS = {"true": True, "1": True, "false": False, "0": False}
+_formats = FormatChecker(formats=())
+
+
+def parse_timestamp(value: str, where: str = "timestamp") -> datetime:
+    """An aware datetime from RFC 3339 text; a missing offset is refused, not guessed."""
+    if not RFC3339.fullmatch(value):
+        raise BadRequest(f"The {where} '{value}' is not an RFC 3339 timestamp with an offset; write it "
+                         "like 2025-03-05T12:00:00+09:00.")
+    try:
+        return datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError:
+        raise BadRequest(f"The {where} '{value}' is not a real date and time.") from None
+
+
+@_formats.checks("date-time", raises=BadRequest)
+def _is_date_time(value: object) -> bool:
+    if isinstance(value, str):
+        parse_timestamp(value)
+    return True
+
+
+@cache
+def schema(name: str) -> dict[str, Any]:
+    """A schema of `schemas/api/` by file name without `.json`."""
+    loaded: dict[str, Any] = json.loads((API_SCHEMAS / f"{name}.json").read_text(encoding="utf-8"))
+    return loaded
+
+
+@cache
+def validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(schema(name), format_checker=_formats)
+
+
+def runtime() -> Runtime:
+    """The app's Runtime (built by `create_app`)."""
+    found: Runtime = current_app.extensions["tollgate"]
+    return found
+
+
+def actor() -> str:
+    """Who is acting, as recorded in the history: the caller's role."""
+    return str(g.get("role", "anonymous"))
+
+
+def json_body(schema_name: str) -> dict[str, Any]:
+    """The request's JSON object, checked against `schemas/api/<schema_name>.json`.
+
+    Every schema violation is reported with its JSON path; the detail names the first one.
+    """
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        data: Any = None
+    else:
+        if not request.is_json:
+            raise UnsupportedMediaType(f"The request body must be JSON sent with Content-Type "
+                                       f"application/json, not '{request.mimetype or 'none'}'.")
+        try:
+            data = json.loads(raw)
+        except UnicodeDecodeError:
+            raise BadRequest("The request body is not UTF-8 text; send JSON encoded as UTF-8.") from None
+        except json.JSONDecodeError as error:
+            raise BadRequest(f"The request body is not valid JSON: {error.msg} at line {error.lineno}, "
+                             f"column {error.colno}.") from None
+    if data is None:
+        raise BadRequest("The request body is missing; send a JSON object "
+                         f"(see {schema(schema_name)['title']} in /openapi.json).")
+    problems = [_explained(p) for p in data_problems(validator(schema_name), data, "body")]
+    if problems:
+        first = problems[0]
+        raise BadRequest(f"The request body does not match its schema: {first.path}: {first.message}.",
+                         problems)
+    body: dict[str, Any] = data
+    return body
+
+
+def _explained(problem: Problem) -> Problem:
+    if problem.message.endswith("is not a 'date-time'"):
+        return replace(problem, message=problem.message + "; write RFC 3339 with an offset, e.g. "
+                       "2025-03-05T12:00:00+09:00")
+    return problem
+
+
+def text_body() -> str:
+    """The request body as UTF-8 text (rules.yaml for the rules routes)."""
+    try:
+        return request.get_data(cache=True).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("The request body is not UTF-8 text; send the rules as UTF-8 YAML.") from None
+
+
+def flag(name: str) -> bool:
+    """A boolean query parameter (`true`/`false`/`1`/`0`); absent means false."""
+    value = request.args.get(name)
+    if value is None:
+        return False
+    try:
+        return FLAGS[value.lower()]
+    except KeyError:
+        raise BadRequest(f"The query parameter {name}='{value}' is not a boolean; use true or "
+                         "false.") from None
+
+
+def reply(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON reply; bodies of 4xx/5xx statuses are problem documents."""
+    media = "application/problem+json" if status >= 400 else "application/json"
+    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    return Response(text, status=status, mimetype=media, headers=headers or {})
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def parse_if_match(value: str | None) -> int | None:
+    """The version an `If-Match` header names (`"3"`, `W/"3"` is refused); `*` means any."""
+    if value is None or value.strip() == "*":
+        return None
+    match = re.fullmatch(r'\s*"(\d{1,9})"\s*', value)
+    if match is None:
+        raise BadRequest(f"The If-Match header {value!r} is not an ETag this service returned; send the "
+                         'ETag of the instance exactly, e.g. If-Match: "3".')
+    return int(match.group(1))
