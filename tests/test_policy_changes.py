@@ -262,7 +262,7 @@ def test_new_rule_with_a_new_param_for_some_countries(engine_with, snapshot, acc
     )
     outcome = changed.decide(snap, "select_method", {"method": "bank_account"}, kst(2026, 12, 1, 12))
     denied_by(outcome, "bank_account_country")
-    assert "KR" in outcome.reasons[0].en
+    assert outcome.reasons[0].en == "Members residing in KR cannot register a bank account."
 
 
 def test_bundled_engine_is_untouched_by_modified_copies(engine, earlier_hours, registering, kst):

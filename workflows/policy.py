@@ -77,11 +77,20 @@ def _lookup(params: Mapping[str, Any], dotted: str) -> Any:
     return value
 
 
+def _display(value: Any) -> str:
+    """A parameter as a message shows it: lists as "KR, US", not Python's "['KR', 'US']"."""
+    if isinstance(value, list | tuple):
+        return ", ".join(_display(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def _interpolate(text: str, params: Mapping[str, Any], doc: Document, path: PathKey,
                  problems: list[Problem]) -> str:
     def replace(match: re.Match[str]) -> str:
         try:
-            return str(_lookup(params, match.group(1)))
+            return _display(_lookup(params, match.group(1)))
         except KeyError:
             problems.append(doc.problem(path, f"The placeholder {{{match.group(1)}}} names no parameter."))
             return match.group(0)
