@@ -9,11 +9,12 @@ machine's conditions, the event's actions its `after` callbacks.
 
 from __future__ import annotations
 
-import copy
+import operator
 import re
 import secrets
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from random import Random
 from typing import Any
@@ -23,7 +24,7 @@ from transitions import EventData, Machine
 
 from workflows.actions import ACTIONS
 from workflows.calendar import as_utc
-from workflows.definitions import CREATE_EVENT, Definition
+from workflows.definitions import CREATE_EVENT, Definition, Transition
 from workflows.documents import data_problems
 from workflows.exceptions import BadRequest, InvalidTransition, Reason
 from workflows.guards import holds
@@ -64,14 +65,14 @@ def _value_check(schema: Mapping[str, Any], format_checker: Any) -> Check | None
             return None
         allowed = frozenset(schema["enum"])
         checks.append(lambda v: type(v) is str and v in allowed)
-    for key, holds in (("minimum", lambda v, m: v >= m), ("maximum", lambda v, m: v <= m)):
+    for key, compare in (("minimum", operator.ge), ("maximum", operator.le)):
         if key in schema:
             bound = schema[key]
-            checks.append(lambda v, b=bound, h=holds: type(v) in (int, float) and h(v, b))
-    for key, holds in (("minLength", lambda n, m: n >= m), ("maxLength", lambda n, m: n <= m)):
+            checks.append(lambda v, b=bound, c=compare: type(v) in (int, float) and c(v, b))
+    for key, compare in (("minLength", operator.ge), ("maxLength", operator.le)):
         if key in schema:
             bound = schema[key]
-            checks.append(lambda v, b=bound, h=holds: type(v) is str and h(len(v), b))
+            checks.append(lambda v, b=bound, c=compare: type(v) is str and c(len(v), b))
     if "pattern" in schema:
         search = re.compile(schema["pattern"]).search
         checks.append(lambda v: type(v) is str and search(v) is not None)
@@ -115,8 +116,8 @@ def fast_check(validator: Draft202012Validator) -> Check | None:
                 return False
         if additional is False and not known.issuperset(data):
             return False
-        for name, holds in properties:
-            if name in data and not holds(data[name]):
+        for name, ok in properties:  # noqa: SIM110 -- a plain loop beats all() on the hot path
+            if name in data and not ok(data[name]):
                 return False
         return True
 
@@ -129,10 +130,23 @@ class _Cursor:
     state: str
     step: Step
     inputs: dict[str, Any]
+    notes: list[Reason | None]
+
+
+@dataclass(frozen=True)
+class _TimerPlan:
+    """What a move from one state to another does to the workflow's timers, known at load time:
+    each entry is (timer, was_in) to evaluate and arm, or (timer, None) to cancel."""
+
+    steps: tuple[tuple[TimerRule, bool | None], ...]
 
 
 class WorkflowMachine:
-    """One workflow's `transitions.Machine` for one rules version, with its cursor and lock."""
+    """One workflow's `transitions.Machine` for one rules version, with its cursor and lock.
+
+    Everything a call can know before it sees data is computed here once: the branches and
+    internal-ness of each (event, state), the fast data checks, the timer plan of each move.
+    """
 
     def __init__(self, definition: Definition, policy: Policy) -> None:
         self.definition = definition
@@ -142,6 +156,10 @@ class WorkflowMachine:
         self.timers = policy.timers_of(definition.name)
         self.data_checks = {name: fast_check(e.validator) for name, e in definition.events.items()}
         self.context_check = fast_check(definition.context_validator)
+        self.branches: dict[tuple[str, str], tuple[Transition, ...]] = {}
+        for t in definition.transitions:
+            self.branches[(t.event, t.source)] = (*self.branches.get((t.event, t.source), ()), t)
+        self._timer_plans: dict[tuple[str | None, str], _TimerPlan] = {}
         transitions = []
         for t in definition.transitions:
             spec: dict[str, Any] = {"trigger": t.event, "source": t.source, "dest": t.dest,
@@ -169,16 +187,32 @@ class WorkflowMachine:
         for name in self.definition.events[event_data.event.name].actions:
             ACTIONS[name](cursor.step)
 
-    def fire(self, state: str, event: str, step: Step, inputs: dict[str, Any]) -> tuple[str, list[Reason]]:
+    def fire(self, state: str, event: str, step: Step,
+             inputs: dict[str, Any]) -> tuple[str, list[Reason]]:
         """Trigger `event` from `state`; return the state reached and the route notes."""
         with self.lock:
             cursor = self.cursor
             cursor.state = state
             cursor.step = step
             cursor.inputs = inputs
-            cursor.notes = []  # type: ignore[attr-defined]
+            cursor.notes = []
             self.machine.events[event].trigger(cursor)
-            return cursor.state, [n for n in cursor.notes if n is not None]  # type: ignore[attr-defined]
+            return cursor.state, [n for n in cursor.notes if n is not None]
+
+    def timer_plan(self, source: str | None, target: str) -> _TimerPlan:
+        """The timers to evaluate or cancel when an instance moves from `source` to `target`."""
+        plan = self._timer_plans.get((source, target))
+        if plan is None:
+            steps: list[tuple[TimerRule, bool | None]] = []
+            for timer in self.timers:
+                was_in = source in timer.states
+                is_in = target in timer.states
+                if is_in and (not was_in or source == target):
+                    steps.append((timer, was_in))
+                elif was_in and not is_in:
+                    steps.append((timer, None))
+            plan = self._timer_plans.setdefault((source, target), _TimerPlan(tuple(steps)))
+        return plan
 
 
 class Engine:
@@ -193,36 +227,39 @@ class Engine:
     def definition(self, workflow: str) -> Definition:
         return self.policy.definitions[workflow]
 
-    def _step(self, instance_id: str, workflow: str, data: Mapping[str, Any], context: Mapping[str, Any],
-              secrets_: Mapping[str, Any], account: Mapping[str, Any] | None, facts: Mapping[str, Any],
-              now: datetime, rng: Random | None) -> Step:
-        return Step(instance_id=instance_id, workflow=workflow, data=data,
-                    context=copy.deepcopy(dict(context)), secrets=dict(secrets_), account=account,
-                    facts=facts, now=now, params=self.policy.params, zone=self.policy.zone,
-                    rng=rng or _system_random)
+    def _step(self, snapshot: Snapshot, data: Mapping[str, Any], now: datetime,
+              rng: Random | None) -> Step:
+        # Copy-on-write: actions assign, pop or replace top-level keys and build new lists and
+        # maps for nested values (workflows/actions.py), so a shallow copy keeps the snapshot's
+        # context untouched; tests/test_engine.py checks this for every event.
+        return Step(instance_id=snapshot.id, workflow=snapshot.workflow, data=data,
+                    context=dict(snapshot.context), secrets=dict(snapshot.secrets),
+                    account=snapshot.account, facts=snapshot.facts, now=now,
+                    params=self.policy.params, zone=self.policy.zone, rng=rng or _system_random)
 
     @staticmethod
     def _redact(definition: Definition, data: Mapping[str, Any]) -> dict[str, Any]:
+        if not definition.secret_fields:
+            return dict(data)
         return {k: (REDACTED if k in definition.secret_fields else v) for k, v in data.items()}
 
-    def _timer_changes(self, timers: list[TimerRule], source: str | None, target: str,
-                       inputs: Mapping[str, Any]) -> tuple[tuple[TimerSpec, ...], tuple[str, ...]]:
+    @staticmethod
+    def _timer_changes(plan: _TimerPlan, inputs: Mapping[str, Any]
+                       ) -> tuple[tuple[TimerSpec, ...], tuple[str, ...]]:
         armed: list[TimerSpec] = []
         cancelled: list[str] = []
-        for timer in timers:
-            was_in = source in timer.states
-            is_in = target in timer.states
-            if is_in and (not was_in or source == target):
-                if timer.when is not None and timer.when.evaluate(inputs) is not True:
-                    if was_in:
-                        cancelled.append(timer.id)
-                    continue
-                at = timer.at.evaluate(inputs)
-                if isinstance(at, datetime):
-                    armed.append(TimerSpec(timer.id, timer.event, as_utc(at)))
-                elif was_in:
+        for timer, was_in in plan.steps:
+            if was_in is None:
+                cancelled.append(timer.id)
+                continue
+            if timer.when is not None and timer.when.evaluate(inputs) is not True:
+                if was_in:
                     cancelled.append(timer.id)
-            elif was_in and not is_in:
+                continue
+            at = timer.at.evaluate(inputs)
+            if isinstance(at, datetime):
+                armed.append(TimerSpec(timer.id, timer.event, as_utc(at)))
+            elif was_in:
                 cancelled.append(timer.id)
         return tuple(armed), tuple(cancelled)
 
@@ -245,39 +282,38 @@ class Engine:
     def decide(self, snapshot: Snapshot, event: str, data: Mapping[str, Any], now: datetime,
                *, rng: Random | None = None) -> Outcome:
         """Judge `event` with `data` for the instance in `snapshot` at time `now`."""
-        definition = self.definition(snapshot.workflow)
-        self.validate_data(snapshot.workflow, event, data)
-        branches = definition.branches(event, snapshot.state)
+        workflow, source = snapshot.workflow, snapshot.state
+        definition = self.definition(workflow)
+        machine = self.machines[workflow]
+        self.validate_data(workflow, event, data)
+        branches = machine.branches.get((event, source))
         if not branches:
-            raise InvalidTransition(snapshot.workflow, snapshot.state, event,
-                                    definition.events_from(snapshot.state))
+            raise InvalidTransition(workflow, source, event, definition.events_from(source))
         now = as_utc(now)
-        inputs: dict[str, Any] = {"data": data, "context": snapshot.context, "account": snapshot.account,
-                                  "facts": snapshot.facts, "now": now}
-        reasons = self.policy.guards(snapshot.workflow, event).failures(inputs)
+        inputs: dict[str, Any] = {"data": data, "context": snapshot.context,
+                                  "account": snapshot.account, "facts": snapshot.facts, "now": now}
+        reasons = self.policy.guards(workflow, event).failures(inputs)
         spec = definition.events[event]
-        step = self._step(snapshot.id, snapshot.workflow, data, snapshot.context, snapshot.secrets,
-                          snapshot.account, snapshot.facts, now, rng)
+        step = self._step(snapshot, data, now, rng)
         redacted = self._redact(definition, data)
         if reasons:
             for name in spec.on_denied:
                 ACTIONS[name](step)
-            return Outcome(workflow=snapshot.workflow, event=event, source=snapshot.state,
-                           target=snapshot.state, applied=False, reasons=tuple(reasons),
-                           context=step.context, context_changed=step.context != snapshot.context,
+            return Outcome(workflow=workflow, event=event, source=source, target=source,
+                           applied=False, reasons=tuple(reasons), context=step.context,
+                           context_changed=step.context != snapshot.context,
                            secrets=step.secrets, data=redacted, rules_version=self.policy.version)
         for name in spec.prepare:
             ACTIONS[name](step)
         inputs["context"] = step.context
-        target, notes = self.machines[snapshot.workflow].fire(snapshot.state, event, step, inputs)
-        internal = all(b.dest is None for b in branches if b.target == target) and target == snapshot.state
+        target, notes = machine.fire(source, event, step, inputs)
+        internal = target == source and all(b.dest is None for b in branches if b.target == target)
         armed: tuple[TimerSpec, ...] = ()
         cancelled: tuple[str, ...] = ()
         if not internal:
             inputs["context"] = step.context
-            armed, cancelled = self._timer_changes(self.machines[snapshot.workflow].timers,
-                                                   snapshot.state, target, inputs)
-        return Outcome(workflow=snapshot.workflow, event=event, source=snapshot.state, target=target,
+            armed, cancelled = self._timer_changes(machine.timer_plan(source, target), inputs)
+        return Outcome(workflow=workflow, event=event, source=source, target=target,
                        applied=True, notes=tuple(notes), context=step.context,
                        context_changed=step.context != snapshot.context, secrets=step.secrets,
                        timers_set=armed, timers_cancelled=cancelled,
@@ -291,7 +327,8 @@ class Engine:
         if workflow not in self.policy.definitions:
             raise BadRequest(f"There is no workflow '{workflow}'.")
         definition = self.definition(workflow)
-        check = self.machines[workflow].context_check
+        machine = self.machines[workflow]
+        check = machine.context_check
         if not isinstance(context, Mapping) or (
                 (check is None or not check(context))
                 and not definition.context_validator.is_valid(context)):
@@ -299,13 +336,14 @@ class Engine:
             raise BadRequest(f"The context of a new {workflow} instance is not valid: "
                              f"{problems[0].path}: {problems[0].message}.", problems)
         now = as_utc(now)
-        inputs = {"data": {}, "context": context, "account": account, "facts": facts or {}, "now": now}
+        inputs = {"data": {}, "context": context, "account": account, "facts": facts or {},
+                  "now": now}
         reasons = self.policy.guards(workflow, CREATE_EVENT).failures(inputs)
         if reasons:
-            return Outcome(workflow=workflow, event=CREATE_EVENT, source=None, target=definition.initial,
-                           applied=False, reasons=tuple(reasons), context=dict(context),
-                           rules_version=self.policy.version)
-        armed, _ = self._timer_changes(self.machines[workflow].timers, None, definition.initial, inputs)
-        return Outcome(workflow=workflow, event=CREATE_EVENT, source=None, target=definition.initial,
-                       applied=True, context=dict(context), context_changed=True, timers_set=armed,
-                       rules_version=self.policy.version)
+            return Outcome(workflow=workflow, event=CREATE_EVENT, source=None,
+                           target=definition.initial, applied=False, reasons=tuple(reasons),
+                           context=dict(context), rules_version=self.policy.version)
+        armed, _ = self._timer_changes(machine.timer_plan(None, definition.initial), inputs)
+        return Outcome(workflow=workflow, event=CREATE_EVENT, source=None,
+                       target=definition.initial, applied=True, context=dict(context),
+                       context_changed=True, timers_set=armed, rules_version=self.policy.version)
