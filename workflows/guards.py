@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -24,8 +25,30 @@ _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9
                     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
 
 
+def _memo(fn: Callable[..., Any], size: int = 4096) -> Callable[..., Any]:
+    """`fn` remembered by its arguments (it must be pure); unhashable arguments bypass the memo
+    so that errors read exactly as without it."""
+    cached = lru_cache(maxsize=size)(fn)
+
+    def call(*args: Any) -> Any:
+        try:
+            hash(args)
+        except TypeError:
+            return fn(*args)
+        return cached(*args)
+
+    call.__name__ = getattr(fn, "__name__", "helper")
+    return call
+
+
 def helper_functions(zone: ZoneInfo) -> dict[str, Callable[..., Any]]:
-    """The functions rules.yaml expressions may call, bound to the policy's time zone."""
+    """The functions rules.yaml expressions may call, bound to the policy's time zone.
+
+    The month and clock helpers are pure functions of a few distinct values per billing month
+    (a usage month, a day, "HH:MM"), so they are memoised: a guard like `now >= local_at(
+    add_months(context.usage_month, 1), 3, "14:00")` then costs a dictionary look-up, not a
+    parse and a time-zone conversion.
+    """
 
     def local_time(ts: datetime) -> str:
         return ts.astimezone(zone).strftime("%H:%M:%S")
@@ -43,9 +66,10 @@ def helper_functions(zone: ZoneInfo) -> dict[str, Callable[..., Any]]:
         "local_time": local_time,
         "local_day": lambda ts: ts.astimezone(zone).day,
         "month_of": lambda ts: calendar.month_of(ts, zone),
-        "add_months": lambda month, n: calendar.add_months(month, int(n)),
-        "last_day": calendar.last_day,
-        "local_at": lambda month, day, clock: calendar.at_local(month, int(day), clock, zone),
+        "add_months": _memo(lambda month, n: calendar.add_months(month, int(n))),
+        "last_day": _memo(calendar.last_day),
+        "local_at": _memo(lambda month, day, clock: calendar.at_local(month, int(day), clock,
+                                                                       zone)),
         "start_of_day": lambda ts: calendar.start_of_local_day(ts, zone),
         "add_days": lambda ts, n: calendar.add_days(ts, int(n), zone),
         "add_hours": lambda ts, n: calendar.add_hours(ts, n),
