@@ -62,13 +62,21 @@ class Database:
 
         @event.listens_for(self.engine, "begin")
         def on_begin(connection: Connection) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            readonly = connection.get_execution_options().get("tollgate_readonly")
+            connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A read-write transaction: committed on success, rolled back on any exception."""
         with self.engine.begin() as connection:
             yield connection
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction (a deferred BEGIN on SQLite, so readers never queue)."""
+        with self.engine.connect().execution_options(tollgate_readonly=True) as connection:
+            yield connection
+            connection.rollback()
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (creates it on first start)."""

@@ -1,55 +1,59 @@
 """Providers of the named facts the workflow definitions declare (other instances' data).
 
 The core never queries: for each event, the runtime asks exactly the providers of the facts the
-definition declares for that event and passes the answers in the snapshot.
+definition declares for that event and passes the answers in the snapshot. Providers read through
+the unit of work, so they see the changes made earlier in the same transaction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import select
 
 from service.tables import instances
 from workflows.definitions import Definition
 
-FactProvider = Callable[[Connection, Mapping[str, Any], Mapping[str, Any]], Any]
-"""(connection, the instance row as a mapping, the event data) → the fact's value."""
+if TYPE_CHECKING:
+    from service.unit_of_work import UnitOfWork
+
+FactProvider = Callable[["UnitOfWork", Mapping[str, Any], Mapping[str, Any]], Any]
+"""(unit of work, the instance record, the event data) → the fact's value."""
 
 
-def email_taken(conn: Connection, row: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
+def email_taken(uow: UnitOfWork, record: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
     email = str(data.get("email", "")).strip().lower()
-    query = (select(func.count()).select_from(instances)
-             .where(instances.c.workflow == "signup", instances.c.email == email,
-                    instances.c.id != row["id"], instances.c.state != "expired"))
-    return bool(conn.execute(query).scalar_one())
+    stored = uow.conn.execute(select(instances.c.id).where(
+        instances.c.workflow == "signup", instances.c.email == email)).scalars()
+    candidates = set(stored) | {i for i, r in uow.records.items()
+                                if r["workflow"] == "signup" and r["email"] == email}
+    candidates.discard(record["id"])
+    for other_id in candidates:
+        other = uow.find(other_id)
+        if other is not None and other["email"] == email and other["state"] != "expired":
+            return True
+    return False
 
 
-def _account_instances(conn: Connection, row: Mapping[str, Any], workflow: str) -> list[Any]:
-    account = row["context"].get("account") if row.get("context") else row.get("account")
-    query = select(instances.c.id, instances.c.state, instances.c.context).where(
-        instances.c.account == account, instances.c.workflow == workflow)
-    return list(conn.execute(query))
+def _account_of(record: Mapping[str, Any]) -> str:
+    return str(record["context"].get("account") or record.get("account"))
 
 
-def credit_granted(conn: Connection, row: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
-    return any(other.id != row["id"] and "granted_at" in (other.context or {})
-               for other in _account_instances(conn, row, "credit"))
+def credit_granted(uow: UnitOfWork, record: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
+    return any(other["id"] != record["id"] and "granted_at" in (other["context"] or {})
+               for other in uow.related(_account_of(record), "credit"))
 
 
-def credits(conn: Connection, row: Mapping[str, Any], data: Mapping[str, Any]) -> list[dict[str, Any]]:
-    active = [{"id": c.id, "balance": int(c.context.get("balance", 0)), "expires_at": c.context["expires_at"]}
-              for c in _account_instances(conn, row, "credit") if c.state == "active"]
+def credits(uow: UnitOfWork, record: Mapping[str, Any], data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    active = [{"id": c["id"], "balance": int(c["context"].get("balance", 0)),
+               "expires_at": c["context"]["expires_at"]}
+              for c in uow.related(_account_of(record), "credit") if c["state"] == "active"]
     return sorted(active, key=lambda c: (c["expires_at"], c["id"]))
 
 
-def payable_methods(conn: Connection, row: Mapping[str, Any], data: Mapping[str, Any]) -> int:
-    account = row["context"].get("account")
-    query = (select(func.count()).select_from(instances)
-             .where(instances.c.account == account, instances.c.workflow == "payment_method",
-                    instances.c.state == "active"))
-    return int(conn.execute(query).scalar_one())
+def payable_methods(uow: UnitOfWork, record: Mapping[str, Any], data: Mapping[str, Any]) -> int:
+    return sum(1 for m in uow.related(_account_of(record), "payment_method") if m["state"] == "active")
 
 
 PROVIDERS: dict[str, FactProvider] = {
@@ -59,12 +63,19 @@ PROVIDERS: dict[str, FactProvider] = {
     "payable_methods": payable_methods,
 }
 
+#: Which workflows' instances each fact reads, so a batch can prefetch them for many accounts.
+RELATED_WORKFLOWS: dict[str, tuple[str, ...]] = {
+    "credit_granted": ("credit",),
+    "credits": ("credit",),
+    "payable_methods": ("payment_method",),
+}
+
 
 def missing_providers(definitions: Mapping[str, Definition]) -> list[str]:
     """Facts a definition declares that no provider here answers (checked at start-up)."""
     return [f"{d.name}.{fact}" for d in definitions.values() for fact in d.facts if fact not in PROVIDERS]
 
 
-def gather(conn: Connection, definition: Definition, event: str, row: Mapping[str, Any],
+def gather(uow: UnitOfWork, definition: Definition, event: str, record: Mapping[str, Any],
            data: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: PROVIDERS[name](conn, row, data) for name in definition.facts_for(event)}
+    return {name: PROVIDERS[name](uow, record, data) for name in definition.facts_for(event)}

@@ -18,13 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from service import facts as fact_providers
 from service.db import Database
 from service.problems import problem
 from service.tables import clocks, history, idempotency, instances, notifications, rules_versions, timers
+from service.unit_of_work import UnitOfWork, account_view
 from workflows.definitions import CREATE_EVENT, definitions
 from workflows.engine import Engine
 from workflows.exceptions import (
@@ -42,10 +43,8 @@ from workflows.exceptions import (
     TollgateError,
     Unprocessable,
 )
-from workflows.outcome import Outcome, Snapshot
 from workflows.policy import load_policy
 
-MAX_SEND_DEPTH = 4
 TIMER_ACTOR = "timer"
 ID_PREFIX = {"signup": "acct", "payment_method": "pm", "credit": "cr", "invoice": "inv"}
 
@@ -112,7 +111,7 @@ class Runtime:
         return RulesVersion(row.id, row.sha256, row.activated_at, row.source, row.yaml)
 
     def active_rules(self) -> RulesVersion:
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             return self._active(conn)
 
     def validate_rules(self, text: str, source: str = "rules.yaml") -> list[Problem]:
@@ -144,7 +143,7 @@ class Runtime:
         except OSError as error:
             raise RulesError([Problem("$", f"The rules file cannot be read: {error.strerror}.",
                                       str(path))]) from None
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             row = conn.execute(select(rules_versions.c.sha256).order_by(rules_versions.c.id.desc())
                                .limit(1)).first()
         if row is not None and row.sha256 == hashlib.sha256(text.encode()).hexdigest():
@@ -173,7 +172,7 @@ class Runtime:
                 "created_at": rfc3339(row.created_at), "updated_at": rfc3339(row.updated_at)}
 
     def get_instance(self, instance_id: str) -> dict[str, Any]:
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             return self._instance_dict(conn, self._row(conn, instance_id))
 
     def list_instances(self, *, workflow: str | None = None, state: str | None = None,
@@ -195,14 +194,14 @@ class Runtime:
             query = query.where(or_(instances.c.created_at > created,
                                     and_(instances.c.created_at == created, instances.c.id > last_id)))
         query = query.order_by(instances.c.created_at, instances.c.id).limit(limit + 1)
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             rows = list(conn.execute(query))
             items = [self._instance_dict(conn, r) for r in rows[:limit]]
         next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
         return {"items": items, "next_cursor": next_cursor}
 
     def history(self, instance_id: str) -> list[dict[str, Any]]:
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             self._row(conn, instance_id)
             rows = conn.execute(select(history).where(history.c.instance == instance_id)
                                 .order_by(history.c.seq))
@@ -215,7 +214,7 @@ class Runtime:
         query = select(notifications).order_by(notifications.c.id)
         if instance_id:
             query = query.where(notifications.c.instance == instance_id)
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             return [{"id": n.id, "instance": n.instance, "template": n.template, "channel": n.channel,
                      "recipient": n.recipient, "payload": n.payload, "created_at": rfc3339(n.created_at)}
                     for n in conn.execute(query)]
@@ -233,86 +232,112 @@ class Runtime:
     def create_clock(self, now: datetime, clock_id: str | None = None) -> dict[str, Any]:
         clock_id = clock_id or "clk_" + secrets.token_hex(6)
         with self.db.transaction() as conn:
-            try:
-                conn.execute(insert(clocks).values(id=clock_id, now=now, created_at=self.now()))
-            except IntegrityError:
-                raise Conflict(f"A clock '{clock_id}' already exists.") from None
+            if conn.execute(select(clocks.c.id).where(clocks.c.id == clock_id)).first():
+                raise Conflict(f"A clock '{clock_id}' already exists.")
+            conn.execute(insert(clocks).values(id=clock_id, now=now, created_at=self.now()))
         return {"id": clock_id, "now": rfc3339(now), "fired": []}
 
     def get_clock(self, clock_id: str) -> dict[str, Any]:
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             return {"id": clock_id, "now": rfc3339(self._clock_now(conn, clock_id)), "fired": []}
 
-    def advance_clock(self, clock_id: str, to: datetime, *, actor: str = TIMER_ACTOR) -> dict[str, Any]:
+    def advance_clock(self, clock_id: str, to: datetime, *, actor: str = TIMER_ACTOR,
+                      batch: int = 1000, collect: bool = True) -> dict[str, Any]:
         """Move a test clock to `to`, firing every timer due on the way in time order.
 
-        Timers set by the fired transitions are fired too when they fall due before `to`.
+        Timers set by the fired transitions are fired too when they fall due before `to`. With
+        `collect=False` only the number fired is returned (for runs of millions of timers).
         """
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             current = self._clock_now(conn, clock_id)
         if to < current:
             raise ClockError(f"The clock '{clock_id}' is at {rfc3339(current)}; it cannot go back to "
                              f"{rfc3339(to)}.")
         fired: list[dict[str, Any]] = []
+        count = 0
         while True:
-            entry = self._fire_next_timer(clock_id, to, actor)
-            if entry is None:
+            handled, entries = self.sweep(clock_id, to, batch=batch, actor=actor, collect=collect)
+            if not handled:
                 break
-            fired.append(entry)
+            count += handled
+            fired.extend(entries)
         with self.db.transaction() as conn:
             conn.execute(update(clocks).where(clocks.c.id == clock_id).values(now=to))
-        return {"id": clock_id, "now": rfc3339(to), "fired": fired}
+        result: dict[str, Any] = {"id": clock_id, "now": rfc3339(to), "fired": fired}
+        if not collect:
+            result["fired_count"] = count
+        return result
 
-    def _fire_next_timer(self, clock_id: str | None, until: datetime, actor: str) -> dict[str, Any] | None:
-        """Claim and fire the earliest due timer of a clock (None: real time); None when none."""
-        nested_failure: SendFailed | None = None
+    def sweep(self, clock_id: str | None, until: datetime, *, batch: int = 1000, actor: str = TIMER_ACTOR,
+              collect: bool = True) -> tuple[int, list[dict[str, Any]]]:
+        """Claim up to `batch` timers due at the earliest due instant ≤ `until` and fire them in one
+        transaction; returns how many were handled and (if `collect`) what each did.
+
+        Only timers of one instant are taken together, so timers the fired transitions arm (never
+        earlier than that instant) still fire in time order. A claimed timer is deleted in the
+        transaction that fires it: with `FOR UPDATE SKIP LOCKED` on PostgreSQL several workers
+        never fire one twice, and a crash before commit leaves it due.
+        """
+        entries: list[dict[str, Any]] = []
         with self.db.transaction() as conn:
-            query = (select(timers).where(timers.c.clock.is_(None) if clock_id is None
-                                          else timers.c.clock == clock_id, timers.c.due_at <= until)
-                     .order_by(timers.c.due_at, timers.c.instance, timers.c.name).limit(1))
+            where = timers.c.clock.is_(None) if clock_id is None else timers.c.clock == clock_id
+            query = (select(timers).where(where, timers.c.due_at <= until)
+                     .order_by(timers.c.due_at, timers.c.instance, timers.c.name).limit(batch))
             if self.db.for_update():
                 query = query.with_for_update(skip_locked=True)
-            timer = conn.execute(query).first()
-            if timer is None:
-                return None
-            conn.execute(delete(timers).where(timers.c.instance == timer.instance,
-                                              timers.c.name == timer.name))
+            claimed = list(conn.execute(query))
+            if not claimed:
+                return 0, entries
+            instant = claimed[0].due_at
+            claimed = [t for t in claimed if t.due_at == instant]
+            uow = UnitOfWork(self, conn, self._active(conn))
             if clock_id is not None:
-                conn.execute(update(clocks).where(clocks.c.id == clock_id, clocks.c.now < timer.due_at)
-                             .values(now=timer.due_at))
-            row = self._row(conn, timer.instance, lock=True)
-            entry = {"instance": row.id, "event": timer.event, "from": row.state, "to": row.state,
-                     "at": rfc3339(timer.due_at), "timer": timer.name}
-            version = self._active(conn)
-            savepoint = conn.begin_nested()
-            try:
-                outcome = self._apply(conn, version, row, timer.event, {}, actor, depth=0)
-                savepoint.commit()
-                entry.update(to=outcome.target, outcome="applied")
-            except GuardDenied as denied:
-                if isinstance(denied, SendFailed):
-                    savepoint.rollback()
-                    nested_failure = denied
-                else:
-                    savepoint.commit()  # keep the denied attempt in the history; drop the timer
-                entry.update(outcome="denied", reasons=[r.as_dict() for r in denied.reasons])
-            except InvalidTransition:
-                savepoint.rollback()
-                entry.update(outcome="dropped")
-        if nested_failure is not None:
-            self._record_failed_send(timer.instance, timer.event, {}, actor, nested_failure)
-        return entry
+                uow.set_clock(clock_id, instant)
+            self._prefetch_for(uow, claimed)
+            for timer in claimed:
+                uow.set_timer(timer.instance, timer.name, None)
+                record = uow.find(timer.instance)
+                if record is None:
+                    continue
+                entry = {"instance": timer.instance, "event": timer.event, "from": record["state"],
+                         "to": record["state"], "at": rfc3339(timer.due_at), "timer": timer.name}
+                mark = uow.checkpoint()
+                try:
+                    outcome = uow.apply(timer.instance, timer.event, {}, actor)
+                    entry.update(to=outcome.target, outcome="applied")
+                except SendFailed as failure:
+                    uow.rollback_to(mark)
+                    uow.record_failure(timer.instance, timer.event, {}, actor, failure)
+                    entry.update(outcome="denied", reasons=[r.as_dict() for r in failure.reasons])
+                except GuardDenied as denied:  # kept in the history; the timer is dropped
+                    entry.update(outcome="denied", reasons=[r.as_dict() for r in denied.reasons])
+                except InvalidTransition:
+                    uow.rollback_to(mark)
+                    entry.update(outcome="dropped")
+                if collect:
+                    entries.append(entry)
+            uow.flush()
+        return len(claimed), entries
+
+    def _prefetch_for(self, uow: UnitOfWork, claimed: list[Any]) -> None:
+        """Load the claimed instances, their accounts and what their facts read, in a few queries."""
+        uow.load(t.instance for t in claimed)
+        accounts = {r["account"] for r in uow.records.values() if r["account"]}
+        uow.load(accounts)
+        wanted: set[str] = set()
+        for timer in claimed:
+            record = uow.records.get(timer.instance)
+            if record is not None:
+                definition = uow.engine.definition(record["workflow"])
+                for fact in definition.facts_for(timer.event):
+                    wanted.update(fact_providers.RELATED_WORKFLOWS.get(fact, ()))
+        if wanted:
+            uow.prefetch(accounts, sorted(wanted))
 
     def run_due_timers(self, *, limit: int = 1000, actor: str = TIMER_ACTOR) -> list[dict[str, Any]]:
         """Fire real-time timers that are due now (the scheduler and `tollgate worker` call this)."""
-        fired = []
-        now = self.now()
-        for _ in range(limit):
-            entry = self._fire_next_timer(None, now, actor)
-            if entry is None:
-                break
-            fired.append(entry)
-        return fired
+        _, entries = self.sweep(None, self.now(), batch=limit, actor=actor)
+        return entries
 
     # ── creating ─────────────────────────────────────────────────────────────────────────────
 
@@ -321,55 +346,56 @@ class Runtime:
         if workflow not in definitions():
             raise NotFound(f"There is no workflow '{workflow}'; workflows: {', '.join(definitions())}.")
         with self.db.transaction() as conn:
-            version = self._active(conn)
-            engine = self.engine_for(version)
-            definition = engine.definition(workflow)
+            uow = UnitOfWork(self, conn, self._active(conn))
+            definition = uow.engine.definition(workflow)
             account = None
             account_id = None
             if definition.references_account and isinstance(context, Mapping) and "account" in context:
                 account_id = str(context["account"])
-                account_row = conn.execute(select(instances).where(instances.c.id == account_id)).first()
-                if account_row is None or account_row.workflow != "signup":
+                account_record = uow.find(account_id)
+                if account_record is None or account_record["workflow"] != "signup":
                     raise Unprocessable(f"The account '{account_id}' does not exist; give the id of a "
                                         "signup instance in context.account.")
-                if clock is not None and clock != account_row.clock:
-                    raise Unprocessable(f"The account '{account_id}' runs on "
-                                        f"{'clock ' + repr(account_row.clock) if account_row.clock else 'real time'}"
-                                        f"; an instance that references it cannot use the clock '{clock}'.")
-                clock = account_row.clock
-                account = _account_dict(account_row)
-            now = self._clock_now(conn, clock)
+                if clock is not None and clock != account_record["clock"]:
+                    runs_on = f"clock '{account_record['clock']}'" if account_record["clock"] else "real time"
+                    raise Unprocessable(f"The account '{account_id}' runs on {runs_on}; an instance that "
+                                        f"references it cannot use the clock '{clock}'.")
+                clock = account_record["clock"]
+                account = account_view(account_record)
+            now = uow.now_of(clock)
             instance_id = instance_id or f"{ID_PREFIX[workflow]}_{secrets.token_hex(8)}"
-            pseudo_row = {"id": instance_id, "context": dict(context) if isinstance(context, Mapping) else {},
-                          "account": account_id}
-            facts = fact_providers.gather(conn, definition, CREATE_EVENT, pseudo_row, {})
-            outcome = engine.create(workflow, context, now, instance_id=instance_id, account=account,
-                                    facts=facts)
+            if uow.find(instance_id) is not None:
+                raise Conflict(f"An instance '{instance_id}' already exists.")
+            record: dict[str, Any] = {
+                "id": instance_id, "workflow": workflow, "state": definition.initial,
+                "context": dict(context) if isinstance(context, Mapping) else {}, "secrets": {},
+                "version": 0, "clock": clock, "account": account_id, "email": None, "usage_month": None,
+                "created_at": now, "updated_at": now}
+            facts = fact_providers.gather(uow, definition, CREATE_EVENT, record, {})
+            outcome = uow.engine.create(workflow, context, now, instance_id=instance_id, account=account,
+                                        facts=facts)
             if not outcome.applied:
                 raise GuardDenied(CREATE_EVENT, list(outcome.reasons))
+            if workflow == "invoice":
+                record["usage_month"] = outcome.context.get("usage_month")
+                duplicate = conn.execute(select(instances.c.id).where(
+                    instances.c.account == account_id,
+                    instances.c.usage_month == record["usage_month"])).scalar_one_or_none()
+                if duplicate is not None:
+                    raise Conflict(f"The account '{account_id}' already has the invoice '{duplicate}' for "
+                                   f"{record['usage_month']}; there is one invoice per account and month.")
+            record.update(state=outcome.target, context=dict(outcome.context))
+            uow.record_attempt(record, outcome, actor, now)
+            record["version"] = 1
+            uow.insert(record)
+            uow.apply_effects(record, outcome, now)
             try:
                 with conn.begin_nested():
-                    conn.execute(insert(instances).values(
-                        id=instance_id, workflow=workflow, state=outcome.target,
-                        context=dict(outcome.context), secrets={}, version=1, clock=clock,
-                        account=account_id, email=None,
-                        usage_month=outcome.context.get("usage_month") if workflow == "invoice" else None,
-                        created_at=now, updated_at=now))
+                    uow.flush()
             except IntegrityError:
-                raise self._duplicate(conn, workflow, instance_id, outcome.context) from None
-            self._write_history(conn, instance_id, 1, outcome, now, version.id, actor)
-            self._write_timers(conn, instance_id, clock, outcome)
+                raise Conflict(f"An instance '{instance_id}' (or an invoice for that account and month) "
+                               "was created at the same time; read it and retry if needed.") from None
             return self._instance_dict(conn, self._row(conn, instance_id))
-
-    def _duplicate(self, conn: Connection, workflow: str, instance_id: str,
-                   context: Mapping[str, Any]) -> Conflict:
-        if conn.execute(select(instances.c.id).where(instances.c.id == instance_id)).first():
-            return Conflict(f"An instance '{instance_id}' already exists.")
-        other = conn.execute(select(instances.c.id).where(
-            instances.c.account == context.get("account"),
-            instances.c.usage_month == context.get("usage_month"))).scalar_one_or_none()
-        return Conflict(f"The account '{context.get('account')}' already has the invoice '{other}' for "
-                        f"{context.get('usage_month')}; there is one invoice per account and month.")
 
     # ── events ───────────────────────────────────────────────────────────────────────────────
 
@@ -384,138 +410,43 @@ class Runtime:
         data = {} if data is None else data
         if dry_run:
             return self._dry_run(instance_id, event, data)
-        nested: SendFailed | None = None
         with self.db.transaction() as conn:
             if idempotency_key is not None:
                 stored = self._idempotent_replay(conn, idempotency_key, fingerprint or "")
                 if stored is not None:
                     return stored
-            version = self._active(conn)
-            row = self._row(conn, instance_id, lock=True)
-            if if_match is not None and row.version != if_match:
-                raise StaleVersion(f"The instance '{instance_id}' is at version {row.version}, not "
+            uow = UnitOfWork(self, conn, self._active(conn))
+            record = uow.get(instance_id)
+            if if_match is not None and record["version"] != if_match:
+                raise StaleVersion(f"The instance '{instance_id}' is at version {record['version']}, not "
                                    f"{if_match}; read it again and retry.")
-            savepoint = conn.begin_nested()
             try:
-                self._apply(conn, version, row, event, data, actor, depth=0)
-                savepoint.commit()
+                uow.apply(instance_id, event, data, actor)
+                uow.flush()
                 result = Result(200, self._instance_dict(conn, self._row(conn, instance_id)))
             except SendFailed as failure:
-                savepoint.rollback()
-                nested = failure
+                uow.rollback_to(0)
+                uow.record_failure(instance_id, event, data, actor, failure)
+                uow.flush()
                 result = Result(failure.status, problem(failure))
             except GuardDenied as denied:
-                savepoint.commit()  # the denied attempt stays in the history
+                uow.flush()  # the denied attempt (and any on_denied change) stays in the history
                 result = Result(denied.status, problem(denied))
-            if nested is None and idempotency_key is not None:
-                self._idempotent_store(conn, idempotency_key, fingerprint or "", result)
-        if nested is not None:
-            self._record_failed_send(instance_id, event, data, actor, nested)
             if idempotency_key is not None:
-                with self.db.transaction() as conn:
-                    self._idempotent_store(conn, idempotency_key, fingerprint or "", result)
+                self._idempotent_store(conn, idempotency_key, fingerprint or "", result)
         return result
 
     def _dry_run(self, instance_id: str, event: str, data: Mapping[str, Any]) -> Result:
-        with self.db.engine.connect() as conn:
-            version = self._active(conn)
-            row = self._row(conn, instance_id)
-            outcome = self._decide(conn, self.engine_for(version), row, event, data)
+        with self.db.read() as conn:
+            uow = UnitOfWork(self, conn, self._active(conn))
+            uow.lock = False
+            outcome = uow.decide(uow.get(instance_id), event, data)
             return Result(200, {"allowed": outcome.applied, "to": outcome.target,
                                 "reasons": [r.as_dict() for r in outcome.reasons],
                                 "notes": [n.as_dict() for n in outcome.notes],
-                                "rules_version": version.id})
+                                "rules_version": uow.version.id})
 
-    def _decide(self, conn: Connection, engine: Engine, row: Row[Any], event: str,
-                data: Mapping[str, Any]) -> Outcome:
-        definition = engine.definition(row.workflow)
-        account = None
-        if definition.references_account:
-            account_row = conn.execute(select(instances).where(
-                instances.c.id == row.context.get("account"))).first()
-            account = _account_dict(account_row) if account_row is not None else None
-        if event in definition.events:
-            facts = fact_providers.gather(conn, definition, event, row._mapping, data)
-        else:
-            facts = {}
-        snapshot = Snapshot(workflow=row.workflow, state=row.state, context=row.context, id=row.id,
-                            account=account, facts=facts, secrets=row.secrets or {})
-        return engine.decide(snapshot, event, data, self._clock_now(conn, row.clock))
-
-    def _apply(self, conn: Connection, version: RulesVersion, row: Row[Any], event: str,
-               data: Mapping[str, Any], actor: str, depth: int) -> Outcome:
-        """Judge and apply one event inside the caller's transaction; sends recurse."""
-        now = self._clock_now(conn, row.clock)
-        outcome = self._decide(conn, self.engine_for(version), row, event, data)
-        seq = row.version + 1
-        self._write_history(conn, row.id, seq, outcome, now, version.id, actor)
-        values: dict[str, Any] = {"version": seq, "updated_at": now}
-        if outcome.context_changed:
-            values["context"] = dict(outcome.context)
-            if row.workflow == "signup":
-                values["email"] = outcome.context.get("email")
-        if outcome.secrets != (row.secrets or {}):
-            values["secrets"] = dict(outcome.secrets)
-        if not outcome.applied:
-            conn.execute(update(instances).where(instances.c.id == row.id).values(**values))
-            raise GuardDenied(event, list(outcome.reasons))
-        values["state"] = outcome.target
-        conn.execute(update(instances).where(instances.c.id == row.id).values(**values))
-        self._write_timers(conn, row.id, row.clock, outcome)
-        if outcome.notifications:
-            conn.execute(insert(notifications), [
-                {"instance": row.id, "template": n.template, "channel": n.channel,
-                 "recipient": n.recipient, "payload": dict(n.payload), "created_at": now}
-                for n in outcome.notifications])
-        for send in outcome.sends:
-            if depth >= MAX_SEND_DEPTH:
-                raise SendFailed(send.instance, send.event,
-                                 TollgateError("Events sent between instances nest too deeply."))
-            try:
-                target = self._row(conn, send.instance, lock=True)
-                self._apply(conn, version, target, send.event, send.data, f"{row.workflow}:{row.id}",
-                            depth + 1)
-            except SendFailed:
-                raise
-            except (GuardDenied, InvalidTransition, NotFound, BadRequest) as error:
-                raise SendFailed(send.instance, send.event, error) from error
-        return outcome
-
-    def _record_failed_send(self, instance_id: str, event: str, data: Mapping[str, Any], actor: str,
-                            failure: SendFailed) -> None:
-        """After a rollback, keep the attempt in the history as denied (and nothing else)."""
-        with self.db.transaction() as conn:
-            version = self._active(conn)
-            row = self._row(conn, instance_id, lock=True)
-            definition = self.engine_for(version).definition(row.workflow)
-            redacted = {k: ("[redacted]" if k in definition.secret_fields else v) for k, v in data.items()}
-            now = self._clock_now(conn, row.clock)
-            conn.execute(insert(history).values(
-                instance=row.id, seq=row.version + 1, event=event, from_state=row.state,
-                to_state=row.state, outcome="denied", reasons=[r.as_dict() for r in failure.reasons],
-                notes=[], data=redacted, at=now, rules_version=version.id, actor=actor))
-            conn.execute(update(instances).where(instances.c.id == row.id)
-                         .values(version=row.version + 1, updated_at=now))
-
-    # ── writing helpers ──────────────────────────────────────────────────────────────────────
-
-    @staticmethod
-    def _write_history(conn: Connection, instance_id: str, seq: int, outcome: Outcome, at: datetime,
-                       rules_version: int, actor: str) -> None:
-        conn.execute(insert(history).values(
-            instance=instance_id, seq=seq, event=outcome.event, from_state=outcome.source,
-            to_state=outcome.target, outcome="applied" if outcome.applied else "denied",
-            reasons=[r.as_dict() for r in outcome.reasons], notes=[n.as_dict() for n in outcome.notes],
-            data=dict(outcome.data), at=at, rules_version=rules_version, actor=actor))
-
-    @staticmethod
-    def _write_timers(conn: Connection, instance_id: str, clock: str | None, outcome: Outcome) -> None:
-        names = set(outcome.timers_cancelled) | {t.name for t in outcome.timers_set}
-        if names:
-            conn.execute(delete(timers).where(timers.c.instance == instance_id, timers.c.name.in_(names)))
-        if outcome.timers_set:
-            conn.execute(insert(timers), [{"instance": instance_id, "name": t.name, "event": t.event,
-                                           "due_at": t.at, "clock": clock} for t in outcome.timers_set])
+    # ── idempotency ──────────────────────────────────────────────────────────────────────────
 
     def _idempotent_replay(self, conn: Connection, key: str, fingerprint: str) -> Result | None:
         row = conn.execute(select(idempotency).where(idempotency.c.key == key)).first()
@@ -529,12 +460,6 @@ class Runtime:
     def _idempotent_store(self, conn: Connection, key: str, fingerprint: str, result: Result) -> None:
         conn.execute(insert(idempotency).values(key=key, fingerprint=fingerprint, status=result.status,
                                                 body=result.body, headers={}, created_at=self.now()))
-
-
-def _account_dict(row: Row[Any]) -> dict[str, Any]:
-    account = {"partner": False, **(row.context or {})}
-    account.update(id=row.id, state=row.state)
-    return account
 
 
 def _encode_cursor(row: Row[Any]) -> str:

@@ -1,0 +1,302 @@
+"""A unit of work: apply many events in memory inside one transaction, then write them in bulk.
+
+Instances are loaded (and, on PostgreSQL, row-locked) once, every event — including the events
+instances send each other — is judged against the in-memory records, and `flush` writes the
+instance updates, history rows, timer changes and outbox rows with one `executemany` per table.
+A single API event is a unit of one; the timer sweep fires thousands of timers per unit.
+`checkpoint`/`rollback_to` undo the in-memory effects of one event whose linked sends failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
+
+from service.tables import clocks, history, instances, notifications, timers
+from workflows.engine import Engine
+from workflows.exceptions import (
+    BadRequest,
+    GuardDenied,
+    InvalidTransition,
+    NotFound,
+    SendFailed,
+    TollgateError,
+)
+from workflows.outcome import Outcome, Snapshot
+
+if TYPE_CHECKING:
+    from service.runtime import RulesVersion, Runtime
+
+MAX_SEND_DEPTH = 4
+_MISSING = object()
+INSTANCE_COLUMNS = ("id", "workflow", "state", "context", "secrets", "version", "clock", "account",
+                    "email", "usage_month", "created_at", "updated_at")
+
+
+def account_view(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The account as guards see it: the signup's context plus id, state and partner."""
+    view = {"partner": False, **(record["context"] or {})}
+    view.update(id=record["id"], state=record["state"])
+    return view
+
+
+class UnitOfWork:
+    """In-memory instance records and pending writes for one database transaction."""
+
+    def __init__(self, runtime: Runtime, conn: Connection, version: RulesVersion) -> None:
+        self.runtime = runtime
+        self.conn = conn
+        self.version = version
+        self.engine: Engine = runtime.engine_for(version)
+        self.lock = runtime.db.for_update()
+        self.records: dict[str, dict[str, Any]] = {}
+        self.by_account: dict[tuple[str, str], list[str]] = {}
+        self.new_ids: set[str] = set()
+        self.dirty: set[str] = set()
+        self.groups: set[tuple[str, str]] = set()
+        self.history_rows: list[dict[str, Any]] = []
+        self.notification_rows: list[dict[str, Any]] = []
+        self.timer_ops: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self.clock_times: dict[str, datetime] = {}
+        self.moved_clocks: set[str] = set()
+        self.journal: list[tuple[str, Any, Any]] = []
+
+    # ── loading ──────────────────────────────────────────────────────────────────────────────
+
+    def _index(self, record: Mapping[str, Any]) -> None:
+        if record["account"]:
+            self.by_account.setdefault((record["account"], record["workflow"]), []).append(record["id"])
+
+    def _remember(self, rows: Iterable[Any]) -> None:
+        for row in rows:
+            if row.id not in self.records:
+                record = dict(row._mapping)
+                self.records[row.id] = record
+                self._index(record)
+
+    def load(self, ids: Iterable[str]) -> None:
+        """Load (and lock) the instances not yet in memory, in one query."""
+        missing = [i for i in dict.fromkeys(ids) if i not in self.records]
+        if not missing:
+            return
+        query = select(instances).where(instances.c.id.in_(missing))
+        if self.lock:
+            query = query.with_for_update()
+        self._remember(self.conn.execute(query))
+
+    def get(self, instance_id: str) -> dict[str, Any]:
+        if instance_id not in self.records:
+            self.load([instance_id])
+        record = self.records.get(instance_id)
+        if record is None:
+            raise NotFound(f"There is no instance '{instance_id}'.")
+        return record
+
+    def find(self, instance_id: str) -> dict[str, Any] | None:
+        try:
+            return self.get(instance_id)
+        except NotFound:
+            return None
+
+    def prefetch(self, accounts: Iterable[str], workflows: Iterable[str]) -> None:
+        """Load every instance of these workflows for these accounts, in one query."""
+        wanted = [(a, w) for a in dict.fromkeys(accounts) for w in workflows if (a, w) not in self.groups]
+        if not wanted:
+            return
+        account_ids = sorted({a for a, _ in wanted})
+        names = sorted({w for _, w in wanted})
+        query = select(instances).where(instances.c.account.in_(account_ids), instances.c.workflow.in_(names))
+        self._remember(self.conn.execute(query))
+        self.groups.update(wanted)
+
+    def related(self, account: str, workflow: str) -> list[dict[str, Any]]:
+        """Every instance of `workflow` referencing `account`, as this unit currently sees them."""
+        self.prefetch([account], [workflow])
+        return [self.records[i] for i in self.by_account.get((account, workflow), ()) if i in self.records]
+
+    def now_of(self, clock: str | None) -> datetime:
+        if clock is None:
+            return self.runtime.now()
+        if clock not in self.clock_times:
+            value = self.conn.execute(select(clocks.c.now).where(clocks.c.id == clock)).scalar_one_or_none()
+            if value is None:
+                raise NotFound(f"There is no clock '{clock}'.")
+            self.clock_times[clock] = value
+        return self.clock_times[clock]
+
+    def set_clock(self, clock: str, moment: datetime) -> None:
+        """Move a test clock forward (never back) for the rest of this unit."""
+        if moment > self.now_of(clock):
+            self.clock_times[clock] = moment
+            self.moved_clocks.add(clock)
+
+    # ── changing, with a journal for rollback ────────────────────────────────────────────────
+
+    def _replace(self, record: dict[str, Any]) -> None:
+        self.journal.append(("record", record["id"], self.records.get(record["id"], _MISSING)))
+        self.records[record["id"]] = record
+        if record["id"] not in self.new_ids:
+            self.dirty.add(record["id"])
+
+    def insert(self, record: dict[str, Any]) -> None:
+        self.journal.append(("record", record["id"], _MISSING))
+        self.records[record["id"]] = record
+        self.new_ids.add(record["id"])
+        self._index(record)
+
+    def set_timer(self, instance_id: str, name: str, row: dict[str, Any] | None) -> None:
+        key = (instance_id, name)
+        self.journal.append(("timer", key, self.timer_ops.get(key, _MISSING)))
+        self.timer_ops[key] = row
+
+    def add_history(self, row: dict[str, Any]) -> None:
+        self.journal.append(("history", None, None))
+        self.history_rows.append(row)
+
+    def checkpoint(self) -> int:
+        return len(self.journal)
+
+    def rollback_to(self, mark: int) -> None:
+        while len(self.journal) > mark:
+            kind, key, previous = self.journal.pop()
+            if kind == "record":
+                if previous is _MISSING:
+                    self.records.pop(key, None)
+                    self.new_ids.discard(key)
+                else:
+                    self.records[key] = previous
+            elif kind == "timer":
+                if previous is _MISSING:
+                    self.timer_ops.pop(key, None)
+                else:
+                    self.timer_ops[key] = previous
+            elif kind == "history":
+                self.history_rows.pop()
+            elif kind == "notification":
+                self.notification_rows.pop()
+
+    # ── judging and applying ─────────────────────────────────────────────────────────────────
+
+    def decide(self, record: Mapping[str, Any], event: str, data: Mapping[str, Any]) -> Outcome:
+        from service import facts
+
+        definition = self.engine.definition(record["workflow"])
+        account = None
+        if definition.references_account:
+            account_record = self.find(record["context"].get("account"))
+            account = account_view(account_record) if account_record is not None else None
+        gathered = facts.gather(self, definition, event, record, data) if event in definition.events else {}
+        snapshot = Snapshot(workflow=record["workflow"], state=record["state"], context=record["context"],
+                            id=record["id"], account=account, facts=gathered, secrets=record["secrets"] or {})
+        return self.engine.decide(snapshot, event, data, self.now_of(record["clock"]))
+
+    def record_attempt(self, record: Mapping[str, Any], outcome: Outcome, actor: str, at: datetime) -> None:
+        self.add_history({
+            "instance": record["id"], "seq": record["version"] + 1, "event": outcome.event,
+            "from_state": outcome.source, "to_state": outcome.target,
+            "outcome": "applied" if outcome.applied else "denied",
+            "reasons": [r.as_dict() for r in outcome.reasons], "notes": [n.as_dict() for n in outcome.notes],
+            "data": dict(outcome.data), "at": at, "rules_version": self.version.id, "actor": actor})
+
+    def apply(self, instance_id: str, event: str, data: Mapping[str, Any], actor: str,
+              depth: int = 0) -> Outcome:
+        """Judge and apply one event; a denial is recorded, then raised as GuardDenied."""
+        record = self.get(instance_id)
+        outcome = self.decide(record, event, data)
+        now = self.now_of(record["clock"])
+        self.record_attempt(record, outcome, actor, now)
+        updated = dict(record, version=record["version"] + 1, updated_at=now)
+        if outcome.context_changed:
+            updated["context"] = dict(outcome.context)
+            if record["workflow"] == "signup":
+                updated["email"] = outcome.context.get("email")
+        if outcome.secrets != (record["secrets"] or {}):
+            updated["secrets"] = dict(outcome.secrets)
+        if not outcome.applied:
+            self._replace(updated)
+            raise GuardDenied(event, list(outcome.reasons))
+        updated["state"] = outcome.target
+        self._replace(updated)
+        self.apply_effects(updated, outcome, now)
+        for send in outcome.sends:
+            if depth >= MAX_SEND_DEPTH:
+                raise SendFailed(send.instance, send.event,
+                                 TollgateError("Events sent between instances nest too deeply."))
+            try:
+                self.apply(send.instance, send.event, send.data, f"{record['workflow']}:{record['id']}",
+                           depth + 1)
+            except SendFailed:
+                raise
+            except (GuardDenied, InvalidTransition, NotFound, BadRequest) as error:
+                raise SendFailed(send.instance, send.event, error) from error
+        return outcome
+
+    def record_failure(self, instance_id: str, event: str, data: Mapping[str, Any], actor: str,
+                       failure: SendFailed) -> None:
+        """After `rollback_to`, keep the attempt whose linked send failed in the history as denied."""
+        record = self.get(instance_id)
+        now = self.now_of(record["clock"])
+        secret = self.engine.definition(record["workflow"]).secret_fields
+        self.add_history({
+            "instance": record["id"], "seq": record["version"] + 1, "event": event,
+            "from_state": record["state"], "to_state": record["state"], "outcome": "denied",
+            "reasons": [r.as_dict() for r in failure.reasons], "notes": [],
+            "data": {k: ("[redacted]" if k in secret else v) for k, v in data.items()},
+            "at": now, "rules_version": self.version.id, "actor": actor})
+        self._replace(dict(record, version=record["version"] + 1, updated_at=now))
+
+    def apply_effects(self, record: Mapping[str, Any], outcome: Outcome, now: datetime) -> None:
+        """Timer changes and outbox rows of an applied (or created) outcome."""
+        for name in outcome.timers_cancelled:
+            self.set_timer(record["id"], name, None)
+        for timer in outcome.timers_set:
+            self.set_timer(record["id"], timer.name, {"instance": record["id"], "name": timer.name,
+                                                      "event": timer.event, "due_at": timer.at,
+                                                      "clock": record["clock"]})
+        for note in outcome.notifications:
+            self.journal.append(("notification", None, None))
+            self.notification_rows.append({"instance": record["id"], "template": note.template,
+                                           "channel": note.channel, "recipient": note.recipient,
+                                           "payload": dict(note.payload), "created_at": now})
+
+    # ── writing ──────────────────────────────────────────────────────────────────────────────
+
+    def flush(self) -> None:
+        """Write everything pending with one statement per table and kind."""
+        conn = self.conn
+        if self.new_ids:
+            conn.execute(insert(instances), [{c: self.records[i][c] for c in INSTANCE_COLUMNS}
+                                             for i in self.new_ids if i in self.records])
+        dirty = [self.records[i] for i in self.dirty if i in self.records and i not in self.new_ids]
+        if dirty:
+            conn.execute(
+                update(instances).where(instances.c.id == bindparam("_id")).values(
+                    state=bindparam("state"), context=bindparam("context"), secrets=bindparam("secrets"),
+                    version=bindparam("version"), email=bindparam("email"),
+                    updated_at=bindparam("updated_at")),
+                [{"_id": r["id"], "state": r["state"], "context": r["context"],
+                  "secrets": r["secrets"], "version": r["version"], "email": r["email"],
+                  "updated_at": r["updated_at"]} for r in dirty])
+        if self.history_rows:
+            conn.execute(insert(history), self.history_rows)
+        if self.timer_ops:
+            conn.execute(delete(timers).where(timers.c.instance == bindparam("i"),
+                                              timers.c.name == bindparam("n")),
+                         [{"i": i, "n": n} for i, n in self.timer_ops])
+            rows = [row for row in self.timer_ops.values() if row is not None]
+            if rows:
+                conn.execute(insert(timers), rows)
+        if self.notification_rows:
+            conn.execute(insert(notifications), self.notification_rows)
+        for clock in self.moved_clocks:
+            conn.execute(update(clocks).where(clocks.c.id == clock).values(now=self.clock_times[clock]))
+        self.moved_clocks.clear()
+        self.new_ids.clear()
+        self.dirty.clear()
+        self.history_rows.clear()
+        self.notification_rows.clear()
+        self.timer_ops.clear()
+        self.journal.clear()
