@@ -53,15 +53,17 @@ def script(rt: Runtime) -> str:
     m.at(kst(2026, 9, 28, 23, 30))
     pm = rt.create_instance("payment_method", {"account": account, "channel": "web"},
                             instance_id="pm_demo", actor="demo")["id"]
-    m.fire(pm, "select_method", {"method": "check_card", "card_type": "corporate", "card_owner": "corporation"})
+    corporate = {"card_type": "corporate", "card_owner": "corporation"}
+    m.fire(pm, "select_method", {"method": "check_card", **corporate})
     m.at(kst(2026, 9, 29, 9, 5))
-    m.fire(pm, "select_method", {"method": "credit_card", "card_type": "corporate", "card_owner": "corporation"})
+    m.fire(pm, "select_method", {"method": "credit_card", **corporate})
     m.fire(pm, "verify_phone", {"owner_match": True})
     m.fire(pm, "register", {"agree_payment_info": True, "agree_recurring": True})
 
     credit = rt.create_instance("credit", {"account": account}, instance_id="cr_demo", actor="demo")["id"]
-    m.fire(credit, "apply", {"service_area": "web_service", "signup_path": "search", "marketing_consent": False})
-    m.fire(credit, "apply", {"service_area": "web_service", "signup_path": "search", "marketing_consent": True})
+    answers = {"service_area": "web_service", "signup_path": "search"}
+    m.fire(credit, "apply", {**answers, "marketing_consent": False})
+    m.fire(credit, "apply", {**answers, "marketing_consent": True})
 
     october = rt.create_instance("invoice", {"account": account, "usage_month": "2026-10"},
                                  instance_id="inv_2026_10", actor="demo")["id"]
