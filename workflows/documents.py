@@ -50,6 +50,7 @@ class Document:
     marks: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
     key_marks: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
     styles: dict[PathKey, str | None] = field(default_factory=dict)
+    text: str = ""  # the source, to map positions inside folded scalars back to it
 
     def where(self, path: PathKey, *, key: bool = False) -> tuple[int | None, int | None]:
         """The position of the value at `path`, or of its nearest ancestor that has one."""
@@ -63,19 +64,50 @@ class Document:
 
     def problem(self, path: PathKey, message: str, *, key: bool = False,
                 offset: tuple[int, int] | None = None) -> Problem:
-        """A Problem at `path`; `offset` is a (line, column) inside a multi-line scalar value."""
+        """A Problem at `path`; `offset` is a 1-based (line, column) inside the scalar's value.
+
+        YAML folds plain, quoted and `>` scalars (line breaks become spaces, indentation goes), so
+        the offset is mapped back by walking the value and the source text side by side: folding
+        only changes whitespace (and quoting adds escapes), never the order of the other characters.
+        """
         line, column = self.where(path, key=key)
-        if offset and line is not None and column is not None:
-            sub_line, sub_col = offset
-            style = self.styles.get(tuple(path))
-            if style in ("|", ">"):
-                # Block scalars start on the line after the indicator, indented by 2 more.
-                line, column = line + sub_line, column + 1 + sub_col
-            elif sub_line == 1:
-                column += sub_col - 1 + (1 if style in ('"', "'") else 0)
-            else:
-                line += sub_line - 1
-        return Problem(path=json_path(path), message=message, file=self.file, line=line, column=column)
+        value: Any = self.data
+        for part in path:
+            found = (isinstance(value, dict) and part in value) or (
+                isinstance(value, list) and isinstance(part, int) and part < len(value))
+            value = value[part] if found else None
+        if not (offset and line and column and self.text and isinstance(value, str)):
+            return Problem(path=json_path(path), message=message, file=self.file, line=line,
+                           column=column)
+        sub_line, sub_col = offset
+        lines = value.split("\n")
+        target = sum(len(part) + 1 for part in lines[:sub_line - 1]) + sub_col - 1
+        target = max(0, min(target, len(value)))
+        starts = [0]
+        for source_line in self.text.splitlines(keepends=True):
+            starts.append(starts[-1] + len(source_line))
+        j = starts[line - 1] + column - 1
+        style = self.styles.get(tuple(path))
+        if style in ("|", ">"):  # the value starts on the line after the indicator
+            j = starts[line] if line < len(starts) else len(self.text)
+        elif style in ('"', "'"):
+            j += 1
+        text = self.text
+
+        def seek(j: int, ch: str) -> int:
+            while j < len(text) and text[j] != ch:
+                j += 1
+            return j
+
+        for ch in value[:target]:
+            if not ch.isspace():
+                j = seek(j, ch) + 1
+        if target < len(value) and not value[target].isspace():
+            j = seek(j, value[target])
+        j = min(j, len(text))
+        line = max(i for i, start in enumerate(starts) if start <= j) + 1
+        return Problem(path=json_path(path), message=message, file=self.file, line=line,
+                       column=j - starts[line - 1] + 1)
 
 
 class _Loader(yaml.SafeLoader):
@@ -117,7 +149,7 @@ def load_yaml(text: str, file: str) -> tuple[Document | None, list[Problem]]:
         loader = _Loader(text)
         try:
             node = loader.get_single_node()
-            doc = Document(data=None, file=file)
+            doc = Document(data=None, file=file, text=text)
             if node is not None:
                 doc.data = _construct(loader, node, (), doc, problems)
         finally:
