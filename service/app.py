@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: migrate the database, activate the rules file if it changed, wire the API."""
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # every route is in ROUTES, behind auth
     app.config.from_mapping(DEFAULTS)
     app.config.from_mapping({key: os.environ[var] for var, key in ENVIRONMENT.items() if var in os.environ})
     if test_config is not None:

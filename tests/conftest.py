@@ -247,3 +247,194 @@ def denied_by() -> Callable[..., None]:
 def bilingual() -> Callable[[Outcome], None]:
     """`bilingual(outcome)`: see `assert_reasons_bilingual`."""
     return assert_reasons_bilingual
+
+
+# ── HTTP app fixtures ─────────────────────────────────────────────────────────────────────────
+# `app`, `client` and `api` run every API test on SQLite and on PostgreSQL. PostgreSQL gets one
+# fresh database per session (dropped after) and its tables are emptied before each test; when
+# the server does not answer, the PostgreSQL half skips with the reason.
+
+import os  # noqa: E402 — this section is appended; its imports stay with it
+import secrets  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+from flask import Flask  # noqa: E402
+from flask.testing import FlaskClient  # noqa: E402
+from werkzeug.test import TestResponse  # noqa: E402
+
+API_TOKENS = {"viewer": "tok-viewer", "operator": "tok-operator", "policy_editor": "tok-editor",
+              "admin": "tok-admin"}
+API_NOW = kst_instant(2025, 3, 5, 12)  # real time, pinned, for instances without a test clock
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this session (`TOLLGATE_TEST_POSTGRES_URL` names the server)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    base = os.environ.get("TOLLGATE_TEST_POSTGRES_URL") or POSTGRES_URL
+    try:
+        admin = psycopg.connect(base, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as error:
+        pytest.skip(f"PostgreSQL at {base} does not answer ({str(error).strip()}); set "
+                    "TOLLGATE_TEST_POSTGRES_URL to run the API tests on PostgreSQL too.")
+    name = f"tollgate_t_{secrets.token_hex(6)}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def _empty_postgres(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")]
+        if tables:
+            conn.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
+
+
+def _database_url(request: pytest.FixtureRequest, directory: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{directory / 'tollgate.db'}"
+    url: str = request.getfixturevalue("postgres_database")
+    _empty_postgres(url)
+    return url
+
+
+def make_app(database_url: str, **overrides: Any) -> Flask:
+    """An app over `database_url` with the bundled rules, the four test tokens and pinned real time."""
+    from service.app import create_app
+
+    config = {"TESTING": True, "DATABASE_URL": database_url, "RULES": str(RULES_PATH),
+              "TOKENS": ",".join(f"{role}={token}" for role, token in API_TOKENS.items()),
+              "NOW": lambda: API_NOW, **overrides}
+    return create_app(config)
+
+
+def _dispose(app: Flask) -> None:
+    app.extensions["tollgate"].db.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database on each backend (SQLite file, or the emptied PostgreSQL test database)."""
+    return _database_url(request, tmp_path)
+
+
+@pytest.fixture
+def app(database_url: str) -> Iterator[Flask]:
+    built = make_app(database_url)
+    yield built
+    _dispose(built)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    """One app per module and backend, for read-mostly tests (don't mix with `app` in a module)."""
+    built = make_app(_database_url(request, tmp_path_factory.mktemp("db")))
+    yield built
+    _dispose(built)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+class Api:
+    """The test client with a role's bearer token, plus shortcuts that assert success."""
+
+    def __init__(self, client: FlaskClient) -> None:
+        self.client = client
+
+    def call(self, method: str, path: str, *, role: str | None = "admin", **kwargs: Any) -> TestResponse:
+        headers = dict(kwargs.pop("headers", {}) or {})
+        if role is not None:
+            headers.setdefault("Authorization", f"Bearer {API_TOKENS[role]}")
+        return self.client.open(path, method=method, headers=headers, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> TestResponse:
+        return self.call("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> TestResponse:
+        return self.call("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> TestResponse:
+        return self.call("PUT", path, **kwargs)
+
+    def create(self, workflow: str, context: Mapping[str, Any] | None = None,
+               **fields: Any) -> dict[str, Any]:
+        body = {"context": dict(context or {}), **fields}
+        response = self.post(f"/workflows/{workflow}/instances", json=body)
+        assert response.status_code == 201, response.get_json()
+        created: dict[str, Any] = response.get_json()
+        return created
+
+    def fire(self, instance: str, event: str, data: Mapping[str, Any] | None = None, *,
+             status: int = 200, **kwargs: Any) -> dict[str, Any]:
+        response = self.post(f"/instances/{instance}/events", json={"event": event, "data": dict(data or {})},
+                             **kwargs)
+        assert response.status_code == status, response.get_json()
+        body: dict[str, Any] = response.get_json()
+        return body
+
+    def clock(self, now: datetime) -> str:
+        response = self.post("/clocks", json={"now": now.isoformat()})
+        assert response.status_code == 201, response.get_json()
+        return str(response.get_json()["id"])
+
+    def signup(self, *, clock: str | None = None, email: str | None = None, password: str = "Secret#2025",
+               country: str = "KR", member_type: str = "individual") -> str:
+        """A signup driven to `payment_method_required`; returns its id."""
+        fields = {"clock": clock} if clock else {}
+        account = str(self.create("signup", **fields)["id"])
+        self.fire(account, "select_type", {"country": country, "member_type": member_type,
+                                           "birth_date": "1990-01-01"})
+        self.fire(account, "submit_email", {"email": email or f"{account}@example.com"})
+        code = self.get(f"/notifications?instance={account}").get_json()["items"][-1]["payload"]["code"]
+        self.fire(account, "verify_email", {"code": code})
+        self.fire(account, "set_password", {"password": password, "password_confirm": password})
+        return account
+
+    def register_card(self, account: str) -> str:
+        """A personal credit card registered on the web for `account`; returns the payment_method id."""
+        pm = str(self.create("payment_method", {"account": account, "channel": "web"})["id"])
+        self.fire(pm, "select_method", {"method": "credit_card", "card_type": "personal",
+                                        "card_owner": "person"})
+        self.fire(pm, "verify_phone", {"owner_match": True})
+        self.fire(pm, "register", {"agree_payment_info": True, "agree_recurring": True})
+        return pm
+
+
+@pytest.fixture
+def api(client: FlaskClient) -> Api:
+    return Api(client)
+
+
+@pytest.fixture
+def clock(api: Api) -> str:
+    """A test clock at 2025-03-05 12:00 KST."""
+    return api.clock(kst_instant(2025, 3, 5, 12))
+
+
+def assert_conforms(body: Any, schema_name: str) -> None:
+    """`body` is valid against `schemas/api/<schema_name>.json` (the schema /openapi.json embeds)."""
+    import json
+
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+
+    directory = ROOT / "schemas" / "api"
+    documents = {p.name: json.loads(p.read_text(encoding="utf-8")) for p in directory.glob("*.json")}
+    registry = Registry().with_resources(
+        (doc["$id"], Resource.from_contents(doc)) for doc in documents.values())
+    validator = Draft202012Validator(documents[f"{schema_name}.json"], registry=registry)
+    errors = [f"{e.json_path}: {e.message}" for e in validator.iter_errors(body)]
+    assert not errors, f"the body does not match {schema_name}.json: {errors}"

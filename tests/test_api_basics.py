@@ -1,0 +1,174 @@
+"""HTTP basics: /healthz, problem+json for every kind of error, /workflows, diagrams, /openapi.json."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+import pytest
+from conftest import Api, assert_conforms
+
+from service.api.routes import ROUTES
+
+
+def assert_problem(response: Any, status: int, slug: str) -> dict[str, Any]:
+    """An RFC 9457 body with the media type, the status and a full-sentence detail."""
+    assert response.status_code == status, response.get_json()
+    assert response.mimetype == "application/problem+json"
+    body: dict[str, Any] = response.get_json()
+    assert_conforms(body, "problem")
+    assert body["status"] == status
+    assert body["type"].endswith("/" + slug)
+    assert body["detail"][0].isupper() and body["detail"].rstrip().endswith(".")
+    return body
+
+
+def test_healthz_answers_without_a_token_with_the_rules_version(api: Api) -> None:
+    response = api.get("/healthz", role=None)
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "rules_version": 1}
+
+
+def test_unknown_route_is_a_problem_404(api: Api) -> None:
+    assert_problem(api.get("/no/such/route"), 404, "not_found")
+
+
+def test_wrong_method_is_a_problem_405_listing_the_allowed_ones(api: Api) -> None:
+    response = api.call("DELETE", "/rules")
+    body = assert_problem(response, 405, "method_not_allowed")
+    assert "GET, PUT" in body["detail"]
+    assert "PUT" in response.headers["Allow"]
+
+
+def test_a_body_that_is_not_json_is_415(api: Api) -> None:
+    response = api.post("/clocks", data="now=2025-03-05", content_type="application/x-www-form-urlencoded")
+    assert_problem(response, 415, "unsupported_media_type")
+
+
+def test_malformed_json_is_400_saying_where(api: Api) -> None:
+    response = api.post("/clocks", data='{"now": ', content_type="application/json")
+    body = assert_problem(response, 400, "bad_request")
+    assert "not valid JSON" in body["detail"] and "line 1, column" in body["detail"]
+
+
+def test_a_missing_body_is_400(api: Api) -> None:
+    body = assert_problem(api.post("/clocks"), 400, "bad_request")
+    assert "missing" in body["detail"]
+
+
+def test_unknown_top_level_fields_are_refused_with_their_path(api: Api) -> None:
+    response = api.post("/workflows/signup/instances", json={"context": {}, "colour": "red"})
+    body = assert_problem(response, 400, "bad_request")
+    assert body["errors"][0]["path"] == "$"
+    assert "colour" in body["errors"][0]["message"]
+
+
+def test_schema_errors_name_every_path(api: Api) -> None:
+    response = api.post("/instances/x/events", json={"event": 7, "data": []})
+    body = assert_problem(response, 400, "bad_request")
+    assert sorted(e["path"] for e in body["errors"]) == ["$.data", "$.event"]
+
+
+def test_workflows_lists_every_definition_with_bound_rule_ids(api: Api) -> None:
+    response = api.get("/workflows", role="viewer")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert_conforms(body, "workflow_list")
+    names = [w["name"] for w in body["items"]]
+    assert names == ["signup", "payment_method", "credit", "invoice"]
+    signup = body["items"][0]
+    rules = {e["name"]: e["rules"] for e in signup["events"]}
+    assert {"country_supported", "member_type_valid", "min_age"} <= set(rules["select_type"])
+    assert {"password_policy", "password_confirmation"} <= set(rules["set_password"])
+
+
+def test_one_workflow_and_an_unknown_one(api: Api) -> None:
+    response = api.get("/workflows/payment_method")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert_conforms(body, "workflow")
+    assert body["initial"] == "method_selection"
+    assert "restricted_hours" in {r for e in body["events"] for r in e["rules"]}
+    assert_problem(api.get("/workflows/mortgage"), 404, "not_found")
+
+
+@pytest.mark.parametrize(("fmt", "media", "marker"), [
+    ("mermaid", "text/vnd.mermaid", b"stateDiagram-v2"),
+    ("dot", "text/vnd.graphviz", b"digraph"),
+    ("svg", "image/svg+xml", b"<svg"),
+])
+def test_diagram_in_each_format(api: Api, fmt: str, media: str, marker: bytes) -> None:
+    response = api.get(f"/workflows/invoice/diagram?format={fmt}")
+    if fmt == "svg" and shutil.which("dot") is None:
+        assert_problem(response, 503, "diagram_unavailable")
+        return
+    assert response.status_code == 200
+    assert response.mimetype == media
+    assert marker in response.data
+
+
+def test_diagram_defaults_to_mermaid_and_highlights_an_instances_state(api: Api) -> None:
+    account = api.create("signup")["id"]
+    plain = api.get("/workflows/signup/diagram")
+    assert plain.mimetype == "text/vnd.mermaid"
+    assert "current" not in plain.get_data(as_text=True)
+    marked = api.get(f"/workflows/signup/diagram?instance={account}").get_data(as_text=True)
+    assert "class type_selection current" in marked
+
+
+def test_diagram_errors(api: Api) -> None:
+    account = api.create("signup")["id"]
+    assert_problem(api.get("/workflows/signup/diagram?format=png"), 400, "bad_request")
+    assert_problem(api.get("/workflows/mortgage/diagram"), 404, "not_found")
+    assert_problem(api.get("/workflows/signup/diagram?instance=acct_nope"), 404, "not_found")
+    assert_problem(api.get(f"/workflows/invoice/diagram?instance={account}"), 400, "bad_request")
+
+
+# ── /openapi.json ────────────────────────────────────────────────────────────────────────────
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+def test_openapi_describes_every_route_status_and_the_bearer_scheme(api: Api) -> None:
+    response = api.get("/openapi.json", role="viewer")
+    assert response.status_code == 200
+    doc = response.get_json()
+    assert doc["openapi"] == "3.1.0"
+    assert doc["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer", "description": doc["components"]["securitySchemes"]["bearer"][
+            "description"]}
+    for route in ROUTES:
+        operation = doc["paths"][route.path][route.method.lower()]
+        statuses = set(operation["responses"])
+        assert {str(r.status) for r in route.replies} | {str(s) for s in route.errors} <= statuses
+        if route.permission is None:
+            assert operation["security"] == []
+        else:
+            assert {"401", "403"} <= statuses
+    assert set(doc["paths"]["/instances/{id}/events"]["post"]["responses"]) >= {
+        "200", "400", "404", "409", "412", "422"}
+
+
+def test_openapi_is_self_contained_and_embeds_the_validating_schemas(api: Api) -> None:
+    import json
+
+    from service.api.support import API_SCHEMAS
+
+    doc = api.get("/openapi.json").get_json()
+    schemas = doc["components"]["schemas"]
+    for ref in _refs(doc):
+        assert ref.startswith("#/components/schemas/"), ref
+        assert ref.rsplit("/", 1)[1] in schemas, ref
+    for name in ("create_instance", "fire_event", "create_clock", "advance_clock"):
+        on_disk = json.loads((API_SCHEMAS / f"{name}.json").read_text(encoding="utf-8"))
+        del on_disk["$schema"], on_disk["$id"]
+        assert schemas[name] == on_disk
+    body = doc["paths"]["/workflows/{wf}/instances"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/create_instance"}
