@@ -8,10 +8,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import StaticPool
+
+from service.bulk import dumps
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 DEFAULT_URL = "sqlite:///tollgate.db"
@@ -35,7 +38,7 @@ class Database:
 
     def __init__(self, url: str | None = None, *, echo: bool = False) -> None:
         self.url = normalise_url(url or os.environ.get("TOLLGATE_DATABASE_URL") or DEFAULT_URL)
-        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        kwargs: dict[str, Any] = {"echo": echo, "json_serializer": dumps, "json_deserializer": orjson.loads}
         self.is_sqlite = self.url.startswith("sqlite")
         if self.is_sqlite:
             memory = self.url in ("sqlite://", "sqlite:///:memory:")

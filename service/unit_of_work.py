@@ -13,9 +13,10 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, select, update
 
-from service.tables import clocks, history, instances, notifications, timers
+from service.bulk import BulkWriter
+from service.tables import clocks, instances
 from workflows.engine import Engine
 from workflows.exceptions import (
     BadRequest,
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 
 MAX_SEND_DEPTH = 4
 _MISSING = object()
+HISTORY_COLUMNS = ("instance", "seq", "event", "from_state", "to_state", "outcome", "reasons", "notes",
+                   "data", "at", "rules_version", "actor")
+NOTIFICATION_COLUMNS = ("instance", "template", "channel", "recipient", "payload", "created_at")
 INSTANCE_COLUMNS = ("id", "workflow", "state", "context", "secrets", "version", "clock", "account",
                     "email", "usage_month", "created_at", "updated_at")
 
@@ -265,34 +269,35 @@ class UnitOfWork:
     # ── writing ──────────────────────────────────────────────────────────────────────────────
 
     def flush(self) -> None:
-        """Write everything pending with one statement per table and kind."""
-        conn = self.conn
+        """Write everything pending with one executemany per table and kind."""
+        bulk = BulkWriter(self.conn)
+        ts, js = bulk.ts, bulk.js
         if self.new_ids:
-            conn.execute(insert(instances), [{c: self.records[i][c] for c in INSTANCE_COLUMNS}
-                                             for i in self.new_ids if i in self.records])
-        dirty = [self.records[i] for i in self.dirty if i in self.records and i not in self.new_ids]
-        if dirty:
-            conn.execute(
-                update(instances).where(instances.c.id == bindparam("_id")).values(
-                    state=bindparam("state"), context=bindparam("context"), secrets=bindparam("secrets"),
-                    version=bindparam("version"), email=bindparam("email"),
-                    updated_at=bindparam("updated_at")),
-                [{"_id": r["id"], "state": r["state"], "context": r["context"],
-                  "secrets": r["secrets"], "version": r["version"], "email": r["email"],
-                  "updated_at": r["updated_at"]} for r in dirty])
-        if self.history_rows:
-            conn.execute(insert(history), self.history_rows)
+            bulk.insert("instances", INSTANCE_COLUMNS, [
+                (r["id"], r["workflow"], r["state"], js(r["context"]), js(r["secrets"]), r["version"],
+                 r["clock"], r["account"], r["email"], r["usage_month"], ts(r["created_at"]),
+                 ts(r["updated_at"]))
+                for r in (self.records[i] for i in self.new_ids if i in self.records)])
+        bulk.executemany(
+            "UPDATE instances SET state = ?, context = ?, secrets = ?, version = ?, email = ?, "
+            "updated_at = ? WHERE id = ?",
+            [(r["state"], js(r["context"]), js(r["secrets"]), r["version"], r["email"],
+              ts(r["updated_at"]), r["id"])
+             for r in (self.records[i] for i in self.dirty if i in self.records and i not in self.new_ids)])
+        bulk.insert("history", HISTORY_COLUMNS, [
+            (h["instance"], h["seq"], h["event"], h["from_state"], h["to_state"], h["outcome"],
+             js(h["reasons"]), js(h["notes"]), js(h["data"]), ts(h["at"]), h["rules_version"], h["actor"])
+            for h in self.history_rows])
         if self.timer_ops:
-            conn.execute(delete(timers).where(timers.c.instance == bindparam("i"),
-                                              timers.c.name == bindparam("n")),
-                         [{"i": i, "n": n} for i, n in self.timer_ops])
-            rows = [row for row in self.timer_ops.values() if row is not None]
-            if rows:
-                conn.execute(insert(timers), rows)
-        if self.notification_rows:
-            conn.execute(insert(notifications), self.notification_rows)
+            bulk.executemany("DELETE FROM timers WHERE instance = ? AND name = ?", list(self.timer_ops))
+            bulk.insert("timers", ("instance", "name", "event", "due_at", "clock"), [
+                (t["instance"], t["name"], t["event"], ts(t["due_at"]), t["clock"])
+                for t in self.timer_ops.values() if t is not None])
+        bulk.insert("notifications", NOTIFICATION_COLUMNS, [
+            (n["instance"], n["template"], n["channel"], n["recipient"], js(n["payload"]),
+             ts(n["created_at"])) for n in self.notification_rows])
         for clock in self.moved_clocks:
-            conn.execute(update(clocks).where(clocks.c.id == clock).values(now=self.clock_times[clock]))
+            self.conn.execute(update(clocks).where(clocks.c.id == clock).values(now=self.clock_times[clock]))
         self.moved_clocks.clear()
         self.new_ids.clear()
         self.dirty.clear()
