@@ -170,6 +170,10 @@ class WorkflowMachine:
         self.machine = Machine(model=self.cursor, states=list(definition.state_names),
                                initial=definition.initial, transitions=transitions,
                                auto_transitions=False, send_event=True, name=definition.name)
+        # The machine's transitions of each (event, state), in the order transitions tries them.
+        self._paths = {(name, source): (event, tuple(candidates))
+                       for name, event in self.machine.events.items()
+                       for source, candidates in event.transitions.items()}
 
     def _route(self, rule_id: str) -> Any:
         rule = self.policy.rules.get(rule_id)
@@ -189,14 +193,28 @@ class WorkflowMachine:
 
     def fire(self, state: str, event: str, step: Step,
              inputs: dict[str, Any]) -> tuple[str, list[Reason]]:
-        """Trigger `event` from `state`; return the state reached and the route notes."""
+        """Take `event` from `state`; return the state reached and the route notes.
+
+        This is `Event.trigger` without its generic layers (a partial, the machine's queue
+        check, a state look-up by name, source validation, empty prepare/finalize callback
+        lists): the caller has already checked that `state` has branches for `event`, and
+        `transitions.Transition.execute` still evaluates the route conditions in order, changes
+        the state with exit/enter and runs the `after` callbacks.
+        """
+        trigger, candidates = self._paths[(event, state)]
+        machine = self.machine
         with self.lock:
             cursor = self.cursor
             cursor.state = state
             cursor.step = step
             cursor.inputs = inputs
             cursor.notes = []
-            self.machine.events[event].trigger(cursor)
+            event_data = EventData(machine.states[state], trigger, machine, cursor, (), {})
+            for transition in candidates:
+                event_data.transition = transition
+                if transition.execute(event_data):
+                    event_data.result = True
+                    break
             return cursor.state, [n for n in cursor.notes if n is not None]
 
     def timer_plan(self, source: str | None, target: str) -> _TimerPlan:
