@@ -279,7 +279,7 @@ def postgres_database() -> Iterator[str]:
     try:
         admin = psycopg.connect(base, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as error:
-        pytest.skip(f"PostgreSQL at {base} does not answer ({str(error).strip()}); set "
+        pytest.skip(f"PostgreSQL at {base} does not answer ({' '.join(str(error).split())}); set "
                     "TOLLGATE_TEST_POSTGRES_URL to run the API tests on PostgreSQL too.")
     name = f"tollgate_t_{secrets.token_hex(6)}"
     admin.execute(f'CREATE DATABASE "{name}"')

@@ -172,3 +172,9 @@ def test_openapi_is_self_contained_and_embeds_the_validating_schemas(api: Api) -
         assert schemas[name] == on_disk
     body = doc["paths"]["/workflows/{wf}/instances"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/create_instance"}
+
+
+def test_openapi_document_is_valid_openapi_3_1(api: Api) -> None:
+    validator = pytest.importorskip("openapi_spec_validator",
+                                    reason="openapi-spec-validator is not installed")
+    validator.validate(api.get("/openapi.json").get_json())
