@@ -178,3 +178,19 @@ def test_openapi_document_is_valid_openapi_3_1(api: Api) -> None:
     validator = pytest.importorskip("openapi_spec_validator",
                                     reason="openapi-spec-validator is not installed")
     validator.validate(api.get("/openapi.json").get_json())
+
+
+def test_an_unexpected_error_is_a_problem_500_and_is_logged(
+        api: Api, app: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    def broken(_id: str) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(app.extensions["tollgate"], "get_instance", broken)
+    body = assert_problem(api.get("/instances/acct_x"), 500, "error")
+    assert "disk on fire" not in body["detail"]
+    assert "RuntimeError" in caplog.text
+
+
+def test_a_body_over_the_size_limit_is_a_problem_413(api: Api) -> None:
+    response = api.put("/rules", data="#" * (1024 * 1024 + 1), headers={"Content-Type": "application/yaml"})
+    assert_problem(response, 413, "payload_too_large")
