@@ -20,8 +20,8 @@ from service.tables import history, instances
 KST = ZoneInfo("Asia/Seoul")
 
 
-def kst(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=KST)  # type: ignore[misc]
+def kst(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=KST)
 
 
 class Member:

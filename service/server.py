@@ -16,7 +16,7 @@ from gunicorn.app.base import BaseApplication
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-class TollgateServer(BaseApplication):  # type: ignore[misc]
+class TollgateServer(BaseApplication):
     def __init__(self, options: dict[str, Any], *, scheduler: bool = True) -> None:
         self.options = options
         self.scheduler = scheduler

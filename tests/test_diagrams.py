@@ -116,8 +116,10 @@ def test_internal_self_loops_are_marked(policy: Policy) -> None:
     [usage] = edges(policy, "invoice", "add_usage")
     assert (usage.source, usage.target, usage.internal) == ("open", "open", True)
     assert "open --> open : add_usage (internal)" in to_mermaid(workflow_diagram(policy, "invoice"))
+    [retry] = [e for e in edges(policy, "invoice", "start_autopay") if e.source == e.target]
+    assert not retry.internal, "an external self-transition exits and re-enters (re-arming timers)"
     [resend] = [e for e in edges(policy, "signup", "submit_email") if e.source == e.target]
-    assert not resend.internal, "an external self-transition exits and re-enters"
+    assert resend.internal, "a new email code keeps the abandonment timer running"
 
 
 def test_transitions_with_the_same_source_target_and_event_are_merged(policy: Policy) -> None:

@@ -113,8 +113,8 @@ def _build(doc: Document) -> tuple[Definition | None, list[Problem]]:
         for key in ("prepare", "actions", "on_denied"):
             for i, action in enumerate(spec.get(key, [])):
                 if action not in ACTIONS:
-                    problems.append(doc.problem(("events", name, key, i),
-                                                f"The action '{action}' is not defined in workflows/actions.py."))
+                    message = f"The action '{action}' is not defined in workflows/actions.py."
+                    problems.append(doc.problem(("events", name, key, i), message))
         events[name] = Event(name, spec["data"], validator_for(spec["data"]), spec.get("description", ""),
                              bool(spec.get("timed")), tuple(spec.get("prepare", [])),
                              tuple(spec.get("actions", [])), tuple(spec.get("on_denied", [])))
@@ -127,10 +127,13 @@ def _build(doc: Document) -> tuple[Definition | None, list[Problem]]:
             problems.append(doc.problem(("transitions", i, "event"), f"The event '{spec['event']}' is not "
                                         "defined under events."))
         if spec.get("to") is not None and spec["to"] not in names:
-            problems.append(doc.problem(("transitions", i, "to"), f"The state '{spec['to']}' is not defined."))
+            problems.append(doc.problem(("transitions", i, "to"),
+                                        f"The state '{spec['to']}' is not defined."))
         for j, source in enumerate(_as_list(spec["from"])):
             if source not in names:
-                where = ("transitions", i, "from", j) if isinstance(spec["from"], list) else ("transitions", i, "from")
+                where: tuple[str | int, ...] = ("transitions", i, "from")
+                if isinstance(spec["from"], list):
+                    where = (*where, j)
                 problems.append(doc.problem(where, f"The state '{source}' is not defined."))
             transitions.append(Transition(spec["event"], source, spec.get("to"), spec.get("when")))
     used = {t.event for t in transitions}
@@ -141,7 +144,8 @@ def _build(doc: Document) -> tuple[Definition | None, list[Problem]]:
     for name, fact_events in facts.items():
         for i, event in enumerate(fact_events):
             if event not in events and event != CREATE_EVENT:
-                problems.append(doc.problem(("facts", name, "events", i), f"The event '{event}' is not defined."))
+                problems.append(doc.problem(("facts", name, "events", i),
+                                            f"The event '{event}' is not defined."))
     definition = Definition(
         name=raw["workflow"], description=raw.get("description", ""), initial=raw["initial"],
         references_account=raw["references_account"], states=states, events=events,
@@ -160,9 +164,9 @@ def _structure_problems(definition: Definition, doc: Document) -> list[Problem]:
     reachable = {definition.initial}
     frontier = [definition.initial]
     while frontier:
-        state = frontier.pop()
+        current = frontier.pop()
         for t in definition.transitions:
-            if t.source == state and t.target not in reachable:
+            if t.source == current and t.target not in reachable:
                 reachable.add(t.target)
                 frontier.append(t.target)
     for i, state in enumerate(definition.states):

@@ -216,6 +216,15 @@ def _message(error: jsonschema.ValidationError) -> str:
     return error.message
 
 
+def _extra_keys(error: jsonschema.ValidationError) -> list[str]:
+    """The keys an additionalProperties error is about (those matched by no property or pattern)."""
+    schema = error.schema if isinstance(error.schema, Mapping) else {}
+    properties = schema.get("properties", {})
+    patterns = [re.compile(p) for p in schema.get("patternProperties", {})]
+    keys: Any = error.instance
+    return [k for k in keys if k not in properties and not any(p.search(k) for p in patterns)]
+
+
 def _relevance(error: jsonschema.ValidationError) -> tuple[int, int]:
     return (-len(error.absolute_path), 0 if error.validator in ("required", "type") else 1)
 
@@ -230,8 +239,16 @@ def schema_problems(doc: Document, schema_name: str, instance: Any = None,
         if error.validator in ("if", "then", "else") and error.context:
             error = jsonschema.exceptions.best_match(error.context) or error
         path: PathKey = (*base, *error.absolute_path)
-        key = error.validator in ("additionalProperties", "propertyNames")
-        out.append(doc.problem(path, _message(error), key=key))
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = sorted(error.schema.get("properties", {}) if isinstance(error.schema, Mapping) else {})
+            for extra in _extra_keys(error):
+                out.append(doc.problem((*path, extra), f"'{extra}' was unexpected here; allowed keys: "
+                                       f"{', '.join(allowed) or 'none'}", key=True))
+            continue
+        if error.validator == "propertyNames" and isinstance(error.instance, str):
+            out.append(doc.problem((*path, error.instance), _message(error), key=True))
+            continue
+        out.append(doc.problem(path, _message(error)))
     return sorted(out, key=lambda p: (p.line or 0, p.column or 0))
 
 

@@ -185,7 +185,8 @@ class SendFailed(GuardDenied):
     def __init__(self, target: str, event: str, cause: TollgateError) -> None:
         reasons = list(getattr(cause, "reasons", []))
         if not reasons:
-            reasons = [Reason("linked_instance", f"연결된 인스턴스 {target}이(가) '{event}' 이벤트를 거부했습니다.",
+            reasons = [Reason("linked_instance",
+                              f"연결된 인스턴스 {target}이(가) '{event}' 이벤트를 거부했습니다.",
                               f"The linked instance {target} refused '{event}': {cause.message}")]
         super().__init__(event, reasons)
         self.target, self.cause = target, cause

@@ -246,8 +246,9 @@ def load_policy(text: str, file: str = "rules.yaml",
                 problems.append(doc.problem((*base, "states", i), f"The {definition.name} workflow has no "
                                             f"state '{state}'."))
             elif not definition.branches(spec["event"], state):
-                problems.append(doc.problem((*base, "states", i), f"The timer would fire '{spec['event']}' in "
-                                            f"state '{state}', where that event is not valid."))
+                problems.append(doc.problem((*base, "states", i),
+                                            f"The timer would fire '{spec['event']}' in state '{state}', "
+                                            "where that event is not valid."))
         at = _compile(doc, (*base, "at"), spec["at"], maps=maps, params=params, functions=functions,
                       problems=problems)
         when = None
@@ -276,7 +277,8 @@ def load_policy_file(path: str | Path) -> Policy:
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as error:
-        raise RulesError([Problem("$", f"The rules file cannot be read: {error.strerror}.", str(file))]) from None
+        message = f"The rules file cannot be read: {error.strerror}."
+        raise RulesError([Problem("$", message, str(file))]) from None
     return load_policy(text, str(file))
 
 
