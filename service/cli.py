@@ -122,11 +122,113 @@ def _register_diagram(subparsers: Subparsers) -> None:
     parser.set_defaults(handler=_diagram)
 
 
+# ── tollgate serve / worker / demo ───────────────────────────────────────────────────────────
+
+def _prepare(args: argparse.Namespace) -> Any:
+    """Point the environment at --database/--rules, migrate, activate the rules; the Runtime."""
+    from service.db import Database
+    from service.runtime import Runtime
+
+    if args.database:
+        os.environ["TOLLGATE_DATABASE_URL"] = args.database
+    rules = args.rules or default_rules_path()
+    os.environ["TOLLGATE_RULES"] = rules
+    runtime = Runtime(Database(os.environ.get("TOLLGATE_DATABASE_URL")))
+    try:
+        version = runtime.bootstrap(rules)
+    except RulesError as error:
+        _print_problems(error.problems, rules)
+        return None
+    print(f"tollgate: database {runtime.db.url.split('@')[-1]}, rules {rules} active as version "
+          f"{version.id} ({version.sha256[:12]})", flush=True)
+    return runtime
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Run the HTTP API on gunicorn with a timer scheduler in each worker."""
+    from service.server import serve
+
+    runtime = _prepare(args)
+    if runtime is None:
+        return 1
+    runtime.db.dispose()
+    return serve(args.host, args.port, workers=args.workers, threads=args.threads,
+                 scheduler=not args.no_scheduler)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """Fire due real-time timers until stopped (or once, with --once)."""
+    from service.scheduler import Scheduler, sleep_until_stopped
+
+    runtime = _prepare(args)
+    if runtime is None:
+        return 1
+    scheduler = Scheduler(runtime, interval=args.interval, batch=args.batch)
+    if args.once:
+        print(f"tollgate worker: {scheduler.tick()} timers handled")
+        return 0
+    sleep_until_stopped(scheduler)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Walk one account through signup, payment, credit and two billing months."""
+    from service.demo import run
+
+    return run(sys.stdout, rules=args.rules or default_rules_path())
+
+
+def _add_storage_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database", metavar="URL",
+                        help="SQLAlchemy URL (default: $TOLLGATE_DATABASE_URL or sqlite:///tollgate.db)")
+    parser.add_argument("--rules", metavar="PATH",
+                        help="the rules file (default: $TOLLGATE_RULES or rules.yaml)")
+
+
+def _register_serve(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("serve", help="run the HTTP API and the timer scheduler",
+                                   description="Run the HTTP API on gunicorn with the timer scheduler. "
+                                   "Without $TOLLGATE_TOKENS an admin token is generated and printed "
+                                   "once, and the server listens on 127.0.0.1 only.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default 2)")
+    parser.add_argument("--threads", type=int, default=8, help="threads per worker (default 8)")
+    parser.add_argument("--no-scheduler", action="store_true",
+                        help="do not fire timers in this server (run `tollgate worker` instead)")
+    _add_storage_options(parser)
+    parser.set_defaults(handler=_serve)
+
+
+def _register_worker(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("worker", help="fire due timers (scale-out on PostgreSQL)",
+                                   description="Claim and fire due real-time timers in batches; "
+                                   "several workers never fire one timer twice.")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between idle sweeps")
+    parser.add_argument("--batch", type=int, default=1000, help="timers claimed per transaction")
+    parser.add_argument("--once", action="store_true", help="one sweep, then exit")
+    _add_storage_options(parser)
+    parser.set_defaults(handler=_worker)
+
+
+def _register_demo(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("demo", help="print one account's lifecycle on a test clock",
+                                   description="Walk one account through signup, a refused and an "
+                                   "accepted payment registration, the discount credit and two billing "
+                                   "months on a test clock (in-memory SQLite), and print the timeline.")
+    parser.add_argument("--rules", metavar="PATH",
+                        help="the rules file (default: $TOLLGATE_RULES or rules.yaml)")
+    parser.set_defaults(handler=_demo)
+
+
 # ── the table and the entry point ────────────────────────────────────────────────────────────
 
 COMMANDS: dict[str, Callable[[Subparsers], None]] = {
+    "serve": _register_serve,
+    "worker": _register_worker,
     "rules": _register_rules,
     "diagram": _register_diagram,
+    "demo": _register_demo,
 }
 
 
