@@ -57,6 +57,9 @@ def serve(host: str, port: int, *, workers: int = 2, threads: int = 8, scheduler
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     options = {"bind": bind, "workers": workers, "threads": threads, "worker_class": "gthread",
                "timeout": 60, "graceful_timeout": 10, "accesslog": "-" if access_log else None,
-               "preload_app": False}
+               "preload_app": False,
+               # gunicorn's runtime control socket is one fixed path per user; several servers
+               # (tests, scale-out on one host) would fight over it, and tollgate does not use it.
+               "control_socket_disable": True}
     TollgateServer(options, scheduler=scheduler).run()
     return 0
