@@ -160,6 +160,11 @@ class WorkflowMachine:
         for t in definition.transitions:
             self.branches[(t.event, t.source)] = (*self.branches.get((t.event, t.source), ()), t)
         self._timer_plans: dict[tuple[str | None, str], _TimerPlan] = {}
+        # Whether staying in the source state is an internal transition (timers untouched).
+        self.stays_internal = {key: all(b.dest is None for b in branches if b.target == key[1])
+                               for key, branches in self.branches.items()}
+        self.guards = {name: policy.guards(definition.name, name)
+                       for name in (*definition.events, CREATE_EVENT)}
         transitions = []
         for t in definition.transitions:
             spec: dict[str, Any] = {"trigger": t.event, "source": t.source, "dest": t.dest,
@@ -238,6 +243,7 @@ class Engine:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
+        self.version = policy.version
         self.machines = {name: WorkflowMachine(d, policy) for name, d in policy.definitions.items()}
 
     # ── helpers ──────────────────────────────────────────────────────────────────────────────
@@ -287,7 +293,7 @@ class Engine:
         if spec is None:
             raise BadRequest(f"The {workflow} workflow has no event '{event}'; its events: "
                              f"{', '.join(definition.events)}.")
-        if not isinstance(data, Mapping):
+        if type(data) is not dict and not isinstance(data, Mapping):
             raise BadRequest(f"The data of '{event}' must be a JSON object.")
         check = self.machines[workflow].data_checks[event]
         if (check is None or not check(data)) and not spec.validator.is_valid(data):
@@ -310,7 +316,7 @@ class Engine:
         now = as_utc(now)
         inputs: dict[str, Any] = {"data": data, "context": snapshot.context,
                                   "account": snapshot.account, "facts": snapshot.facts, "now": now}
-        reasons = self.policy.guards(workflow, event).failures(inputs)
+        reasons = machine.guards[event].failures(inputs)
         spec = definition.events[event]
         step = self._step(snapshot, data, now, rng)
         redacted = self._redact(definition, data)
@@ -320,12 +326,12 @@ class Engine:
             return Outcome(workflow=workflow, event=event, source=source, target=source,
                            applied=False, reasons=tuple(reasons), context=step.context,
                            context_changed=step.context != snapshot.context,
-                           secrets=step.secrets, data=redacted, rules_version=self.policy.version)
+                           secrets=step.secrets, data=redacted, rules_version=self.version)
         for name in spec.prepare:
             ACTIONS[name](step)
         inputs["context"] = step.context
         target, notes = machine.fire(source, event, step, inputs)
-        internal = target == source and all(b.dest is None for b in branches if b.target == target)
+        internal = target == source and machine.stays_internal[(event, source)]
         armed: tuple[TimerSpec, ...] = ()
         cancelled: tuple[str, ...] = ()
         if not internal:
@@ -336,7 +342,7 @@ class Engine:
                        context_changed=step.context != snapshot.context, secrets=step.secrets,
                        timers_set=armed, timers_cancelled=cancelled,
                        notifications=tuple(step.notifications), sends=tuple(step.sends),
-                       data=redacted, rules_version=self.policy.version)
+                       data=redacted, rules_version=self.version)
 
     def create(self, workflow: str, context: Mapping[str, Any], now: datetime, *,
                instance_id: str = "", account: Mapping[str, Any] | None = None,
@@ -356,12 +362,12 @@ class Engine:
         now = as_utc(now)
         inputs = {"data": {}, "context": context, "account": account, "facts": facts or {},
                   "now": now}
-        reasons = self.policy.guards(workflow, CREATE_EVENT).failures(inputs)
+        reasons = machine.guards[CREATE_EVENT].failures(inputs)
         if reasons:
             return Outcome(workflow=workflow, event=CREATE_EVENT, source=None,
                            target=definition.initial, applied=False, reasons=tuple(reasons),
-                           context=dict(context), rules_version=self.policy.version)
+                           context=dict(context), rules_version=self.version)
         armed, _ = self._timer_changes(machine.timer_plan(None, definition.initial), inputs)
         return Outcome(workflow=workflow, event=CREATE_EVENT, source=None,
                        target=definition.initial, applied=True, context=dict(context),
-                       context_changed=True, timers_set=armed, rules_version=self.policy.version)
+                       context_changed=True, timers_set=armed, rules_version=self.version)
