@@ -105,14 +105,26 @@ class Runtime:
         return engine
 
     def _active(self, conn: Connection) -> RulesVersion:
-        row = conn.execute(select(rules_versions).order_by(rules_versions.c.id.desc()).limit(1)).first()
+        """The active version (without its text); its engine is built here the first time."""
+        row = conn.execute(select(rules_versions.c.id, rules_versions.c.sha256, rules_versions.c.activated_at,
+                                  rules_versions.c.source)
+                           .order_by(rules_versions.c.id.desc()).limit(1)).first()
+        if row is None:
+            raise TollgateError("No rules version is active; start the service with a rules file.")
+        version = RulesVersion(row.id, row.sha256, row.activated_at, row.source, "")
+        if row.sha256 not in self._engines:
+            query = select(rules_versions.c.yaml).where(rules_versions.c.id == row.id)
+            text = conn.execute(query).scalar_one()
+            self.engine_for(RulesVersion(row.id, row.sha256, row.activated_at, row.source, text))
+        return version
+
+    def active_rules(self) -> RulesVersion:
+        """The active version with its YAML text (GET /rules)."""
+        with self.db.read() as conn:
+            row = conn.execute(select(rules_versions).order_by(rules_versions.c.id.desc()).limit(1)).first()
         if row is None:
             raise TollgateError("No rules version is active; start the service with a rules file.")
         return RulesVersion(row.id, row.sha256, row.activated_at, row.source, row.yaml)
-
-    def active_rules(self) -> RulesVersion:
-        with self.db.read() as conn:
-            return self._active(conn)
 
     def validate_rules(self, text: str, source: str = "rules.yaml") -> list[Problem]:
         try:
@@ -369,7 +381,8 @@ class Runtime:
             record: dict[str, Any] = {
                 "id": instance_id, "workflow": workflow, "state": definition.initial,
                 "context": dict(context) if isinstance(context, Mapping) else {}, "secrets": {},
-                "version": 0, "clock": clock, "account": account_id, "email": None, "usage_month": None,
+                "version": 0, "history_seq": 0, "clock": clock, "account": account_id, "email": None,
+                "usage_month": None,
                 "created_at": now, "updated_at": now}
             facts = fact_providers.gather(uow, definition, CREATE_EVENT, record, {})
             outcome = uow.engine.create(workflow, context, now, instance_id=instance_id, account=account,
@@ -386,7 +399,7 @@ class Runtime:
                                    f"{record['usage_month']}; there is one invoice per account and month.")
             record.update(state=outcome.target, context=dict(outcome.context))
             uow.record_attempt(record, outcome, actor, now)
-            record["version"] = 1
+            record.update(version=1, history_seq=1)
             uow.insert(record)
             uow.apply_effects(record, outcome, now)
             try:

@@ -73,6 +73,7 @@ instances = Table(
     Column("context", Json, nullable=False),
     Column("secrets", Json, nullable=False),
     Column("version", Integer, nullable=False),
+    Column("history_seq", Integer, nullable=False, server_default="0"),
     Column("clock", String(64), ForeignKey("clocks.id"), nullable=True),
     Column("account", String(128), nullable=True),
     Column("email", String(254), nullable=True),

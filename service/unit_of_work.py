@@ -36,8 +36,8 @@ _MISSING = object()
 HISTORY_COLUMNS = ("instance", "seq", "event", "from_state", "to_state", "outcome", "reasons", "notes",
                    "data", "at", "rules_version", "actor")
 NOTIFICATION_COLUMNS = ("instance", "template", "channel", "recipient", "payload", "created_at")
-INSTANCE_COLUMNS = ("id", "workflow", "state", "context", "secrets", "version", "clock", "account",
-                    "email", "usage_month", "created_at", "updated_at")
+INSTANCE_COLUMNS = ("id", "workflow", "state", "context", "secrets", "version", "history_seq", "clock",
+                    "account", "email", "usage_month", "created_at", "updated_at")
 
 
 def account_view(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -199,7 +199,7 @@ class UnitOfWork:
 
     def record_attempt(self, record: Mapping[str, Any], outcome: Outcome, actor: str, at: datetime) -> None:
         self.add_history({
-            "instance": record["id"], "seq": record["version"] + 1, "event": outcome.event,
+            "instance": record["id"], "seq": record["history_seq"] + 1, "event": outcome.event,
             "from_state": outcome.source, "to_state": outcome.target,
             "outcome": "applied" if outcome.applied else "denied",
             "reasons": [r.as_dict() for r in outcome.reasons], "notes": [n.as_dict() for n in outcome.notes],
@@ -212,13 +212,18 @@ class UnitOfWork:
         outcome = self.decide(record, event, data)
         now = self.now_of(record["clock"])
         self.record_attempt(record, outcome, actor, now)
-        updated = dict(record, version=record["version"] + 1, updated_at=now)
+        updated = dict(record, history_seq=record["history_seq"] + 1)
+        changed = outcome.applied
         if outcome.context_changed:
             updated["context"] = dict(outcome.context)
+            changed = True
             if record["workflow"] == "signup":
                 updated["email"] = outcome.context.get("email")
         if outcome.secrets != (record["secrets"] or {}):
             updated["secrets"] = dict(outcome.secrets)
+            changed = True
+        if changed:  # the version (ETag) moves only when the instance itself changes
+            updated.update(version=record["version"] + 1, updated_at=now)
         if not outcome.applied:
             self._replace(updated)
             raise GuardDenied(event, list(outcome.reasons))
@@ -245,12 +250,12 @@ class UnitOfWork:
         now = self.now_of(record["clock"])
         secret = self.engine.definition(record["workflow"]).secret_fields
         self.add_history({
-            "instance": record["id"], "seq": record["version"] + 1, "event": event,
+            "instance": record["id"], "seq": record["history_seq"] + 1, "event": event,
             "from_state": record["state"], "to_state": record["state"], "outcome": "denied",
             "reasons": [r.as_dict() for r in failure.reasons], "notes": [],
             "data": {k: ("[redacted]" if k in secret else v) for k, v in data.items()},
             "at": now, "rules_version": self.version.id, "actor": actor})
-        self._replace(dict(record, version=record["version"] + 1, updated_at=now))
+        self._replace(dict(record, history_seq=record["history_seq"] + 1))
 
     def apply_effects(self, record: Mapping[str, Any], outcome: Outcome, now: datetime) -> None:
         """Timer changes and outbox rows of an applied (or created) outcome."""
@@ -275,13 +280,13 @@ class UnitOfWork:
         if self.new_ids:
             bulk.insert("instances", INSTANCE_COLUMNS, [
                 (r["id"], r["workflow"], r["state"], js(r["context"]), js(r["secrets"]), r["version"],
-                 r["clock"], r["account"], r["email"], r["usage_month"], ts(r["created_at"]),
-                 ts(r["updated_at"]))
+                 r["history_seq"], r["clock"], r["account"], r["email"], r["usage_month"],
+                 ts(r["created_at"]), ts(r["updated_at"]))
                 for r in (self.records[i] for i in self.new_ids if i in self.records)])
         bulk.executemany(
-            "UPDATE instances SET state = ?, context = ?, secrets = ?, version = ?, email = ?, "
-            "updated_at = ? WHERE id = ?",
-            [(r["state"], js(r["context"]), js(r["secrets"]), r["version"], r["email"],
+            "UPDATE instances SET state = ?, context = ?, secrets = ?, version = ?, history_seq = ?, "
+            "email = ?, updated_at = ? WHERE id = ?",
+            [(r["state"], js(r["context"]), js(r["secrets"]), r["version"], r["history_seq"], r["email"],
               ts(r["updated_at"]), r["id"])
              for r in (self.records[i] for i in self.dirty if i in self.records and i not in self.new_ids)])
         bulk.insert("history", HISTORY_COLUMNS, [

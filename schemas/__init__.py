@@ -1,0 +1,1 @@
+"""JSON Schemas (data files): rules.yaml, workflow definitions and API request/response bodies."""
