@@ -3,8 +3,8 @@
 `Engine.decide(snapshot, event, data, now)` judges one event and returns an `Outcome`; it never
 mutates its inputs, reads the clock or does I/O. Each workflow has one `transitions.Machine`
 (`auto_transitions=False`) with one long-lived cursor model: a call positions the cursor on the
-snapshot's state and triggers the event, so no model is bound per request. Route rules are the
-machine's conditions, the event's actions its `after` callbacks.
+snapshot's state and takes the event's transition, so no model is bound per request. Route rules
+are the machine's conditions; the event's actions run once the transition has been taken.
 """
 
 from __future__ import annotations
@@ -167,14 +167,15 @@ class WorkflowMachine:
                        for name in (*definition.events, CREATE_EVENT)}
         transitions = []
         for t in definition.transitions:
-            spec: dict[str, Any] = {"trigger": t.event, "source": t.source, "dest": t.dest,
-                                    "after": [self._run_actions]}
+            spec: dict[str, Any] = {"trigger": t.event, "source": t.source, "dest": t.dest}
             if t.when:
                 spec["conditions"] = [self._route(t.when)]
             transitions.append(spec)
         self.machine = Machine(model=self.cursor, states=list(definition.state_names),
                                initial=definition.initial, transitions=transitions,
                                auto_transitions=False, send_event=True, name=definition.name)
+        self.actions = {name: tuple(ACTIONS[a] for a in e.actions)
+                        for name, e in definition.events.items()}
         # The machine's transitions of each (event, state), in the order transitions tries them.
         self._paths = {(name, source): (event, tuple(candidates))
                        for name, event in self.machine.events.items()
@@ -191,11 +192,6 @@ class WorkflowMachine:
         condition.__name__ = f"route_{rule_id}"
         return condition
 
-    def _run_actions(self, event_data: EventData) -> None:
-        cursor = event_data.model
-        for name in self.definition.events[event_data.event.name].actions:
-            ACTIONS[name](cursor.step)
-
     def fire(self, state: str, event: str, step: Step,
              inputs: dict[str, Any]) -> tuple[str, list[Reason]]:
         """Take `event` from `state`; return the state reached and the route notes.
@@ -203,10 +199,13 @@ class WorkflowMachine:
         This is `Event.trigger` without its generic layers (a partial, the machine's queue
         check, a state look-up by name, source validation, empty prepare/finalize callback
         lists): the caller has already checked that `state` has branches for `event`, and
-        `transitions.Transition.execute` still evaluates the route conditions in order, changes
-        the state with exit/enter and runs the `after` callbacks.
+        `transitions.Transition.execute` still evaluates the route conditions in order and
+        changes the state with exit/enter. The event's actions run right after the transition
+        that was taken, where an `after` callback would run them, without transitions' callback
+        resolution.
         """
         trigger, candidates = self._paths[(event, state)]
+        actions = self.actions[event]
         machine = self.machine
         with self.lock:
             cursor = self.cursor
@@ -219,6 +218,8 @@ class WorkflowMachine:
                 event_data.transition = transition
                 if transition.execute(event_data):
                     event_data.result = True
+                    for action in actions:
+                        action(step)
                     break
             return cursor.state, [n for n in cursor.notes if n is not None]
 
