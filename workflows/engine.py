@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from random import Random
-from typing import Any
+from typing import Any, cast
 
 from jsonschema import Draft202012Validator
 from transitions import EventData, Machine
@@ -49,6 +49,14 @@ _EXACT_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,)
 _IGNORED = frozenset({"description", "title", "examples", "$comment"})
 
 
+def _number_bound(compare: Callable[[Any, Any], bool], bound: Any) -> Check:
+    return lambda v: type(v) in (int, float) and compare(v, bound)
+
+
+def _length_bound(compare: Callable[[Any, Any], bool], bound: Any) -> Check:
+    return lambda v: type(v) is str and compare(len(v), bound)
+
+
 def _value_check(schema: Mapping[str, Any], format_checker: Any) -> Check | None:
     """A check of one property's schema, or None if it uses a keyword not handled here."""
     if not isinstance(schema, Mapping) or set(schema) - _IGNORED - {
@@ -67,12 +75,10 @@ def _value_check(schema: Mapping[str, Any], format_checker: Any) -> Check | None
         checks.append(lambda v: type(v) is str and v in allowed)
     for key, compare in (("minimum", operator.ge), ("maximum", operator.le)):
         if key in schema:
-            bound = schema[key]
-            checks.append(lambda v, b=bound, c=compare: type(v) in (int, float) and c(v, b))
+            checks.append(_number_bound(compare, schema[key]))
     for key, compare in (("minLength", operator.ge), ("maxLength", operator.le)):
         if key in schema:
-            bound = schema[key]
-            checks.append(lambda v, b=bound, c=compare: type(v) is str and c(len(v), b))
+            checks.append(_length_bound(compare, schema[key]))
     if "pattern" in schema:
         search = re.compile(schema["pattern"]).search
         checks.append(lambda v: type(v) is str and search(v) is not None)
@@ -98,10 +104,10 @@ def fast_check(validator: Draft202012Validator) -> Check | None:
     required = tuple(schema.get("required", ()))
     properties: list[tuple[str, Check]] = []
     for name, sub in schema.get("properties", {}).items():
-        check = _value_check(sub, validator.format_checker)
-        if check is None:
+        value_check = _value_check(sub, validator.format_checker)
+        if value_check is None:
             return None
-        properties.append((name, check))
+        properties.append((name, value_check))
     additional = schema.get("additionalProperties", True)
     if additional not in (True, False):
         return None
@@ -185,8 +191,9 @@ class WorkflowMachine:
         rule = self.policy.rules.get(rule_id)
 
         def condition(event_data: EventData) -> bool:
-            if holds(rule, event_data.model.inputs):
-                event_data.model.notes.append(rule.reason() if rule else None)
+            cursor = cast(_Cursor, event_data.model)
+            if holds(rule, cursor.inputs):
+                cursor.notes.append(rule.reason() if rule else None)
                 return True
             return False
         condition.__name__ = f"route_{rule_id}"
