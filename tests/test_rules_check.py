@@ -117,6 +117,12 @@ def test_unknown_function(tmp_path: Path) -> None:
               "The function 'is_mail' is not known", broken.position("is_mail"))
 
 
+def test_unknown_method_style_function_fails_at_load_not_at_fire_time(tmp_path: Path) -> None:
+    broken = edit(tmp_path, RULES, ('data.password.matches("[0-9]")', 'data.password.matchez("[0-9]")'))
+    assert_at(only(broken), broken, "$.rules.password_policy.guard",
+              "The function 'matchez' is not known", broken.position("matchez"))
+
+
 def test_unknown_params_path(tmp_path: Path) -> None:
     broken = edit(tmp_path, RULES, ("guard: data.country in params.signup.countries",
                                     "guard: data.country in params.signup.countriez"))

@@ -282,6 +282,14 @@ def compile_expression(source: str, *, constants: Mapping[str, Any] | None = Non
                                           frozenset(scalars), frozenset(functions))
     program = cel.compile(rewritten)
     used = set(program.functions())
+    for name in sorted(used):
+        if name in functions or name in CEL_BUILTINS or not name[:1].isalpha():
+            continue  # operators are spelled like _&&_, @in, !_
+        # A method-style call (`x.name(...)`) the rewriter passed over: unknown to the engine.
+        at = re.search(r"\.\s*" + re.escape(name) + r"\s*\(", source)
+        line, column = _position(source, at.start() + 1) if at else (1, 1)
+        raise ExpressionError(f"The function '{name}' is not known; known helpers: "
+                              f"{', '.join(sorted(functions))}.", line, column)
     return Expression(source=source, rewritten=rewritten, program=program,
                       bindings=tuple(bindings), plain=tuple(sorted(plain)),
                       functions={k: v for k, v in functions.items() if k in used})
