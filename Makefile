@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: serve test lint demo bench graphviz clean
+.PHONY: serve test lint demo bench diagrams graphviz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ test: $(VENV)/.installed graphviz
 
 demo: $(VENV)/.installed
 	$(BIN)/tollgate demo
+
+diagrams: $(VENV)/.installed graphviz
+	for wf in signup payment_method credit invoice; do \
+	  $(BIN)/tollgate diagram $$wf --format mermaid -o docs/diagrams/$$wf.mmd && \
+	  $(BIN)/tollgate diagram $$wf --format svg -o docs/diagrams/$$wf.svg; done
 
 bench: $(VENV)/.installed
 	$(BIN)/tollgate bench
