@@ -117,3 +117,6 @@ def test_ten_replays_of_one_idempotency_key_apply_once(
     assert applied_amounts(op, invoice) == [4242]
     late = add_usage(op, invoice, 4242, key)
     assert (late.status, late.body, late.headers.get("idempotent-replayed")) == (200, ok[0].body, "true")
+    other = add_usage(op, invoice, 1, key)  # the same key with another body is refused
+    assert (other.status, other.json()["type"].rsplit("/", 1)[-1]) == (409, "idempotency_key_reused")
+    assert applied_amounts(op, invoice) == [4242]

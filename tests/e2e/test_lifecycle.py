@@ -129,3 +129,22 @@ def test_no_token_is_401_a_wrong_role_is_403_and_healthz_is_open(server: Tollgat
             else:
                 assert response.status == 403, (role, method, path, response)
                 assert response.json()["status"] == 403
+
+
+def test_a_revoked_credit_restricts_the_account_in_the_same_transaction(server: TollgateServer) -> None:
+    op = server.client("operator")
+    account = op.signup(clock=op.clock("2026-10-15T10:00:00+09:00"))
+    op.register_card(account)
+    credit = op.create("credit", {"account": account})["id"]
+    op.fire(credit, "apply", {"service_area": "ai_ml", "signup_path": "blog_sns", "marketing_consent": True})
+    account_version = op.instance(account)["version"]
+
+    refused = op.fire(credit, "revoke", {"reason": "late_payment"}, status=422)
+    assert [r["rule"] for r in refused["reasons"]] == ["revocation"]
+    assert (op.instance(account)["state"], op.instance(account)["version"]) == ("active", account_version)
+
+    assert op.fire(credit, "revoke", {"reason": "cryptocurrency_mining"})["state"] == "revoked"
+    restricted = op.instance(account)
+    assert (restricted["state"], restricted["version"]) == ("restricted", account_version + 1)
+    last = op.history(account)[-1]
+    assert (last["event"], last["outcome"], last["actor"]) == ("restrict", "applied", f"credit:{credit}")

@@ -202,7 +202,8 @@ class TollgateServer:
     database_url: str
     directory: Path
     rules: Path = RULES_PATH
-    tokens: dict[str, str] = field(default_factory=role_tokens)
+    tokens: dict[str, str] = field(default_factory=role_tokens)  # empty: serve generates an admin token
+    host: str = LOOPBACK
     workers: int = 2
     threads: int = 8
     scheduler: bool = True
@@ -219,14 +220,15 @@ class TollgateServer:
         return Client(self.port, self.tokens, role)
 
     def command(self) -> list[str]:
-        argv = [sys.executable, "-m", "service.cli", "serve", "--host", LOOPBACK, "--port", str(self.port),
+        argv = [sys.executable, "-m", "service.cli", "serve", "--host", self.host, "--port", str(self.port),
                 "--database", self.database_url, "--rules", str(self.rules),
                 "--workers", str(self.workers), "--threads", str(self.threads)]
         return argv if self.scheduler else [*argv, "--no-scheduler"]
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
-        env["TOLLGATE_TOKENS"] = ",".join(f"{role}={token}" for role, token in self.tokens.items())
+        if self.tokens:
+            env["TOLLGATE_TOKENS"] = ",".join(f"{role}={token}" for role, token in self.tokens.items())
         env["PYTHONUNBUFFERED"] = "1"
         return env
 

@@ -1,0 +1,91 @@
+"""`tollgate serve` defaults and `tollgate worker` scale-out, as processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers.server import ROOT, RULES_PATH, StartServer, TollgateServer, poll
+
+pytestmark = pytest.mark.e2e
+
+
+def test_without_tokens_serve_prints_one_admin_token_once_and_listens_on_loopback_only(
+        start_server: StartServer) -> None:
+    server = start_server("sqlite", tokens={}, host="0.0.0.0")
+    output = server.output()
+    [token] = re.findall(r"Authorization: Bearer (\S+)", output)
+    assert "listens on 127.0.0.1 only (not 0.0.0.0)" in output
+    assert f"Listening at: http://127.0.0.1:{server.port}" in output
+    assert "0.0.0.0:" not in output
+
+    server.tokens = {"admin": token}
+    anonymous, admin = server.client(None), server.client("admin")
+    assert anonymous.get("/instances").status == 401
+    assert admin.get("/instances").status == 200
+    assert admin.post("/clocks", {"now": "2026-10-15T10:00:00+09:00"}).status == 201
+    server.stop()
+    assert server.output().count(token) == 1, "the generated token is printed once, never logged"
+
+
+def _expire_at_once(tmp_path: Path) -> Path:
+    data = yaml.safe_load(RULES_PATH.read_text(encoding="utf-8"))
+    data["timers"]["signup_abandoned"]["at"] = "add_hours(now, 0)"
+    path = tmp_path / "rules-expire-now.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@contextlib.contextmanager
+def workers(server: TollgateServer, count: int, directory: Path) -> Iterator[list[Any]]:
+    """`count` `tollgate worker` processes on the server's database and rules; always stopped."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        for n in range(count):
+            with (directory / f"worker-{n}.log").open("wb") as log:
+                started.append(subprocess.Popen(
+                    [sys.executable, "-m", "service.cli", "worker", "--database", server.database_url,
+                     "--rules", str(server.rules), "--batch", "4", "--interval", "0.2"],
+                    cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True))
+        yield started
+    finally:
+        for process in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in started:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_several_workers_fire_each_due_timer_exactly_once(
+        backend: str, start_server: StartServer, tmp_path: Path) -> None:
+    server = start_server(backend, rules=_expire_at_once(tmp_path), scheduler=False)
+    op = server.client("operator")
+    signups = [op.create("signup")["id"] for _ in range(40)]
+    assert {op.instance(s)["state"] for s in signups} == {"type_selection"}  # no scheduler in serve
+
+    with workers(server, 3, tmp_path):
+        poll(lambda: all(op.instance(s)["state"] == "expired" for s in signups), timeout=120,
+             what="three workers expiring 40 abandoned signups")
+
+    for signup in signups:
+        rows = op.history(signup)
+        assert [(r["event"], r["outcome"], r["actor"]) for r in rows[1:]] == [("expire", "applied", "timer")]
+        assert op.instance(signup)["timers"] == []
+    for log in tmp_path.glob("worker-*.log"):
+        assert "Traceback" not in log.read_text(encoding="utf-8"), log.read_text(encoding="utf-8")
