@@ -30,6 +30,32 @@ def sqlite_timestamp(value: datetime | None) -> str | None:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
+def parse_sqlite_timestamp(text: str | None) -> datetime | None:
+    """The aware UTC datetime `service.tables.UTCDateTime` reads back from SQLite's text."""
+    if text is None:
+        return None
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def parse_sqlite_json(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def aware_utc(value: datetime | None) -> datetime | None:
+    """What `UTCDateTime` reads back from PostgreSQL (aware, in UTC)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class _TimestampMemo(dict[datetime, str | None]):
+    """sqlite_timestamp per distinct instant: a batch's rows share a handful of them."""
+
+    def __missing__(self, key: datetime) -> str | None:
+        value = self[key] = sqlite_timestamp(key)
+        return value
+
+
 class BulkWriter:
     """executemany with the dialect's placeholders, timestamp and JSON conversions."""
 
@@ -38,13 +64,25 @@ class BulkWriter:
         self.sqlite = conn.dialect.name == "sqlite"
         self.mark = "?" if self.sqlite else "%s"
         if self.sqlite:
-            self.ts: Callable[[datetime | None], Any] = sqlite_timestamp
+            memo = _TimestampMemo()
+            # Text is what SQLite stores already (a record's timestamps as read by the unit of work).
+            self.ts: Callable[[datetime | str | None], Any] = (
+                lambda v: v if v is None or type(v) is str else memo[v])
             self.js: Callable[[Any], Any] = dumps
         else:
             from psycopg.types.json import Jsonb
 
             self.ts = lambda v: v
             self.js = Jsonb
+
+    def fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """Rows of a query on the DBAPI cursor (`?` placeholders), as the driver returns them."""
+        cursor = self.conn.connection.cursor()
+        try:
+            cursor.execute(sql.replace("?", self.mark), params)
+            return cursor.fetchall()
+        finally:
+            cursor.close()
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if not rows:

@@ -37,7 +37,10 @@ class Database:
     PostgreSQL: READ COMMITTED with row locks (`SELECT … FOR UPDATE`) on the instances touched.
     """
 
-    def __init__(self, url: str | None = None, *, echo: bool = False) -> None:
+    def __init__(self, url: str | None = None, *, echo: bool = False, synchronous: str = "FULL") -> None:
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}.")
+        self.synchronous = synchronous
         self.url = normalise_url(url or os.environ.get("TOLLGATE_DATABASE_URL") or DEFAULT_URL)
         kwargs: dict[str, Any] = {"echo": echo, "json_serializer": dumps, "json_deserializer": orjson.loads}
         self.is_sqlite = self.url.startswith("sqlite")
@@ -60,7 +63,7 @@ class Database:
             cursor = dbapi_connection.cursor()
             if not memory:
                 cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute(f"PRAGMA synchronous={self.synchronous}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()

@@ -76,6 +76,21 @@ def missing_providers(definitions: Mapping[str, Definition]) -> list[str]:
     return [f"{d.name}.{fact}" for d in definitions.values() for fact in d.facts if fact not in PROVIDERS]
 
 
+_FACTS_FOR: dict[tuple[int, str], tuple[Definition, tuple[str, ...]]] = {}
+
+
+def facts_for(definition: Definition, event: str) -> tuple[str, ...]:
+    """`definition.facts_for(event)`, remembered (definitions are immutable once loaded)."""
+    key = (id(definition), event)
+    known = _FACTS_FOR.get(key)
+    if known is None or known[0] is not definition:
+        known = _FACTS_FOR[key] = (definition, definition.facts_for(event))
+    return known[1]
+
+
 def gather(uow: UnitOfWork, definition: Definition, event: str, record: Mapping[str, Any],
            data: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: PROVIDERS[name](uow, record, data) for name in definition.facts_for(event)}
+    names = facts_for(definition, event)
+    if not names:
+        return {}
+    return {name: PROVIDERS[name](uow, record, data) for name in names}

@@ -12,11 +12,11 @@ import hashlib
 import json
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -68,6 +68,12 @@ class RulesVersion:
     def as_dict(self) -> dict[str, Any]:
         return {"version": self.id, "sha256": self.sha256, "activated_at": rfc3339(self.activated_at),
                 "source": self.source, "yaml": self.yaml}
+
+
+class _Event(NamedTuple):
+    instance: str
+    event: str
+    data: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -313,26 +319,40 @@ class Runtime:
                     continue
                 entry = {"instance": timer.instance, "event": timer.event, "from": record["state"],
                          "to": record["state"], "at": rfc3339(timer.due_at), "timer": timer.name}
-                mark = uow.checkpoint()
-                try:
-                    outcome = uow.apply(timer.instance, timer.event, {}, actor)
-                    entry.update(to=outcome.target, outcome="applied")
-                except SendFailed as failure:
-                    uow.rollback_to(mark)
-                    uow.record_failure(timer.instance, timer.event, {}, actor, failure)
-                    entry.update(outcome="denied", reasons=[r.as_dict() for r in failure.reasons])
-                except GuardDenied as denied:  # kept in the history; the timer is dropped
-                    entry.update(outcome="denied", reasons=[r.as_dict() for r in denied.reasons])
-                except InvalidTransition:
-                    uow.rollback_to(mark)
-                    entry.update(outcome="dropped")
+                self._attempt(uow, timer.instance, timer.event, {}, actor, entry)
                 if collect:
                     entries.append(entry)
             uow.flush()
         return len(claimed), entries
 
+    @staticmethod
+    def _attempt(uow: UnitOfWork, instance_id: str, event: str, data: Mapping[str, Any], actor: str,
+                 entry: dict[str, Any]) -> None:
+        """Apply one event of a batch; its failure rolls back only its own effects.
+
+        A policy denial stays in the history (a timer is then dropped), a failed send is recorded
+        as a denied attempt, an event not valid in the state changes nothing. `entry` is updated
+        with `to`, `outcome` and `reasons`.
+        """
+        mark = uow.checkpoint()
+        try:
+            outcome = uow.apply(instance_id, event, data, actor)
+            entry.update(to=outcome.target, outcome="applied")
+        except SendFailed as failure:
+            uow.rollback_to(mark)
+            uow.record_failure(instance_id, event, data, actor, failure)
+            entry.update(outcome="denied", reasons=[r.as_dict() for r in failure.reasons])
+        except GuardDenied as denied:  # kept in the history
+            entry.update(outcome="denied", reasons=[r.as_dict() for r in denied.reasons])
+        except (InvalidTransition, BadRequest, NotFound):
+            uow.rollback_to(mark)
+            entry.update(outcome="dropped")
+
     def _prefetch_for(self, uow: UnitOfWork, claimed: list[Any]) -> None:
-        """Load the claimed instances, their accounts and what their facts read, in a few queries."""
+        """Load the claimed instances, their accounts and what their facts read, in a few queries.
+
+        `claimed` holds rows (or tuples) with `instance` and `event`.
+        """
         uow.load(t.instance for t in claimed)
         accounts = {r["account"] for r in uow.records.values() if r["account"]}
         uow.load(accounts)
@@ -341,10 +361,41 @@ class Runtime:
             record = uow.records.get(timer.instance)
             if record is not None:
                 definition = uow.engine.definition(record["workflow"])
-                for fact in definition.facts_for(timer.event):
+                for fact in fact_providers.facts_for(definition, timer.event):
                     wanted.update(fact_providers.RELATED_WORKFLOWS.get(fact, ()))
         if wanted:
             uow.prefetch(accounts, sorted(wanted))
+
+    def fire_many(self, events: Iterable[tuple[str, str, Mapping[str, Any]]], *, actor: str = "api",
+                  batch: int = 1000) -> dict[str, int]:
+        """Fire many events (e.g. a payment gateway's report), `batch` per transaction.
+
+        Each event is judged and applied exactly as `fire` would (a denial is kept in the history,
+        a failed send is recorded as a denied attempt), but a failure touches only that event: the
+        others of the batch still commit. Instances, accounts and facts are read in a few queries
+        per batch. Returns how many were applied, denied and dropped (not valid in the state, bad
+        data or no such instance). No If-Match and no Idempotency-Key: use `fire` for those.
+        """
+        counts = {"applied": 0, "denied": 0, "dropped": 0}
+        chunk: list[_Event] = []
+        for instance_id, event, data in events:
+            chunk.append(_Event(instance_id, event, data))
+            if len(chunk) >= batch:
+                self._fire_chunk(chunk, actor, counts)
+                chunk = []
+        if chunk:
+            self._fire_chunk(chunk, actor, counts)
+        return counts
+
+    def _fire_chunk(self, chunk: list[_Event], actor: str, counts: dict[str, int]) -> None:
+        with self.db.transaction() as conn:
+            uow = UnitOfWork(self, conn, self._active(conn))
+            self._prefetch_for(uow, chunk)
+            entry: dict[str, Any] = {}
+            for item in chunk:
+                self._attempt(uow, item.instance, item.event, item.data, actor, entry)
+                counts[entry["outcome"]] += 1
+            uow.flush()
 
     def run_due_timers(self, *, limit: int = 1000, actor: str = TIMER_ACTOR) -> list[dict[str, Any]]:
         """Fire real-time timers that are due now (the scheduler and `tollgate worker` call this)."""

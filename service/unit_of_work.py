@@ -9,14 +9,14 @@ A single API event is a unit of one; the timer sweep fires thousands of timers p
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, select, update
 
-from service.bulk import BulkWriter
-from service.tables import clocks, instances
+from service.bulk import BulkWriter, aware_utc, parse_sqlite_json
+from service.tables import clocks
 from workflows.engine import Engine
 from workflows.exceptions import (
     BadRequest,
@@ -40,6 +40,31 @@ INSTANCE_COLUMNS = ("id", "workflow", "state", "context", "secrets", "version", 
                     "account", "email", "usage_month", "created_at", "updated_at")
 
 
+_CHUNK = 10_000
+
+
+class _Reader:
+    """The dialect's raw reads: placeholders, JSON and timestamp conversions of `service.tables`."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.writer = BulkWriter(conn)
+        if conn.dialect.name == "sqlite":
+            self.loads: Callable[[Any], Any] = parse_sqlite_json
+            # created_at / updated_at of a loaded record are only ever written back by `flush`,
+            # so SQLite's stored text is kept as it is (BulkWriter.ts passes text through).
+            self.stamp: Callable[[Any], Any] = _same
+        else:
+            self.loads = _same
+            self.stamp = aware_utc
+
+    def fetch(self, sql: str, params: list[Any]) -> list[Any]:
+        return self.writer.fetch(sql, params)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
 def account_view(record: Mapping[str, Any]) -> dict[str, Any]:
     """The account as guards see it: the signup's context plus id, state and partner."""
     view = {"partner": False, **(record["context"] or {})}
@@ -56,6 +81,7 @@ class UnitOfWork:
         self.version = version
         self.engine: Engine = runtime.engine_for(version)
         self.lock = runtime.db.for_update()
+        self.reader = _Reader(conn)
         self.records: dict[str, dict[str, Any]] = {}
         self.by_account: dict[tuple[str, str], list[str]] = {}
         self.new_ids: set[str] = set()
@@ -74,22 +100,42 @@ class UnitOfWork:
         if record["account"]:
             self.by_account.setdefault((record["account"], record["workflow"]), []).append(record["id"])
 
-    def _remember(self, rows: Iterable[Any]) -> None:
-        for row in rows:
-            if row.id not in self.records:
-                record = dict(row._mapping)
-                self.records[row.id] = record
-                self._index(record)
+    def _select(self, where: str, params: list[Any], *, lock: bool = False) -> None:
+        """Read instance rows on the DBAPI cursor and remember those not yet in memory.
+
+        The records equal what `select(instances)` returns (JSON parsed, timestamps aware in
+        UTC — on SQLite `created_at` and `updated_at` stay the stored text until written back)
+        at a fraction of SQLAlchemy's per-row cost; `where` uses `?` placeholders.
+        """
+        reader = self.reader
+        sql = f"SELECT {', '.join(INSTANCE_COLUMNS)} FROM instances WHERE {where}"
+        if lock:
+            sql += " FOR UPDATE"
+        loads, stamp = reader.loads, reader.stamp
+        records = self.records
+        for (id_, workflow, state, context, secrets, version, history_seq, clock, account, email,
+             usage_month, created_at, updated_at) in reader.fetch(sql, params):
+            if id_ in records:
+                continue
+            record = {"id": id_, "workflow": workflow, "state": state, "context": loads(context),
+                      "secrets": loads(secrets), "version": version, "history_seq": history_seq,
+                      "clock": clock, "account": account, "email": email, "usage_month": usage_month,
+                      "created_at": stamp(created_at), "updated_at": stamp(updated_at)}
+            records[id_] = record
+            self._index(record)
+
+    def _in(self, column: str, values: list[str]) -> tuple[str, list[Any]]:
+        """`column IN (…)` on SQLite, `column = ANY(?)` (one array parameter) on PostgreSQL."""
+        if self.conn.dialect.name == "sqlite":
+            return f"{column} IN ({', '.join('?' * len(values))})", list(values)
+        return f"{column} = ANY(?)", [list(values)]
 
     def load(self, ids: Iterable[str]) -> None:
-        """Load (and lock) the instances not yet in memory, in one query."""
+        """Load (and lock) the instances not yet in memory, in one query per 10,000."""
         missing = [i for i in dict.fromkeys(ids) if i not in self.records]
-        if not missing:
-            return
-        query = select(instances).where(instances.c.id.in_(missing))
-        if self.lock:
-            query = query.with_for_update()
-        self._remember(self.conn.execute(query))
+        for lo in range(0, len(missing), _CHUNK):
+            where, params = self._in("id", missing[lo:lo + _CHUNK])
+            self._select(where, params, lock=self.lock)
 
     def get(self, instance_id: str) -> dict[str, Any]:
         if instance_id not in self.records:
@@ -112,8 +158,10 @@ class UnitOfWork:
             return
         account_ids = sorted({a for a, _ in wanted})
         names = sorted({w for _, w in wanted})
-        query = select(instances).where(instances.c.account.in_(account_ids), instances.c.workflow.in_(names))
-        self._remember(self.conn.execute(query))
+        for lo in range(0, len(account_ids), _CHUNK):
+            where, params = self._in("account", account_ids[lo:lo + _CHUNK])
+            workflows_in, more = self._in("workflow", names)
+            self._select(f"{where} AND {workflows_in}", params + more)
         self.groups.update(wanted)
 
     def related(self, account: str, workflow: str) -> list[dict[str, Any]]:

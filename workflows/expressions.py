@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import cel
@@ -32,6 +33,9 @@ CEL_BUILTINS = frozenset({
     "getDayOfYear", "getHours", "getMinutes", "getSeconds", "getMilliseconds", "max", "min",
 })
 
+_MISS = object()
+_MEMO_SIZE = 4096
+_MEMO_SCALARS = frozenset({str, int, float, bool, type(None), datetime})
 _MACROS = ("all", "exists", "exists_one", "map", "filter")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _POSITION = re.compile(r"<input>:(\d+):(\d+)")
@@ -143,6 +147,7 @@ class Expression:
     bindings: tuple[Binding, ...]
     plain: tuple[str, ...]  # variables passed as they are (e.g. now)
     functions: Mapping[str, Callable[..., Any]]
+    _memo: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def roots(self) -> frozenset[str]:
@@ -164,7 +169,59 @@ class Expression:
         return out
 
     def evaluate(self, inputs: Mapping[str, Any]) -> Any:
-        return self.program.execute(self.variables(inputs))
+        """The expression's value. CEL is pure, so a result is memoised by its inputs when they
+        are all scalars (a billing run judges one `now` and one usage month a million times)."""
+        key = self._memo_key(inputs)
+        if key is None:
+            return self.program.execute(self.variables(inputs))
+        memo = self._memo
+        hit = memo.get(key, _MISS)
+        if hit is not _MISS:
+            return list(hit) if type(hit) is tuple else hit
+        result = self.program.execute(self.variables(inputs))
+        if type(result) is list and all(type(v) in _MEMO_SCALARS for v in result):
+            stored: Any = tuple(result)
+        elif type(result) in _MEMO_SCALARS:
+            stored = result
+        else:
+            return result
+        if len(memo) >= _MEMO_SIZE:
+            memo.clear()
+        memo[key] = stored
+        return result
+
+    def _memo_key(self, inputs: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """(type, value) of every input the expression reads, or None when one is not a scalar.
+
+        Types are part of the key because True == 1 in Python but not in CEL; a datetime
+        carries its time zone, since equal instants in two zones are different CEL values.
+        """
+        key: list[Any] = []
+        for binding in self.bindings:
+            source = inputs.get(binding.root)
+            if binding.field is None:
+                value = source
+            elif binding.presence:
+                value = source is not None and binding.field in source
+            else:
+                value = None if source is None else source.get(binding.field)
+            kind = type(value)
+            if kind not in _MEMO_SCALARS:
+                return None
+            key.append(kind)
+            key.append(value)
+            if kind is datetime:
+                key.append(value.tzinfo)
+        for name in self.plain:
+            value = inputs.get(name)
+            kind = type(value)
+            if kind not in _MEMO_SCALARS:
+                return None
+            key.append(kind)
+            key.append(value)
+            if kind is datetime:
+                key.append(value.tzinfo)
+        return tuple(key)
 
 
 def _rewrite(source: str, constants: Mapping[str, Any], maps: frozenset[str],
