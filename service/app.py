@@ -51,12 +51,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
 
 def _start_timer() -> None:
-    g.started = time.perf_counter()
+    if log.isEnabledFor(logging.INFO):
+        g.started = time.perf_counter()
 
 
 def _log_request(response: Response) -> Response:
     """One line per request: method, path, status, role — never headers, query or body."""
-    elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-    log.info("%s %s %s role=%s %.1fms", request.method, request.path, response.status_code,
-             g.get("role", "-"), elapsed)
+    if log.isEnabledFor(logging.INFO):  # skip the look-ups when nobody listens (gunicorn's default)
+        elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        log.info("%s %s %s role=%s %.1fms", request.method, request.path, response.status_code,
+                 g.get("role", "-"), elapsed)
     return response

@@ -67,9 +67,9 @@ def fire(id: str) -> Response:
     key = _idempotency_key()
     body = json_body("fire_event")
     data = body.get("data", {})
+    fingerprint = None if key is None else fingerprint_of(request.method, request.path, body)
     result = runtime().fire(id, body["event"], data, actor=actor(), if_match=if_match, dry_run=dry_run,
-                            idempotency_key=key,
-                            fingerprint=fingerprint_of(request.method, request.path, body))
+                            idempotency_key=key, fingerprint=fingerprint)
     headers = {}
     if result.status == 200 and not dry_run and "version" in result.body:
         headers["ETag"] = etag(result.body["version"])
