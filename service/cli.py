@@ -170,6 +170,9 @@ def _worker(args: argparse.Namespace) -> int:
     if args.once:
         print(f"tollgate worker: {scheduler.tick()} timers handled")
         return 0
+    if args.until_idle:
+        print(f"tollgate worker: {scheduler.run_until_idle()} timers handled")
+        return 0
     sleep_until_stopped(scheduler)
     return 0
 
@@ -211,6 +214,8 @@ def _register_worker(subparsers: Subparsers) -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between idle sweeps")
     parser.add_argument("--batch", type=int, default=1000, help="timers claimed per transaction")
     parser.add_argument("--once", action="store_true", help="one sweep, then exit")
+    parser.add_argument("--until-idle", action="store_true",
+                        help="sweep until nothing is due (checked twice, --interval apart), then exit")
     _add_storage_options(parser)
     parser.set_defaults(handler=_worker)
 
@@ -225,6 +230,34 @@ def _register_demo(subparsers: Subparsers) -> None:
     parser.set_defaults(handler=_demo)
 
 
+# ── tollgate bench ───────────────────────────────────────────────────────────────────────────
+
+def _bench(args: argparse.Namespace) -> int:
+    """Run the benchmark suites (bench/suite.py): a table on stdout, progress on stderr."""
+    from bench.suite import parse_only, run
+
+    try:
+        names = parse_only(args.only)
+    except ValueError as error:
+        print(f"tollgate: {error}", file=sys.stderr)
+        return 2
+    return run(names, quick=args.quick, json_path=args.json)
+
+
+def _register_bench(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="measure the performance figures against their baselines",
+        description="Run the benchmarks (core, http, billing, workers); each figure is a ratio to a "
+        "baseline measured in the same run. Prints a table, progress on stderr; exit 1 if a suite "
+        "could not run.")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run of every figure at small N (under two minutes)")
+    parser.add_argument("--json", metavar="FILE", help="write the figures as a JSON list to FILE")
+    parser.add_argument("--only", metavar="LIST",
+                        help="comma-separated suites to run: core,http,billing,workers (default: all)")
+    parser.set_defaults(handler=_bench)
+
+
 # ── the table and the entry point ────────────────────────────────────────────────────────────
 
 COMMANDS: dict[str, Callable[[Subparsers], None]] = {
@@ -233,6 +266,7 @@ COMMANDS: dict[str, Callable[[Subparsers], None]] = {
     "rules": _register_rules,
     "diagram": _register_diagram,
     "demo": _register_demo,
+    "bench": _register_bench,
 }
 
 

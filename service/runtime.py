@@ -70,6 +70,13 @@ class RulesVersion:
                 "source": self.source, "yaml": self.yaml}
 
 
+class _Timer(NamedTuple):
+    instance: str
+    name: str
+    event: str
+    due_at: Any  # as the driver returns it: text on SQLite, a datetime on PostgreSQL
+
+
 class _Event(NamedTuple):
     instance: str
     event: str
@@ -288,42 +295,64 @@ class Runtime:
 
     def sweep(self, clock_id: str | None, until: datetime, *, batch: int = 1000, actor: str = TIMER_ACTOR,
               collect: bool = True) -> tuple[int, list[dict[str, Any]]]:
-        """Claim up to `batch` timers due at the earliest due instant ≤ `until` and fire them in one
-        transaction; returns how many were handled and (if `collect`) what each did.
+        """Claim up to `batch` due timers and fire them in one transaction; returns how many were
+        handled and (if `collect`) what each did.
 
-        Only timers of one instant are taken together, so timers the fired transitions arm (never
-        earlier than that instant) still fire in time order. A claimed timer is deleted in the
-        transaction that fires it: with `FOR UPDATE SKIP LOCKED` on PostgreSQL several workers
-        never fire one twice, and a crash before commit leaves it due.
+        On a test clock only timers of the earliest due instant ≤ `until` are taken together and
+        the clock moves to that instant, so timers the fired transitions arm (never earlier than
+        it) still fire in time order. Real-time timers (`clock_id` None) are all due by now and
+        the transitions they fire happen now, so every due timer up to `batch` is taken, in due
+        order. A timer that an earlier transition of the batch cancelled or re-armed is skipped.
+        A claimed timer is deleted in the transaction that fires it: with `FOR UPDATE SKIP
+        LOCKED` on PostgreSQL several workers never fire one twice, and a crash before commit
+        leaves it due.
         """
         entries: list[dict[str, Any]] = []
         with self.db.transaction() as conn:
-            where = timers.c.clock.is_(None) if clock_id is None else timers.c.clock == clock_id
-            query = (select(timers).where(where, timers.c.due_at <= until)
-                     .order_by(timers.c.due_at, timers.c.instance, timers.c.name).limit(batch))
-            if self.db.for_update():
-                query = query.with_for_update(skip_locked=True)
-            claimed = list(conn.execute(query))
+            uow = UnitOfWork(self, conn, self._active(conn))
+            claimed, instant = self._claim(uow, clock_id, until, batch)
             if not claimed:
                 return 0, entries
-            instant = claimed[0].due_at
-            claimed = [t for t in claimed if t.due_at == instant]
-            uow = UnitOfWork(self, conn, self._active(conn))
-            if clock_id is not None:
+            if clock_id is not None and instant is not None:
                 uow.set_clock(clock_id, instant)
             self._prefetch_for(uow, claimed)
+            due_text: dict[Any, str | None] = {}
             for timer in claimed:
+                key = (timer.instance, timer.name)
+                if key in uow.timer_ops:  # cancelled or re-armed by an earlier event of this batch
+                    continue
                 uow.set_timer(timer.instance, timer.name, None)
                 record = uow.find(timer.instance)
                 if record is None:
                     continue
+                at = due_text.get(timer.due_at)
+                if at is None:
+                    at = due_text[timer.due_at] = rfc3339(uow.reader.stamp_now(timer.due_at))
                 entry = {"instance": timer.instance, "event": timer.event, "from": record["state"],
-                         "to": record["state"], "at": rfc3339(timer.due_at), "timer": timer.name}
+                         "to": record["state"], "at": at, "timer": timer.name}
                 self._attempt(uow, timer.instance, timer.event, {}, actor, entry)
                 if collect:
                     entries.append(entry)
             uow.flush()
         return len(claimed), entries
+
+    def _claim(self, uow: UnitOfWork, clock_id: str | None, until: datetime,
+               batch: int) -> tuple[list[_Timer], datetime | None]:
+        """The due timers this sweep fires (locked on PostgreSQL, skipping those others hold)."""
+        writer = uow.reader.writer
+        where = "clock IS NULL" if clock_id is None else "clock = ?"
+        params: list[Any] = [] if clock_id is None else [clock_id]
+        sql = (f"SELECT instance, name, event, due_at FROM timers WHERE {where} AND due_at <= ? "
+               "ORDER BY due_at, instance, name LIMIT ?")
+        if self.db.for_update():
+            sql += " FOR UPDATE SKIP LOCKED"
+        rows = [_Timer(*row) for row in writer.fetch(sql, [*params, writer.ts(until), batch])]
+        if not rows:
+            return rows, None
+        first = rows[0].due_at
+        if clock_id is not None:
+            rows = [t for t in rows if t.due_at == first]
+        return rows, uow.reader.stamp_now(first)
 
     @staticmethod
     def _attempt(uow: UnitOfWork, instance_id: str, event: str, data: Mapping[str, Any], actor: str,

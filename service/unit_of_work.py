@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, select, update
 
-from service.bulk import BulkWriter, aware_utc, parse_sqlite_json
+from service.bulk import BulkWriter, aware_utc, parse_sqlite_json, parse_sqlite_timestamp
 from service.tables import clocks
 from workflows.engine import Engine
 from workflows.exceptions import (
@@ -53,9 +53,10 @@ class _Reader:
             # created_at / updated_at of a loaded record are only ever written back by `flush`,
             # so SQLite's stored text is kept as it is (BulkWriter.ts passes text through).
             self.stamp: Callable[[Any], Any] = _same
+            self.stamp_now: Callable[[Any], Any] = parse_sqlite_timestamp
         else:
             self.loads = _same
-            self.stamp = aware_utc
+            self.stamp = self.stamp_now = aware_utc
 
     def fetch(self, sql: str, params: list[Any]) -> list[Any]:
         return self.writer.fetch(sql, params)
@@ -91,6 +92,7 @@ class UnitOfWork:
         self.notification_rows: list[dict[str, Any]] = []
         self.timer_ops: dict[tuple[str, str], dict[str, Any] | None] = {}
         self.clock_times: dict[str, datetime] = {}
+        self.real_now: datetime | None = None
         self.moved_clocks: set[str] = set()
         self.journal: list[tuple[str, Any, Any]] = []
 
@@ -170,8 +172,12 @@ class UnitOfWork:
         return [self.records[i] for i in self.by_account.get((account, workflow), ()) if i in self.records]
 
     def now_of(self, clock: str | None) -> datetime:
+        """The time of `clock` in this unit; real time is read once, so one transaction (a
+        batch of timers, an event and the events it sends) happens at one instant."""
         if clock is None:
-            return self.runtime.now()
+            if self.real_now is None:
+                self.real_now = self.runtime.now()
+            return self.real_now
         if clock not in self.clock_times:
             value = self.conn.execute(select(clocks.c.now).where(clocks.c.id == clock)).scalar_one_or_none()
             if value is None:
