@@ -100,6 +100,7 @@ class Runtime:
         self.now = now
         self._engines: dict[str, Engine] = {}
         self._engines_lock = threading.Lock()
+        self._active_version: RulesVersion | None = None
         missing = fact_providers.missing_providers(definitions())
         if missing:
             raise RuntimeError(f"No provider for the facts {', '.join(missing)} in service/facts.py.")
@@ -118,7 +119,25 @@ class Runtime:
         return engine
 
     def _active(self, conn: Connection) -> RulesVersion:
-        """The active version (without its text); its engine is built here the first time."""
+        """The active version (without its text); its engine is built here the first time.
+
+        The newest version's id and digest are read on the DBAPI cursor on every call (another
+        process may have activated rules); the rest is reused while they stay the same.
+        """
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute("SELECT id, sha256 FROM rules_versions ORDER BY id DESC LIMIT 1")
+            newest = cursor.fetchone()
+        finally:
+            cursor.close()
+        known = self._active_version
+        if known is not None and newest is not None and (known.id, known.sha256) == tuple(newest):
+            return known
+        version = self._read_active(conn)
+        self._active_version = version
+        return version
+
+    def _read_active(self, conn: Connection) -> RulesVersion:
         row = conn.execute(select(rules_versions.c.id, rules_versions.c.sha256, rules_versions.c.activated_at,
                                   rules_versions.c.source)
                            .order_by(rules_versions.c.id.desc()).limit(1)).first()
@@ -195,6 +214,18 @@ class Runtime:
         return {"id": row.id, "workflow": row.workflow, "state": row.state, "context": row.context,
                 "version": row.version, "clock": row.clock, "timers": self._timers_of(conn, row.id),
                 "created_at": rfc3339(row.created_at), "updated_at": rfc3339(row.updated_at)}
+
+    def _record_dict(self, uow: UnitOfWork, record: Mapping[str, Any]) -> dict[str, Any]:
+        """`_instance_dict` from a flushed record of the unit (no re-read of the instance row)."""
+        reader = uow.reader
+        rows = reader.fetch("SELECT name, event, due_at FROM timers WHERE instance = ? ORDER BY due_at, name",
+                            [record["id"]])
+        return {"id": record["id"], "workflow": record["workflow"], "state": record["state"],
+                "context": record["context"], "version": record["version"], "clock": record["clock"],
+                "timers": [{"name": name, "event": event, "at": rfc3339(reader.moment(due))}
+                           for name, event, due in rows],
+                "created_at": rfc3339(reader.moment(record["created_at"])),
+                "updated_at": rfc3339(reader.moment(record["updated_at"]))}
 
     def get_instance(self, instance_id: str) -> dict[str, Any]:
         with self.db.read() as conn:
@@ -516,7 +547,7 @@ class Runtime:
             try:
                 uow.apply(instance_id, event, data, actor)
                 uow.flush()
-                result = Result(200, self._instance_dict(conn, self._row(conn, instance_id)))
+                result = Result(200, self._record_dict(uow, uow.records[instance_id]))
             except SendFailed as failure:
                 uow.rollback_to(0)
                 uow.record_failure(instance_id, event, data, actor, failure)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, update
 
 from service.bulk import BulkWriter, aware_utc, parse_sqlite_json, parse_sqlite_timestamp
 from service.tables import clocks
@@ -60,6 +60,10 @@ class _Reader:
 
     def fetch(self, sql: str, params: list[Any]) -> list[Any]:
         return self.writer.fetch(sql, params)
+
+    def moment(self, value: Any) -> datetime | None:
+        """An aware UTC datetime from a record's or row's timestamp (stored text or datetime)."""
+        return parse_sqlite_timestamp(value) if type(value) is str else aware_utc(value)
 
 
 def _same(value: Any) -> Any:
@@ -179,10 +183,10 @@ class UnitOfWork:
                 self.real_now = self.runtime.now()
             return self.real_now
         if clock not in self.clock_times:
-            value = self.conn.execute(select(clocks.c.now).where(clocks.c.id == clock)).scalar_one_or_none()
-            if value is None:
+            rows = self.reader.fetch("SELECT now FROM clocks WHERE id = ?", [clock])
+            if not rows:
                 raise NotFound(f"There is no clock '{clock}'.")
-            self.clock_times[clock] = value
+            self.clock_times[clock] = self.reader.moment(rows[0][0])
         return self.clock_times[clock]
 
     def set_clock(self, clock: str, moment: datetime) -> None:
