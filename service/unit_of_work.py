@@ -341,21 +341,33 @@ class UnitOfWork:
                  r["history_seq"], r["clock"], r["account"], r["email"], r["usage_month"],
                  ts(r["created_at"]), ts(r["updated_at"]))
                 for r in (self.records[i] for i in self.new_ids if i in self.records)])
-        bulk.executemany(
-            "UPDATE instances SET state = ?, context = ?, secrets = ?, version = ?, history_seq = ?, "
-            "email = ?, updated_at = ? WHERE id = ?",
-            [(r["state"], js(r["context"]), js(r["secrets"]), r["version"], r["history_seq"], r["email"],
-              ts(r["updated_at"]), r["id"])
-             for r in (self.records[i] for i in self.dirty if i in self.records and i not in self.new_ids)])
+        # Only a signup's email can change, and `email` is indexed: other rows leave it out of
+        # the UPDATE so SQLite does not rewrite that index entry. Rows go in key order.
+        changed = sorted(i for i in self.dirty if i in self.records and i not in self.new_ids)
+        rows = {True: [], False: []}  # type: dict[bool, list[tuple[Any, ...]]]
+        for i in changed:
+            r = self.records[i]
+            signup = r["workflow"] == "signup"
+            head = (r["state"], js(r["context"]), js(r["secrets"]), r["version"], r["history_seq"])
+            rows[signup].append((*head, r["email"], ts(r["updated_at"]), i) if signup
+                                else (*head, ts(r["updated_at"]), i))
+        bulk.executemany("UPDATE instances SET state = ?, context = ?, secrets = ?, version = ?, "
+                         "history_seq = ?, email = ?, updated_at = ? WHERE id = ?", rows[True])
+        bulk.executemany("UPDATE instances SET state = ?, context = ?, secrets = ?, version = ?, "
+                         "history_seq = ?, updated_at = ? WHERE id = ?", rows[False])
         bulk.insert("history", HISTORY_COLUMNS, [
             (h["instance"], h["seq"], h["event"], h["from_state"], h["to_state"], h["outcome"],
              js(h["reasons"]), js(h["notes"]), js(h["data"]), ts(h["at"]), h["rules_version"], h["actor"])
             for h in self.history_rows])
-        if self.timer_ops:
-            bulk.executemany("DELETE FROM timers WHERE instance = ? AND name = ?", list(self.timer_ops))
-            bulk.insert("timers", ("instance", "name", "event", "due_at", "clock"), [
-                (t["instance"], t["name"], t["event"], ts(t["due_at"]), t["clock"])
-                for t in self.timer_ops.values() if t is not None])
+        if self.timer_ops:  # cancelled or fired: deleted; armed: inserted or replaced in one statement
+            bulk.executemany("DELETE FROM timers WHERE instance = ? AND name = ?",
+                             [key for key, t in self.timer_ops.items() if t is None])
+            bulk.executemany(
+                "INSERT INTO timers (instance, name, event, due_at, clock) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (instance, name) DO UPDATE SET event = excluded.event, "
+                "due_at = excluded.due_at, clock = excluded.clock",
+                [(t["instance"], t["name"], t["event"], ts(t["due_at"]), t["clock"])
+                 for t in self.timer_ops.values() if t is not None])
         bulk.insert("notifications", NOTIFICATION_COLUMNS, [
             (n["instance"], n["template"], n["channel"], n["recipient"], js(n["payload"]),
              ts(n["created_at"])) for n in self.notification_rows])
