@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import secrets
 import subprocess
 import sys
@@ -64,6 +65,11 @@ def _usage(i: int) -> int:
     return 0 if _paid_at_issue(i) else 1_000 + (i % 997) * 10
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _database(admin_url: str) -> tuple[str, str]:
     from sqlalchemy.engine import make_url
 
@@ -89,11 +95,11 @@ def run_workers(n: int, workers: int, progress: Progress, *, admin_url: str = PO
         progress(f"workers: {workers} × tollgate worker --until-idle")
         command = [sys.executable, "-m", "service.cli", "worker", "--until-idle", "--batch", "1000",
                    "--interval", "0.5", "--database", url, "--rules", str(ROOT / "rules.yaml")]
-        start = time.perf_counter()
+        start, children = time.perf_counter(), _children_cpu()
         processes = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
                      for _ in range(workers)]
         outputs = [p.communicate()[0].strip() for p in processes]
-        wall = time.perf_counter() - start
+        wall, worker_cpu = time.perf_counter() - start, _children_cpu() - children
         if any(p.returncode for p in processes):
             raise RuntimeError(f"a worker failed: {outputs}")
         runtime = Runtime(Database(url))
@@ -106,9 +112,12 @@ def run_workers(n: int, workers: int, progress: Progress, *, admin_url: str = PO
         runtime.db.dispose()
         span = (last - first).total_seconds()
         result = {"n": n, "workers": workers, "transitions": applied, "timers_fired": fired, "span": span,
-                  "wall": wall, "rate": applied / span, "per_worker": outputs}
+                  "wall": wall, "rate": applied / span, "worker_cpu": worker_cpu,
+                  "per_worker": [o.splitlines()[-1] for o in outputs]}
         progress(f"workers={workers}: {applied:,} transitions ({fired:,} timers, each once) in {span:.1f} s "
-                 f"= {applied / span:,.0f}/s (wall {wall:.1f} s with start-up); {outputs}")
+                 f"= {applied / span:,.0f}/s (wall {wall:.1f} s with start-up); "
+                 f"workers' CPU {worker_cpu:.1f} s (load average {os.getloadavg()[0]:.1f}); "
+                 f"{result['per_worker']}")
         return result
     finally:
         with psycopg.connect(admin_url, autocommit=True) as admin:
@@ -122,7 +131,8 @@ def _figures(results: list[dict[str, Any]]) -> list[Figure]:
     figures = []
     for r in results:
         note = (f"N={r['n']:,}: {r['transitions']:,} transitions, {r['timers_fired']:,} timers each fired "
-                f"once, none left, in {r['span']:.1f} s (wall {r['wall']:.1f} s with process start-up); "
+                f"once, none left, in {r['span']:.1f} s (wall {r['wall']:.1f} s with process start-up, "
+                f"workers' CPU {r['worker_cpu']:.1f} s); "
                 f"{durability}; baseline = 1 worker; the machine has {cores} cores")
         if r["workers"] > cores:
             note += f"; {r['workers']} workers on {cores} cores cannot beat {cores}"
