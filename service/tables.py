@@ -112,7 +112,7 @@ timers = Table(
     Column("event", String(64), nullable=False),
     Column("due_at", UTCDateTime, nullable=False),
     Column("clock", String(64), nullable=True),
-    Index("ix_timers_due", "clock", "due_at"),
+    Index("ix_timers_due", "clock", "due_at", "instance", "name"),
 )
 
 notifications = Table(

@@ -56,7 +56,7 @@ def test_0002_backfills_history_seq_from_existing_history(empty_db: Database) ->
             conn.execute(text("INSERT INTO history (instance, seq, event, to_state, outcome, reasons, notes, "
                               "data, at, rules_version, actor) VALUES ('a1', :s, 'e', 'login_info', "
                               "'applied', '[]', '[]', '{}', :t, 1, 'test')"), {"s": seq, "t": now})
-    _run(empty_db, "upgrade", "head")
+    _run(empty_db, "upgrade", "0002")
     with empty_db.engine.connect() as conn:
         row = conn.execute(text("SELECT history_seq, version FROM instances WHERE id = 'a1'")).one()
         assert tuple(row) == (3, 2)
