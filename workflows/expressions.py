@@ -194,7 +194,8 @@ class Expression:
         """(type, value) of every input the expression reads, or None when one is not a scalar.
 
         Types are part of the key because True == 1 in Python but not in CEL; a datetime
-        carries its time zone, since equal instants in two zones are different CEL values.
+        carries its time zone, since equal instants in two zones are different CEL values. An
+        event's own data (passwords, codes) is never kept in the memo.
         """
         key: list[Any] = []
         for binding in self.bindings:
@@ -206,7 +207,8 @@ class Expression:
             else:
                 value = None if source is None else source.get(binding.field)
             kind = type(value)
-            if kind not in _MEMO_SCALARS:
+            if kind not in _MEMO_SCALARS or (binding.root == "data" and value is not None
+                                             and not binding.presence):
                 return None
             key.append(kind)
             key.append(value)
