@@ -119,9 +119,13 @@ def _prefixed(name: str, progress: Progress) -> Progress:
     return lambda text: progress(text if text.startswith(name) else f"{name}: {text}")
 
 
-def run_suites(names: Sequence[str], *, quick: bool, progress: Progress) -> list[Outcome]:
-    """Run the named suites in order; a suite that fails becomes one "not available" row."""
-    outcomes = []
+def run_suites(names: Sequence[str], *, quick: bool, progress: Progress,
+               after: Callable[[list[Outcome]], None] | None = None) -> list[Outcome]:
+    """Run the named suites in order; a suite that fails becomes one "not available" row.
+
+    `after` sees the outcomes so far after each suite (to keep a partial JSON file on a long run).
+    """
+    outcomes: list[Outcome] = []
     for name in names:
         _what, load = SUITES[name]
         started = time.perf_counter()
@@ -143,6 +147,8 @@ def run_suites(names: Sequence[str], *, quick: bool, progress: Progress) -> list
         seconds = time.perf_counter() - started
         progress(f"{name}: {'not available' if error else 'done'} in {seconds:.1f} s")
         outcomes.append(Outcome(name, rows, seconds, error))
+        if after is not None:
+            after(outcomes)
     return outcomes
 
 
@@ -153,7 +159,8 @@ def _as_figure(row: dict[str, Any]) -> Figure:
 
 def run(names: Sequence[str] | None = None, *, quick: bool = False, json_path: str | Path | None = None,
         out: IO[str] | None = None, err: IO[str] | None = None) -> int:
-    """Run the suites, print the table (and what is not available), write the JSON list.
+    """Run the suites, print the table (and what is not available), write the JSON list (after
+    each suite, so a long run that is stopped keeps the figures it has).
 
     Exit code 0 when every suite ran (goals met or not: see the `met` column), 1 when one could not.
     """
@@ -164,7 +171,13 @@ def run(names: Sequence[str] | None = None, *, quick: bool = False, json_path: s
     def progress(text: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f}s] {text}", file=errors, flush=True)
 
-    outcomes = run_suites(names, quick=quick, progress=progress)
+    def write(outcomes: list[Outcome]) -> None:
+        if json_path:
+            rows = [row for outcome in outcomes for row in outcome.rows]
+            text = json.dumps(_finite(rows), indent=2, ensure_ascii=False, allow_nan=False, default=str)
+            Path(json_path).write_text(text + "\n", encoding="utf-8")
+
+    outcomes = run_suites(names, quick=quick, progress=progress, after=write)
     rows = [row for outcome in outcomes for row in outcome.rows]
     print_table([_as_figure(r) for r in rows if r.get("available", True)], stream)
     for outcome in outcomes:
@@ -172,9 +185,6 @@ def run(names: Sequence[str] | None = None, *, quick: bool = False, json_path: s
             print(f"{outcome.suite}: not available — {outcome.error}", file=stream)
     print(f"{len(rows)} rows in {time.perf_counter() - started:.0f} s"
           f"{' (--quick: small N, not the reported figures)' if quick else ''}", file=stream)
-    if json_path:
-        text = json.dumps(_finite(rows), indent=2, ensure_ascii=False, allow_nan=False, default=str)
-        Path(json_path).write_text(text + "\n", encoding="utf-8")
     return 1 if any(outcome.error for outcome in outcomes) else 0
 
 
