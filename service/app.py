@@ -13,6 +13,7 @@ from flask import Flask, Response, g, request
 from service import api, auth, errors
 from service.db import DEFAULT_URL, Database
 from service.runtime import Runtime, system_now
+from workflows.exceptions import BadRequest
 
 log = logging.getLogger("tollgate.api")
 
@@ -45,9 +46,19 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     auth.init_app(app)
     api.init_app(app)
+    app.before_request(_refuse_nul)
     app.before_request(_start_timer)
     app.after_request(_log_request)
     return app
+
+
+def _refuse_nul() -> None:
+    """Refuse U+0000 anywhere in a request: PostgreSQL cannot store it, and no field needs it."""
+    raw = request.get_data(cache=True)
+    if ("\x00" in request.path or b"%00" in request.query_string or b"\x00" in request.query_string
+            or b"\x00" in raw or b"\\u0000" in raw):
+        raise BadRequest("The request contains a NUL character (U+0000) in its path, query or body; "
+                         "remove it and send the request again.")
 
 
 def _start_timer() -> None:

@@ -42,10 +42,10 @@ def _http(error: HTTPException) -> Response:
 def _unexpected(error: Exception) -> Response:
     """A bug: log it (SQL parameters left out, they may hold data) and answer a plain 500."""
     if isinstance(error, StatementError):
-        log.error("Unhandled database error %s on %s %s", type(error.orig).__name__, request.method,
-                  request.path)
+        log.error("Unhandled database error %s on %s %r", type(error.orig).__name__, request.method,
+                  request.path)  # %r: a path cannot forge log lines with control characters
     else:
-        log.exception("Unhandled %s on %s %s", type(error).__name__, request.method, request.path)
+        log.exception("Unhandled %s on %s %r", type(error).__name__, request.method, request.path)
     body = {"type": TYPE_BASE + "error", "title": "Internal error", "status": 500,
             "detail": "The server failed to answer this request; the error is logged. Try again later."}
     return reply(body, 500)

@@ -57,8 +57,6 @@ schema = schemathesis.pytest.from_fixture("openapi")
           suppress_health_check=list(HealthCheck))
 def test_no_generated_request_gets_a_server_error(
         case: Any, fuzz_server: TollgateServer, http_session: requests.Session) -> None:
-    if on_postgres(fuzz_server) and NUL in repr((case.path_parameters, case.query, case.headers, case.body)):
-        return  # known bug, proven by test_nul_characters_are_refused_not_a_server_error
     response = case.call(base_url=fuzz_server.url, session=http_session, timeout=30,
                          headers={"Authorization": f"Bearer {fuzz_server.tokens['admin']}"})
     case.validate_response(response, checks=[not_a_server_error])
@@ -125,8 +123,7 @@ def test_events_with_arbitrary_data_never_get_a_server_error(
 
     @settings(max_examples=EVENT_EXAMPLES, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
-    # NUL characters only on SQLite: on PostgreSQL they are a known bug with its own test below
-    @given(target=st.sampled_from(targets), data=event_data(nul=not on_postgres(fuzz_server)),
+    @given(target=st.sampled_from(targets), data=event_data(nul=True),
            dry_run=st.booleans())
     def fire(target: tuple[str, str], data: dict[str, Any], dry_run: bool) -> None:
         instance, event = target
@@ -138,7 +135,7 @@ def test_events_with_arbitrary_data_never_get_a_server_error(
     fire()
 
 
-# ── known bug: NUL characters on PostgreSQL ──────────────────────────────────────────────────
+# ── NUL characters (PostgreSQL text and JSONB cannot hold U+0000) ──────────────────────────────
 
 NUL_REQUESTS = [
     ("GET", "/instances/a%00b", None),
@@ -151,17 +148,11 @@ NUL_REQUESTS = [
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def test_nul_characters_are_refused_not_a_server_error(
-        backend: str, start_server: StartServer, request: pytest.FixtureRequest) -> None:
-    if backend == "postgresql":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "bug: PostgreSQL text and JSONB cannot hold NUL (U+0000); a NUL in a path id, a query "
-            "parameter or a JSON object key reaches the database and answers 500 (DataError, "
-            "UntranslatableCharacter) instead of 400/404")))
-    server = start_server(backend)  # its own server: the bug's 500s must not taint a shared log
+def test_nul_characters_are_refused_not_a_server_error(backend: str, start_server: StartServer) -> None:
+    server = start_server(backend)
     admin = server.client("admin")
     account = admin.create("signup")["id"]
     answers = {}
     for method, path, body in NUL_REQUESTS:
         answers[(method, path)] = admin.call(method, path.format(account=account), json_body=body).status
-    assert all(status < 500 for status in answers.values()), answers
+    assert all(status == 400 for status in answers.values()), answers
