@@ -18,10 +18,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import orjson
 from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from service import facts as fact_providers
+from service.bulk import dumps
 from service.db import Database
 from service.problems import problem
 from service.tables import clocks, history, idempotency, instances, notifications, rules_versions, timers
@@ -81,6 +83,10 @@ class _Event(NamedTuple):
     instance: str
     event: str
     data: Mapping[str, Any]
+
+
+class _KeyTaken(Exception):
+    """Another transaction stored the same Idempotency-Key first; this one must roll back."""
 
 
 @dataclass(frozen=True)
@@ -534,13 +540,32 @@ class Runtime:
         data = {} if data is None else data
         if dry_run:
             return self._dry_run(instance_id, event, data)
+        try:
+            return self._fire(instance_id, event, data, actor, if_match, idempotency_key, fingerprint or "")
+        except _KeyTaken:
+            # A concurrent request with the same key (on another instance's lock) committed first:
+            # this transaction was rolled back whole; answer what the first one answered.
+            with self.db.read() as conn:
+                stored = self._idempotent_replay(conn, idempotency_key or "", fingerprint or "")
+            if stored is None:
+                raise Conflict(f"The Idempotency-Key '{idempotency_key}' is being used by another "
+                               "request; retry it.") from None
+            return stored
+
+    def _fire(self, instance_id: str, event: str, data: Mapping[str, Any], actor: str,
+              if_match: int | None, key: str | None, fingerprint: str) -> Result:
         with self.db.transaction() as conn:
-            if idempotency_key is not None:
-                stored = self._idempotent_replay(conn, idempotency_key, fingerprint or "")
+            if key is not None:
+                stored = self._idempotent_replay(conn, key, fingerprint)
                 if stored is not None:
                     return stored
             uow = UnitOfWork(self, conn, self._active(conn))
-            record = uow.get(instance_id)
+            record = uow.get(instance_id)  # row-locked on PostgreSQL from here on
+            if key is not None and not self.db.is_sqlite:
+                # A twin request may have committed while this one waited for the row lock.
+                stored = self._idempotent_replay(conn, key, fingerprint)
+                if stored is not None:
+                    return stored
             if if_match is not None and record["version"] != if_match:
                 raise StaleVersion(f"The instance '{instance_id}' is at version {record['version']}, not "
                                    f"{if_match}; read it again and retry.")
@@ -556,8 +581,12 @@ class Runtime:
             except GuardDenied as denied:
                 uow.flush()  # the denied attempt (and any on_denied change) stays in the history
                 result = Result(denied.status, problem(denied))
-            if idempotency_key is not None:
-                self._idempotent_store(conn, idempotency_key, fingerprint or "", result)
+            if key is not None:
+                try:
+                    with conn.begin_nested():
+                        self._idempotent_store(conn, key, fingerprint, result)
+                except IntegrityError:
+                    raise _KeyTaken from None
         return result
 
     def _dry_run(self, instance_id: str, event: str, data: Mapping[str, Any]) -> Result:
@@ -579,11 +608,12 @@ class Runtime:
         if row.fingerprint != fingerprint:
             raise IdempotencyMismatch(f"The Idempotency-Key '{key}' was already used with a different "
                                       "request; use a new key for a new request.")
-        return Result(row.status, row.body, replayed=True)
+        return Result(row.status, orjson.loads(row.body), replayed=True)
 
     def _idempotent_store(self, conn: Connection, key: str, fingerprint: str, result: Result) -> None:
         conn.execute(insert(idempotency).values(key=key, fingerprint=fingerprint, status=result.status,
-                                                body=result.body, headers={}, created_at=self.now()))
+                                                body=dumps(result.body), headers={},
+                                                created_at=self.now()))
 
 
 def _encode_cursor(row: Row[Any]) -> str:

@@ -132,7 +132,7 @@ idempotency = Table(
     Column("key", String(200), primary_key=True),
     Column("fingerprint", String(64), nullable=False),
     Column("status", Integer, nullable=False),
-    Column("body", Json, nullable=False),
+    Column("body", Text, nullable=False),  # the JSON text first answered, byte for byte
     Column("headers", Json, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
 )

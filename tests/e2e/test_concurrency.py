@@ -94,14 +94,8 @@ def test_eight_threads_times_ten_unconditional_events_all_apply(server: Tollgate
     assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
 
 
-def test_ten_replays_of_one_idempotency_key_apply_once(
-        backend: str, start_server: StartServer, request: pytest.FixtureRequest) -> None:
-    if backend == "postgresql":
-        request.applymarker(pytest.mark.xfail(strict=False, reason=(
-            "bug: on PostgreSQL, concurrent requests with one Idempotency-Key all pass the replay "
-            "check before the instance row lock; the losers apply the event again, fail the key's "
-            "INSERT (UniqueViolation) and answer 500 instead of the stored first response")))
-    server = start_server(backend)  # its own server: the bug's 500s must not taint a shared log
+def test_ten_replays_of_one_idempotency_key_apply_once(backend: str, start_server: StartServer) -> None:
+    server = start_server(backend)
     op = server.client("operator")
     invoice = open_invoice(op)
     version = op.instance(invoice)["version"]
