@@ -554,39 +554,44 @@ class Runtime:
 
     def _fire(self, instance_id: str, event: str, data: Mapping[str, Any], actor: str,
               if_match: int | None, key: str | None, fingerprint: str) -> Result:
-        with self.db.transaction() as conn:
-            if key is not None:
-                stored = self._idempotent_replay(conn, key, fingerprint)
-                if stored is not None:
-                    return stored
-            uow = UnitOfWork(self, conn, self._active(conn))
-            record = uow.get(instance_id)  # row-locked on PostgreSQL from here on
-            if key is not None and not self.db.is_sqlite:
-                # A twin request may have committed while this one waited for the row lock.
-                stored = self._idempotent_replay(conn, key, fingerprint)
-                if stored is not None:
-                    return stored
-            if if_match is not None and record["version"] != if_match:
-                raise StaleVersion(f"The instance '{instance_id}' is at version {record['version']}, not "
-                                   f"{if_match}; read it again and retry.")
+        return self.db.grouped(lambda conn: self._fire_in(conn, instance_id, event, data, actor, if_match,
+                                                          key, fingerprint))
+
+    def _fire_in(self, conn: Connection, instance_id: str, event: str, data: Mapping[str, Any], actor: str,
+                 if_match: int | None, key: str | None, fingerprint: str) -> Result:
+        """One event inside the caller's transaction (shared with others under group commit)."""
+        if key is not None:
+            stored = self._idempotent_replay(conn, key, fingerprint)
+            if stored is not None:
+                return stored
+        uow = UnitOfWork(self, conn, self._active(conn))
+        record = uow.get(instance_id)  # row-locked on PostgreSQL from here on
+        if key is not None and not self.db.is_sqlite:
+            # A twin request may have committed while this one waited for the row lock.
+            stored = self._idempotent_replay(conn, key, fingerprint)
+            if stored is not None:
+                return stored
+        if if_match is not None and record["version"] != if_match:
+            raise StaleVersion(f"The instance '{instance_id}' is at version {record['version']}, not "
+                               f"{if_match}; read it again and retry.")
+        try:
+            uow.apply(instance_id, event, data, actor)
+            uow.flush()
+            result = Result(200, self._record_dict(uow, uow.records[instance_id]))
+        except SendFailed as failure:
+            uow.rollback_to(0)
+            uow.record_failure(instance_id, event, data, actor, failure)
+            uow.flush()
+            result = Result(failure.status, problem(failure))
+        except GuardDenied as denied:
+            uow.flush()  # the denied attempt (and any on_denied change) stays in the history
+            result = Result(denied.status, problem(denied))
+        if key is not None:
             try:
-                uow.apply(instance_id, event, data, actor)
-                uow.flush()
-                result = Result(200, self._record_dict(uow, uow.records[instance_id]))
-            except SendFailed as failure:
-                uow.rollback_to(0)
-                uow.record_failure(instance_id, event, data, actor, failure)
-                uow.flush()
-                result = Result(failure.status, problem(failure))
-            except GuardDenied as denied:
-                uow.flush()  # the denied attempt (and any on_denied change) stays in the history
-                result = Result(denied.status, problem(denied))
-            if key is not None:
-                try:
-                    with conn.begin_nested():
-                        self._idempotent_store(conn, key, fingerprint, result)
-                except IntegrityError:
-                    raise _KeyTaken from None
+                with conn.begin_nested():
+                    self._idempotent_store(conn, key, fingerprint, result)
+            except IntegrityError:
+                raise _KeyTaken from None
         return result
 
     def _dry_run(self, instance_id: str, event: str, data: Mapping[str, Any]) -> Result:

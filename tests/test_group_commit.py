@@ -1,0 +1,81 @@
+"""Group commit on SQLite: concurrent writers share one transaction and one commit, and a
+failing writer is undone alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, event, insert, select
+
+from service.db import Database
+from service.tables import clocks
+
+NOW = datetime(2026, 11, 26, tzinfo=UTC)
+
+
+class Boom(Exception):
+    pass
+
+
+def _writer(name: str, *, fail: bool = False) -> Any:
+    def work(conn: Connection) -> str:
+        conn.execute(insert(clocks).values(id=name, now=NOW, created_at=NOW))
+        if fail:
+            raise Boom(name)
+        return name
+    return work
+
+
+def test_queued_writers_share_one_commit_and_a_failure_is_undone_alone(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'g.db'}")
+    db.migrate()
+    commits: list[int] = []
+    event.listen(db.engine, "commit", lambda conn: commits.append(1))
+    results: dict[str, Any] = {}
+
+    def call(name: str, fail: bool) -> None:
+        try:
+            results[name] = db.grouped(_writer(name, fail=fail))
+        except Boom as error:
+            results[name] = error
+
+    names = [f"c{i}" for i in range(6)]
+    with db._write_lock:  # type: ignore[union-attr]  # hold the lock so that all six queue up
+        threads = [threading.Thread(target=call, args=(n, n == "c3")) for n in names]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(db._queue) < len(names) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(db._queue) == len(names)
+    for thread in threads:
+        thread.join(10)
+
+    assert len(commits) == 1, "one commit for the whole group"
+    assert isinstance(results["c3"], Boom) and str(results["c3"]) == "c3"
+    assert {n: results[n] for n in names if n != "c3"} == {n: n for n in names if n != "c3"}
+    with db.read() as conn:
+        stored = set(conn.execute(select(clocks.c.id)).scalars())
+    assert stored == set(names) - {"c3"}
+    db.dispose()
+
+
+def test_a_failed_commit_fails_every_caller_of_the_group(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'g.db'}")
+    db.migrate()
+
+    def refuse(conn: Any) -> None:
+        raise OSError("disk full")
+
+    event.listen(db.engine, "commit", refuse)
+    with pytest.raises(OSError, match="disk full"):
+        db.grouped(_writer("x"))
+    event.remove(db.engine, "commit", refuse)
+    with db.read() as conn:
+        assert list(conn.execute(select(clocks.c.id))) == []
+    db.dispose()
