@@ -297,9 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         return _child(args)
-    figures = [Figure(**{k: d[k] for k in ("name", "value", "unit", "baseline", "goal", "direction")},
-                      note=d.get("note", ""))
-               for d in billing_figures(args.quick, sizes=tuple(args.n) if args.n else None)]
+    sizes = tuple(args.n) if args.n else None
+    figures = [Figure.from_dict(d) for d in billing_figures(args.quick, sizes=sizes)]
     print_table(figures)
     if args.json:
         write_json(figures, args.json)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import operator
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -45,6 +45,12 @@ class Figure:
         if self.goal is None:
             return None
         return _COMPARE[self.direction](self.ratio, self.goal)
+
+    @classmethod
+    def from_dict(cls, row: Mapping[str, Any]) -> Figure:
+        """The figure a JSON object (as `as_dict` or a suite's figure function writes it) describes."""
+        return cls(row["name"], float(row["value"]), row["unit"], float(row["baseline"]), row.get("goal"),
+                   row.get("direction", "<="), row.get("note", ""))
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON object: name, value, unit, baseline, ratio, goal, direction, met (and note)."""

@@ -152,11 +152,6 @@ def run_suites(names: Sequence[str], *, quick: bool, progress: Progress,
     return outcomes
 
 
-def _as_figure(row: dict[str, Any]) -> Figure:
-    return Figure(row["name"], float(row["value"]), row["unit"], float(row["baseline"]), row.get("goal"),
-                  row.get("direction", "<="), row.get("note", ""))
-
-
 def run(names: Sequence[str] | None = None, *, quick: bool = False, json_path: str | Path | None = None,
         out: IO[str] | None = None, err: IO[str] | None = None) -> int:
     """Run the suites, print the table (and what is not available), write the JSON list (after
@@ -179,7 +174,7 @@ def run(names: Sequence[str] | None = None, *, quick: bool = False, json_path: s
 
     outcomes = run_suites(names, quick=quick, progress=progress, after=write)
     rows = [row for outcome in outcomes for row in outcome.rows]
-    print_table([_as_figure(r) for r in rows if r.get("available", True)], stream)
+    print_table([Figure.from_dict(r) for r in rows if r.get("available", True)], stream)
     for outcome in outcomes:
         if outcome.error:
             print(f"{outcome.suite}: not available — {outcome.error}", file=stream)

@@ -155,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, help=f"invoices (default {FULL_N:,})")
     parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     args = parser.parse_args(argv)
-    figures = [Figure(**{k: d[k] for k in ("name", "value", "unit", "baseline", "goal", "direction")},
-                      note=d.get("note", ""))
-               for d in worker_figures(args.quick, n=args.n)]
+    figures = [Figure.from_dict(d) for d in worker_figures(args.quick, n=args.n)]
     print_table(figures)
     if args.json:
         write_json(figures, args.json)
