@@ -67,7 +67,7 @@ class BulkWriter:
             memo = _TimestampMemo()
             # Text is what SQLite stores already (a record's timestamps as read by the unit of work).
             self.ts: Callable[[datetime | str | None], Any] = (
-                lambda v: v if v is None or type(v) is str else memo[v])
+                lambda v: v if v is None or isinstance(v, str) else memo[v])
             self.js: Callable[[Any], Any] = dumps
         else:
             from psycopg.types.json import Jsonb
@@ -80,7 +80,7 @@ class BulkWriter:
         cursor = self.conn.connection.cursor()
         try:
             cursor.execute(sql.replace("?", self.mark), params)
-            return cursor.fetchall()
+            return list(cursor.fetchall())
         finally:
             cursor.close()
 

@@ -179,14 +179,17 @@ class UnitOfWork:
         """The time of `clock` in this unit; real time is read once, so one transaction (a
         batch of timers, an event and the events it sends) happens at one instant."""
         if clock is None:
-            if self.real_now is None:
-                self.real_now = self.runtime.now()
-            return self.real_now
+            real_now = self.real_now
+            if real_now is None:
+                real_now = self.real_now = self.runtime.now()
+            return real_now
         if clock not in self.clock_times:
             rows = self.reader.fetch("SELECT now FROM clocks WHERE id = ?", [clock])
             if not rows:
                 raise NotFound(f"There is no clock '{clock}'.")
-            self.clock_times[clock] = self.reader.moment(rows[0][0])
+            moment = self.reader.moment(rows[0][0])
+            assert moment is not None  # clocks.now is NOT NULL
+            self.clock_times[clock] = moment
         return self.clock_times[clock]
 
     def set_clock(self, clock: str, moment: datetime) -> None:

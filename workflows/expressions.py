@@ -212,7 +212,7 @@ class Expression:
                 return None
             key.append(kind)
             key.append(value)
-            if kind is datetime:
+            if isinstance(value, datetime):
                 key.append(value.tzinfo)
         for name in self.plain:
             value = inputs.get(name)
@@ -221,7 +221,7 @@ class Expression:
                 return None
             key.append(kind)
             key.append(value)
-            if kind is datetime:
+            if isinstance(value, datetime):
                 key.append(value.tzinfo)
         return tuple(key)
 
