@@ -28,8 +28,11 @@ graphviz:
 serve: $(VENV)/.installed graphviz
 	$(BIN)/tollgate serve --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.installed graphviz
+lint: $(VENV)/.installed
 	$(BIN)/ruff check workflows service bench tests
+	$(BIN)/mypy
+
+test: lint graphviz
 	$(BIN)/python -m pytest -q
 
 demo: $(VENV)/.installed
