@@ -34,6 +34,7 @@ from workflows.exceptions import (
     BadRequest,
     ClockError,
     Conflict,
+    Forbidden,
     GuardDenied,
     IdempotencyMismatch,
     InvalidTransition,
@@ -531,17 +532,20 @@ class Runtime:
 
     def fire(self, instance_id: str, event: str, data: Mapping[str, Any] | None = None, *,
              actor: str = "api", if_match: int | None = None, dry_run: bool = False,
-             idempotency_key: str | None = None, fingerprint: str | None = None) -> Result:
+             idempotency_key: str | None = None, fingerprint: str | None = None,
+             role: str | None = None) -> Result:
         """Fire `event` on an instance: 200 with the instance, or the problem for a refusal.
 
-        Errors the client must fix (404, 409, 412, 400) are raised; a policy denial is recorded
-        in the history and returned as a 422 result so that it can be stored for idempotency.
+        Errors the client must fix (404, 409, 412, 400, 403) are raised; a policy denial is
+        recorded in the history and returned as a 422 result so that it can be stored for
+        idempotency. `role` is the API caller's role, checked against the event's `roles`.
         """
         data = {} if data is None else data
         if dry_run:
             return self._dry_run(instance_id, event, data)
         try:
-            return self._fire(instance_id, event, data, actor, if_match, idempotency_key, fingerprint or "")
+            return self._fire(instance_id, event, data, actor, if_match, idempotency_key, fingerprint or "",
+                              role)
         except _KeyTaken:
             # A concurrent request with the same key (on another instance's lock) committed first:
             # this transaction was rolled back whole; answer what the first one answered.
@@ -553,12 +557,12 @@ class Runtime:
             return stored
 
     def _fire(self, instance_id: str, event: str, data: Mapping[str, Any], actor: str,
-              if_match: int | None, key: str | None, fingerprint: str) -> Result:
+              if_match: int | None, key: str | None, fingerprint: str, role: str | None) -> Result:
         return self.db.grouped(lambda conn: self._fire_in(conn, instance_id, event, data, actor, if_match,
-                                                          key, fingerprint))
+                                                          key, fingerprint, role))
 
     def _fire_in(self, conn: Connection, instance_id: str, event: str, data: Mapping[str, Any], actor: str,
-                 if_match: int | None, key: str | None, fingerprint: str) -> Result:
+                 if_match: int | None, key: str | None, fingerprint: str, role: str | None = None) -> Result:
         """One event inside the caller's transaction (shared with others under group commit)."""
         if key is not None:
             stored = self._idempotent_replay(conn, key, fingerprint)
@@ -566,6 +570,11 @@ class Runtime:
                 return stored
         uow = UnitOfWork(self, conn, self._active(conn))
         record = uow.get(instance_id)  # row-locked on PostgreSQL from here on
+        if role is not None:
+            spec = uow.engine.definition(record["workflow"]).events.get(event)
+            if spec is not None and spec.roles and role not in spec.roles:
+                raise Forbidden(f"The event '{event}' is a support action: only the role(s) "
+                                f"{', '.join(spec.roles)} may fire it, not {role}.")
         if key is not None and not self.db.is_sqlite:
             # A twin request may have committed while this one waited for the row lock.
             stored = self._idempotent_replay(conn, key, fingerprint)

@@ -77,3 +77,25 @@ def test_passwords_are_never_in_responses_history_logs_or_the_database(
     assert "tok-admin" not in caplog.text
     assert any("POST /instances/" in r.getMessage() for r in caplog.records)
     assert PASSWORD not in _database_dump(app)
+
+
+@pytest.mark.parametrize("event, data", [("set_partner", {"partner": True}), ("lift_restriction", {})])
+def test_support_actions_need_the_admin_role(api: Api, event: str, data: dict[str, Any]) -> None:
+    account = api.signup()
+    api.register_card(account)
+    if event == "lift_restriction":
+        api.fire(account, "restrict", {"reason": "suspected mining"}, role="operator")
+    before = api.get(f"/instances/{account}/history").get_json()["items"]
+
+    refused = api.fire(account, event, data, role="operator", status=403)
+    assert refused["type"].endswith("/forbidden") and "admin" in refused["detail"]
+    assert api.get(f"/instances/{account}/history").get_json()["items"] == before, "nothing recorded"
+
+    api.fire(account, event, data, role="admin")
+    assert api.get(f"/instances/{account}/history").get_json()["items"][-1]["event"] == event
+
+
+def test_workflow_definitions_show_which_roles_may_fire_an_event(api: Api) -> None:
+    events = {e["name"]: e for e in api.get("/workflows/payment_method").get_json()["events"]}
+    assert events["enable_payment"]["roles"] == ["admin"]
+    assert events["register"]["roles"] == []

@@ -41,6 +41,7 @@ class Event:
     prepare: tuple[str, ...] = ()
     actions: tuple[str, ...] = ()
     on_denied: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()  # API roles allowed to fire it; empty: any that may fire events
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,8 @@ def _build(doc: Document) -> tuple[Definition | None, list[Problem]]:
                     problems.append(doc.problem(("events", name, key, i), message))
         events[name] = Event(name, spec["data"], validator_for(spec["data"]), spec.get("description", ""),
                              bool(spec.get("timed")), tuple(spec.get("prepare", [])),
-                             tuple(spec.get("actions", [])), tuple(spec.get("on_denied", [])))
+                             tuple(spec.get("actions", [])), tuple(spec.get("on_denied", [])),
+                             tuple(spec.get("roles", [])))
     if CREATE_EVENT in events:
         problems.append(doc.problem(("events", CREATE_EVENT), "'create' is reserved for instance creation.",
                                     key=True))

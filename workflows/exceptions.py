@@ -145,6 +145,14 @@ class GuardDenied(TollgateError):
         return {"reasons": [r.as_dict() for r in self.reasons]}
 
 
+class Forbidden(TollgateError):
+    """The caller's role may not fire this event (e.g. support actions need admin)."""
+
+    status = 403
+    type_slug = "forbidden"
+    title = "Forbidden"
+
+
 class Conflict(TollgateError):
     status = 409
     type_slug = "conflict"

@@ -68,7 +68,8 @@ def fire(id: str) -> Response:
     body = json_body("fire_event")
     data = body.get("data", {})
     fingerprint = None if key is None else fingerprint_of(request.method, request.path, body)
-    result = runtime().fire(id, body["event"], data, actor=actor(), if_match=if_match, dry_run=dry_run,
+    result = runtime().fire(id, body["event"], data, actor=actor(), role=actor(), if_match=if_match,
+                            dry_run=dry_run,
                             idempotency_key=key, fingerprint=fingerprint)
     headers = {}
     if result.status == 200 and not dry_run and "version" in result.body:

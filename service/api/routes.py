@@ -99,7 +99,7 @@ ROUTES: tuple[Route, ...] = (
           "Fire an event; with dry_run=true only say what it would do.",
           (Reply(200, "The instance after the event.", "instance", headers=("ETag", "Idempotent-Replayed")),
            Reply(200, "With dry_run=true: whether the event would apply, and why not.", "dry_run")),
-          (400, 404, 409, 412, 422), body="fire_event",
+          (400, 403, 404, 409, 412, 422), body="fire_event",
           query=(Param("dry_run", "true: evaluate without applying.", (("type", "boolean"),)),),
           headers=(Param("Idempotency-Key", "Replaying the same key returns the first response."),
                    Param("If-Match", 'The instance version as an ETag ("3"); 412 when stale.'))),

@@ -38,7 +38,8 @@ def describe(definition: Definition, policy: Policy, rules_version: int) -> dict
         "states": [{"name": s.name, "description": s.description, "final": s.final}
                    for s in definition.states],
         "events": [{"name": e.name, "description": e.description, "timed": e.timed,
-                    "data": dict(e.data_schema), "rules": _guard_ids(policy, name, e.name)}
+                    "roles": list(e.roles), "data": dict(e.data_schema),
+                    "rules": _guard_ids(policy, name, e.name)}
                    for e in definition.events.values()],
         "transitions": [{"event": t.event, "from": t.source, "to": t.target, "when": t.when,
                          "internal": t.dest is None} for t in definition.transitions],
