@@ -314,3 +314,20 @@ def test_definition_unknown_state_in_a_transition(tmp_path: Path) -> None:
     index = next(i for i, line in enumerate(transitions) if "to: grase" in line)
     assert_at(problem, broken, f"$.transitions[{index}].to", "The state 'grase' is not defined",
               broken.position("grase"))
+
+
+BILLION_LAUGHS = "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9) if i else ', '.join(['lol'] * 9)}]\n" for i in range(9))
+
+
+def test_an_alias_bomb_is_refused_not_expanded() -> None:
+    """Nine lines of YAML aliases would expand to 9**9 values: refused with a clear problem."""
+    problems = check(BILLION_LAUGHS, "bomb.yaml")
+    assert len(problems) == 1
+    assert "expands to more than 200,000 values through YAML aliases" in problems[0].message
+    assert problems[0].file == "bomb.yaml" and problems[0].line is not None
+
+
+def test_a_recursive_alias_is_refused() -> None:
+    [problem] = check("timezone: &z [Asia/Seoul, *z]\n", "rec.yaml")
+    assert "recursive alias" in problem.message and (problem.line, problem.path) == (1, "$")

@@ -51,6 +51,7 @@ class Document:
     key_marks: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
     styles: dict[PathKey, str | None] = field(default_factory=dict)
     text: str = ""  # the source, to map positions inside folded scalars back to it
+    values: int = 0  # values constructed so far (aliases count each time they are expanded)
 
     def where(self, path: PathKey, *, key: bool = False) -> tuple[int | None, int | None]:
         """The position of the value at `path`, or of its nearest ancestor that has one."""
@@ -114,8 +115,26 @@ class _Loader(yaml.SafeLoader):
     """Safe loader that refuses duplicate keys (a silent overwrite hides policy mistakes)."""
 
 
+#: A rules file has a few thousand values; YAML aliases can make a few lines expand to billions
+#: ("billion laughs"), so construction stops past this many.
+MAX_VALUES = 200_000
+
+
+class _TooLarge(Exception):
+    def __init__(self, node: yaml.Node, message: str) -> None:
+        super().__init__(message)
+        self.node, self.message = node, message
+
+
 def _construct(loader: _Loader, node: yaml.Node, path: PathKey, doc: Document,
                problems: list[Problem]) -> Any:
+    doc.values += 1
+    if doc.values > MAX_VALUES:
+        raise _TooLarge(node, f"The document expands to more than {MAX_VALUES:,} values through YAML "
+                        "aliases; write the values out or use fewer aliases.")
+    if len(path) > 64:
+        raise _TooLarge(node, "The document nests more than 64 levels deep (a recursive alias?); "
+                        "flatten it.")
     doc.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
@@ -154,6 +173,10 @@ def load_yaml(text: str, file: str) -> tuple[Document | None, list[Problem]]:
                 doc.data = _construct(loader, node, (), doc, problems)
         finally:
             loader.dispose()
+    except _TooLarge as error:
+        mark = error.node.start_mark
+        problems.append(Problem("$", error.message, file, mark.line + 1, mark.column + 1))
+        return None, problems
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         what = " ".join(filter(None, [error.context, error.problem])) or "invalid YAML"
