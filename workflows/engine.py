@@ -20,7 +20,7 @@ from random import Random
 from typing import Any, cast
 
 from jsonschema import Draft202012Validator
-from transitions import EventData, Machine
+from transitions import EventData
 
 from workflows.actions import ACTIONS
 from workflows.calendar import as_utc
@@ -28,6 +28,7 @@ from workflows.definitions import CREATE_EVENT, Definition, Transition
 from workflows.documents import data_problems
 from workflows.exceptions import BadRequest, InvalidTransition, Reason
 from workflows.guards import holds
+from workflows.machines import LeanMachine
 from workflows.outcome import Outcome, Snapshot, Step, TimerSpec
 from workflows.policy import Policy, TimerRule
 
@@ -177,7 +178,7 @@ class WorkflowMachine:
             if t.when:
                 spec["conditions"] = [self._route(t.when)]
             transitions.append(spec)
-        self.machine = Machine(model=self.cursor, states=list(definition.state_names),
+        self.machine = LeanMachine(model=self.cursor, states=list(definition.state_names),
                                initial=definition.initial, transitions=transitions,
                                auto_transitions=False, send_event=True, name=definition.name)
         self.actions = {name: tuple(ACTIONS[a] for a in e.actions)
