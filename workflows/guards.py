@@ -113,7 +113,11 @@ class GuardSet:
             verdicts = self.program.evaluate(inputs)
         except Exception:  # CEL raised: find which rules error, judge the others one by one
             return [r for r in (self._judge(rule, inputs) for rule in self.rules) if r is not None]
-        return [rule.reason() for rule, ok in zip(self.rules, verdicts, strict=True) if ok is not True]
+        for ok in verdicts:
+            if ok is not True:
+                return [rule.reason() for rule, ok in zip(self.rules, verdicts, strict=True)
+                        if ok is not True]
+        return []
 
     @staticmethod
     def _judge(rule: Rule, inputs: Mapping[str, Any]) -> Reason | None:
