@@ -8,6 +8,7 @@ rules version it was judged under.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import secrets
@@ -181,8 +182,17 @@ class Runtime(Sweeps):
             row = conn.execute(select(rules_versions.c.sha256).order_by(rules_versions.c.id.desc())
                                .limit(1)).first()
         if row is not None and row.sha256 == hashlib.sha256(text.encode()).hexdigest():
-            return self.active_rules()
-        return self.activate_rules(text, source=path.name, actor="startup")
+            version = self.active_rules()
+        else:
+            version = self.activate_rules(text, source=path.name, actor="startup")
+        with self.db.read() as conn:  # build the active engine now, before the freeze
+            self.engine_for(self._active(conn))
+        # Everything alive now (modules, SQLAlchemy, the engine and its compiled rules) lives as
+        # long as the process: move it out of the cyclic collector's reach. A full collection
+        # walked these ~90,000 objects in ~50 ms; a billing run paid that ~25 times (1.2 of 8.3 s
+        # CPU at N=20,000). Reference counting still frees them; only cycles among them would stay.
+        gc.freeze()
+        return version
 
     # ── reading ──────────────────────────────────────────────────────────────────────────────
 
