@@ -194,3 +194,20 @@ def test_an_unexpected_error_is_a_problem_500_and_is_logged(
 def test_a_body_over_the_size_limit_is_a_problem_413(api: Api) -> None:
     response = api.put("/rules", data="#" * (1024 * 1024 + 1), headers={"Content-Type": "application/yaml"})
     assert_problem(response, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize(("raw", "words"), [
+    ('{"now": "\\ud800"}', "surrogate"),             # a lone UTF-16 surrogate: nothing can store it
+    ('{"now": NaN}', "not valid JSON"),
+    (b'{"now": "\xff"}', "not UTF-8"),
+])
+def test_json_no_store_can_hold_is_400_saying_why(api: Api, raw: Any, words: str) -> None:
+    body = assert_problem(api.post("/clocks", data=raw, content_type="application/json"), 400, "bad_request")
+    assert words in body["detail"]
+
+
+def test_a_surrogate_pair_is_an_ordinary_character(api: Api) -> None:
+    raw = '{"context": {}, "c\\ud83d\\ude00lour": "red"}'
+    body = assert_problem(api.post("/workflows/signup/instances", data=raw, content_type="application/json"),
+                          400, "bad_request")
+    assert "c😀lour" in body["errors"][0]["message"]

@@ -12,6 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import orjson
 from flask import Response, current_app, g, request
 from jsonschema import Draft202012Validator, FormatChecker
 from werkzeug.exceptions import UnsupportedMediaType
@@ -115,10 +116,13 @@ def json_body(schema_name: str) -> dict[str, Any]:
             raise UnsupportedMediaType(f"The request body must be JSON sent with Content-Type "
                                        f"application/json, not '{request.mimetype or 'none'}'.")
         try:
-            data = json.loads(raw)
-        except UnicodeDecodeError:
-            raise BadRequest("The request body is not UTF-8 text; send JSON encoded as UTF-8.") from None
-        except json.JSONDecodeError as error:
+            # orjson, not json: it refuses lone UTF-16 surrogates ("\ud800"), which no store,
+            # JSON encoder or CEL string can hold, as well as NaN and Infinity.
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as error:
+            if "UTF-8" in error.msg:
+                raise BadRequest("The request body is not UTF-8 text; send JSON encoded as UTF-8 "
+                                 f"without a byte order mark ({error.msg}).") from None
             raise BadRequest(f"The request body is not valid JSON: {error.msg} at line {error.lineno}, "
                              f"column {error.colno}.") from None
     if data is None:
