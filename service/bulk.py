@@ -80,7 +80,7 @@ class BulkWriter:
         cursor = self.conn.connection.cursor()
         try:
             cursor.execute(sql.replace("?", self.mark), params)
-            return list(cursor.fetchall())
+            return cursor.fetchall()  # type: ignore[return-value]  # a list on both drivers
         finally:
             cursor.close()
 

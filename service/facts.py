@@ -88,6 +88,11 @@ def facts_for(definition: Definition, event: str) -> tuple[str, ...]:
     return known[1]
 
 
+def providers_for(definition: Definition, event: str) -> tuple[tuple[str, FactProvider], ...]:
+    """(fact name, provider) for each fact `definition` declares for `event`."""
+    return tuple((name, PROVIDERS[name]) for name in facts_for(definition, event))
+
+
 def gather(uow: UnitOfWork, definition: Definition, event: str, record: Mapping[str, Any],
            data: Mapping[str, Any]) -> dict[str, Any]:
     names = facts_for(definition, event)

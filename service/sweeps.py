@@ -134,22 +134,26 @@ class Sweeps:
                 uow.set_clock(clock_id, instant)
             self._prefetch_for(uow, claimed)
             due_text: dict[Any, str | None] = {}
-            for timer in claimed:
-                key = (timer.instance, timer.name)
-                if key in uow.timer_ops:  # cancelled or re-armed by an earlier event of this batch
+            timer_ops, records = uow.timer_ops, uow.records
+            for instance, name, event, due_at in claimed:
+                if (instance, name) in timer_ops:  # cancelled or re-armed by an earlier event of this batch
                     continue
-                uow.set_timer(timer.instance, timer.name, None)
-                record = uow.find(timer.instance)
+                uow.set_timer(instance, name, None)
+                record = records.get(instance)
                 if record is None:
+                    record = uow.find(instance)
+                    if record is None:
+                        continue
+                if not collect:
+                    self._attempt(uow, instance, event, {}, actor, None)
                     continue
-                at = due_text.get(timer.due_at)
+                at = due_text.get(due_at)
                 if at is None:
-                    at = due_text[timer.due_at] = rfc3339(uow.reader.stamp_now(timer.due_at))
-                entry = {"instance": timer.instance, "event": timer.event, "from": record["state"],
-                         "to": record["state"], "at": at, "timer": timer.name}
-                self._attempt(uow, timer.instance, timer.event, {}, actor, entry)
-                if collect:
-                    entries.append(entry)
+                    at = due_text[due_at] = rfc3339(uow.reader.stamp_now(due_at))
+                entry = {"instance": instance, "event": event, "from": record["state"],
+                         "to": record["state"], "at": at, "timer": name}
+                self._attempt(uow, instance, event, {}, actor, entry)
+                entries.append(entry)
             uow.flush()
         return len(claimed), entries
 
@@ -173,26 +177,35 @@ class Sweeps:
 
     @staticmethod
     def _attempt(uow: UnitOfWork, instance_id: str, event: str, data: Mapping[str, Any], actor: str,
-                 entry: dict[str, Any]) -> None:
+                 entry: dict[str, Any] | None) -> str:
         """Apply one event of a batch; its failure rolls back only its own effects.
 
         A policy denial stays in the history (a timer is then dropped), a failed send is recorded
-        as a denied attempt, an event not valid in the state changes nothing. `entry` is updated
-        with `to`, `outcome` and `reasons`.
+        as a denied attempt, an event not valid in the state changes nothing. Returns "applied",
+        "denied" or "dropped"; `entry` (if given) is updated with `to`, `outcome` and `reasons`.
         """
-        mark = uow.checkpoint()
+        mark = len(uow.journal)  # uow.checkpoint()
         try:
             outcome = uow.apply(instance_id, event, data, actor)
-            entry.update(to=outcome.target, outcome="applied")
         except SendFailed as failure:
             uow.rollback_to(mark)
             uow.record_failure(instance_id, event, data, actor, failure)
-            entry.update(outcome="denied", reasons=[r.as_dict() for r in failure.reasons])
+            if entry is not None:
+                entry.update(outcome="denied", reasons=[r.as_dict() for r in failure.reasons])
+            return "denied"
         except GuardDenied as denied:  # kept in the history
-            entry.update(outcome="denied", reasons=[r.as_dict() for r in denied.reasons])
+            if entry is not None:
+                entry.update(outcome="denied", reasons=[r.as_dict() for r in denied.reasons])
+            return "denied"
         except (InvalidTransition, BadRequest, NotFound):
             uow.rollback_to(mark)
-            entry.update(outcome="dropped")
+            if entry is not None:
+                entry["outcome"] = "dropped"
+            return "dropped"
+        if entry is not None:
+            entry["to"] = outcome.target
+            entry["outcome"] = "applied"
+        return "applied"
 
     def _prefetch_for(self, uow: UnitOfWork, claimed: list[Any]) -> None:
         """Load the claimed instances, their accounts and what their facts read, in a few queries.
@@ -200,15 +213,15 @@ class Sweeps:
         `claimed` holds rows (or tuples) with `instance` and `event`.
         """
         uow.load(t.instance for t in claimed)
-        accounts = {r["account"] for r in uow.records.values() if r["account"]}
+        records = uow.records
+        accounts = {r["account"] for r in records.values() if r["account"]}
         uow.load(accounts)
+        kinds = {(record["workflow"], t.event) for t in claimed
+                 if (record := records.get(t.instance)) is not None}
         wanted: set[str] = set()
-        for timer in claimed:
-            record = uow.records.get(timer.instance)
-            if record is not None:
-                definition = uow.engine.definition(record["workflow"])
-                for fact in fact_providers.facts_for(definition, timer.event):
-                    wanted.update(fact_providers.RELATED_WORKFLOWS.get(fact, ()))
+        for workflow, event in kinds:
+            for fact in fact_providers.facts_for(uow.engine.definition(workflow), event):
+                wanted.update(fact_providers.RELATED_WORKFLOWS.get(fact, ()))
         if wanted:
             uow.prefetch(accounts, sorted(wanted))
 
@@ -237,10 +250,8 @@ class Sweeps:
         with self.db.transaction() as conn:
             uow = UnitOfWork(cast("Runtime", self), conn, self._active(conn))
             self._prefetch_for(uow, chunk)
-            entry: dict[str, Any] = {}
-            for item in chunk:
-                self._attempt(uow, item.instance, item.event, item.data, actor, entry)
-                counts[entry["outcome"]] += 1
+            for instance, event, data in chunk:
+                counts[self._attempt(uow, instance, event, data, actor, None)] += 1
             uow.flush()
 
     def run_due_timers(self, *, limit: int = 1000, actor: str = TIMER_ACTOR) -> list[dict[str, Any]]:

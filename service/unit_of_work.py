@@ -13,10 +13,13 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from sqlalchemy import Connection, update
 
-from service.bulk import BulkWriter, aware_utc, parse_sqlite_json, parse_sqlite_timestamp
+from service import facts
+from service.bulk import BulkWriter, aware_utc, parse_sqlite_timestamp
 from service.tables import clocks
+from workflows.definitions import Definition
 from workflows.engine import Engine
 from workflows.exceptions import (
     BadRequest,
@@ -41,6 +44,13 @@ INSTANCE_COLUMNS = ("id", "workflow", "state", "context", "secrets", "version", 
 
 
 _CHUNK = 10_000
+_HISTORY = ("history", None, None)  # journal entries that carry nothing (one shared tuple each)
+_NOTIFICATION = ("notification", None, None)
+
+#: A pending timer change: (instance, name, event, due_at as stored, clock), or None to delete.
+TimerRow = tuple[str, str, str, Any, str | None]
+#: (definition, whether it references an account, the fact providers the event asks) per event.
+_Plan = tuple[Definition, bool, tuple[tuple[str, facts.FactProvider], ...]]
 
 
 class _Reader:
@@ -49,7 +59,8 @@ class _Reader:
     def __init__(self, conn: Connection) -> None:
         self.writer = BulkWriter(conn)
         if conn.dialect.name == "sqlite":
-            self.loads: Callable[[Any], Any] = parse_sqlite_json
+            # context and secrets are NOT NULL: their text always parses.
+            self.loads: Callable[[Any], Any] = orjson.loads
             # created_at / updated_at of a loaded record are only ever written back by `flush`,
             # so SQLite's stored text is kept as it is (BulkWriter.ts passes text through).
             self.stamp: Callable[[Any], Any] = _same
@@ -87,14 +98,20 @@ class UnitOfWork:
         self.engine: Engine = runtime.engine_for(version)
         self.lock = runtime.db.for_update()
         self.reader = _Reader(conn)
+        # Pending rows are kept as the tuples `flush` hands to executemany: JSON and timestamps
+        # converted once, when the row is made (BulkWriter's conversions for this dialect).
+        writer = self.reader.writer
+        self._ts, self._js = writer.ts, writer.js
+        self._empty_list, self._empty_dict = writer.js([]), writer.js({})
+        self._plans: dict[tuple[str, str], _Plan] = {}
         self.records: dict[str, dict[str, Any]] = {}
         self.by_account: dict[tuple[str, str], list[str]] = {}
         self.new_ids: set[str] = set()
         self.dirty: set[str] = set()
         self.groups: set[tuple[str, str]] = set()
-        self.history_rows: list[dict[str, Any]] = []
-        self.notification_rows: list[dict[str, Any]] = []
-        self.timer_ops: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self.history_rows: list[tuple[Any, ...]] = []
+        self.notification_rows: list[tuple[Any, ...]] = []
+        self.timer_ops: dict[tuple[str, str], TimerRow | None] = {}
         self.clock_times: dict[str, datetime] = {}
         self.real_now: datetime | None = None
         self.moved_clocks: set[str] = set()
@@ -118,17 +135,21 @@ class UnitOfWork:
         if lock:
             sql += " FOR UPDATE"
         loads, stamp = reader.loads, reader.stamp
-        records = self.records
+        records, by_account = self.records, self.by_account
         for (id_, workflow, state, context, secrets, version, history_seq, clock, account, email,
              usage_month, created_at, updated_at) in reader.fetch(sql, params):
             if id_ in records:
                 continue
-            record = {"id": id_, "workflow": workflow, "state": state, "context": loads(context),
-                      "secrets": loads(secrets), "version": version, "history_seq": history_seq,
-                      "clock": clock, "account": account, "email": email, "usage_month": usage_month,
-                      "created_at": stamp(created_at), "updated_at": stamp(updated_at)}
-            records[id_] = record
-            self._index(record)
+            records[id_] = {"id": id_, "workflow": workflow, "state": state, "context": loads(context),
+                            "secrets": loads(secrets), "version": version, "history_seq": history_seq,
+                            "clock": clock, "account": account, "email": email, "usage_month": usage_month,
+                            "created_at": stamp(created_at), "updated_at": stamp(updated_at)}
+            if account:  # _index, inline
+                ids = by_account.get((account, workflow))
+                if ids is None:
+                    by_account[(account, workflow)] = [id_]
+                else:
+                    ids.append(id_)
 
     def _in(self, column: str, values: list[str]) -> tuple[str, list[Any]]:
         """`column IN (…)` on SQLite, `column = ANY(?)` (one array parameter) on PostgreSQL."""
@@ -172,8 +193,11 @@ class UnitOfWork:
 
     def related(self, account: str, workflow: str) -> list[dict[str, Any]]:
         """Every instance of `workflow` referencing `account`, as this unit currently sees them."""
-        self.prefetch([account], [workflow])
-        return [self.records[i] for i in self.by_account.get((account, workflow), ()) if i in self.records]
+        key = (account, workflow)
+        if key not in self.groups:
+            self.prefetch([account], [workflow])
+        records = self.records
+        return [records[i] for i in self.by_account.get(key, ()) if i in records]
 
     def now_of(self, clock: str | None) -> datetime:
         """The time of `clock` in this unit; real time is read once, so one transaction (a
@@ -212,14 +236,23 @@ class UnitOfWork:
         self.new_ids.add(record["id"])
         self._index(record)
 
-    def set_timer(self, instance_id: str, name: str, row: dict[str, Any] | None) -> None:
+    def set_timer(self, instance_id: str, name: str, row: TimerRow | None) -> None:
+        """Arm (`row`: instance, name, event, due_at as `flush` writes it, clock) or delete a timer."""
         key = (instance_id, name)
         self.journal.append(("timer", key, self.timer_ops.get(key, _MISSING)))
         self.timer_ops[key] = row
 
-    def add_history(self, row: dict[str, Any]) -> None:
-        self.journal.append(("history", None, None))
-        self.history_rows.append(row)
+    def _history(self, instance_id: str, seq: int, event: str, source: str | None, target: str,
+                 outcome: str, reasons: Any, notes: Any, data: Any, at: datetime, actor: str) -> None:
+        """Queue one history row (`reasons`, `notes`: sequences of Reason; `data`: a mapping)."""
+        js = self._js
+        self.journal.append(_HISTORY)
+        self.history_rows.append((
+            instance_id, seq, event, source, target, outcome,
+            js([r.as_dict() for r in reasons]) if reasons else self._empty_list,
+            js([n.as_dict() for n in notes]) if notes else self._empty_list,
+            (js(data if type(data) is dict else dict(data)) if data else self._empty_dict),
+            self._ts(at), self.version.id, actor))
 
     def checkpoint(self) -> int:
         return len(self.journal)
@@ -245,46 +278,74 @@ class UnitOfWork:
 
     # ── judging and applying ─────────────────────────────────────────────────────────────────
 
-    def decide(self, record: Mapping[str, Any], event: str, data: Mapping[str, Any]) -> Outcome:
-        from service import facts
+    def _plan(self, workflow: str, event: str) -> _Plan:
+        """What judging `event` on `workflow` needs besides the record, worked out once per unit."""
+        plan = self._plans.get((workflow, event))
+        if plan is None:
+            definition = self.engine.definition(workflow)
+            providers = facts.providers_for(definition, event) if event in definition.events else ()
+            plan = self._plans[(workflow, event)] = (definition, definition.references_account, providers)
+        return plan
 
-        definition = self.engine.definition(record["workflow"])
+    def _now(self, clock: str | None) -> datetime:
+        moment = self.real_now if clock is None else self.clock_times.get(clock)
+        return moment if moment is not None else self.now_of(clock)
+
+    def decide(self, record: Mapping[str, Any], event: str, data: Mapping[str, Any]) -> Outcome:
+        return self._decide(record, event, data)[0]
+
+    def _decide(self, record: Mapping[str, Any], event: str,
+                data: Mapping[str, Any]) -> tuple[Outcome, datetime]:
+        """The outcome of `event` on `record`, and the instant it was judged at."""
+        _, references_account, providers = self._plan(record["workflow"], event)
         account = None
-        if definition.references_account:
-            account_record = self.find(record["context"].get("account"))
+        if references_account:
+            account_id = record["context"].get("account")
+            account_record = self.records.get(account_id)
+            if account_record is None:
+                account_record = self.find(account_id)
             account = account_view(account_record) if account_record is not None else None
-        gathered = facts.gather(self, definition, event, record, data) if event in definition.events else {}
+        gathered = {name: provide(self, record, data) for name, provide in providers} if providers else {}
         snapshot = Snapshot(workflow=record["workflow"], state=record["state"], context=record["context"],
                             id=record["id"], account=account, facts=gathered, secrets=record["secrets"] or {})
-        return self.engine.decide(snapshot, event, data, self.now_of(record["clock"]))
+        now = self._now(record["clock"])
+        return self.engine.decide(snapshot, event, data, now), now
 
     def record_attempt(self, record: Mapping[str, Any], outcome: Outcome, actor: str, at: datetime) -> None:
-        self.add_history({
-            "instance": record["id"], "seq": record["history_seq"] + 1, "event": outcome.event,
-            "from_state": outcome.source, "to_state": outcome.target,
-            "outcome": "applied" if outcome.applied else "denied",
-            "reasons": [r.as_dict() for r in outcome.reasons], "notes": [n.as_dict() for n in outcome.notes],
-            "data": dict(outcome.data), "at": at, "rules_version": self.version.id, "actor": actor})
+        self._history(record["id"], record["history_seq"] + 1, outcome.event, outcome.source, outcome.target,
+                      "applied" if outcome.applied else "denied", outcome.reasons, outcome.notes,
+                      outcome.data, at, actor)
 
     def apply(self, instance_id: str, event: str, data: Mapping[str, Any], actor: str,
               depth: int = 0) -> Outcome:
         """Judge and apply one event; a denial is recorded, then raised as GuardDenied."""
-        record = self.get(instance_id)
-        outcome = self.decide(record, event, data)
-        now = self.now_of(record["clock"])
-        self.record_attempt(record, outcome, actor, now)
-        updated = dict(record, history_seq=record["history_seq"] + 1)
-        changed = outcome.applied
+        record = self.records.get(instance_id)
+        if record is None:
+            record = self.get(instance_id)
+        outcome, now = self._decide(record, event, data)
+        seq = record["history_seq"] + 1
+        applied = outcome.applied
+        self._history(instance_id, seq, outcome.event, outcome.source, outcome.target,
+                      "applied" if applied else "denied", outcome.reasons, outcome.notes, outcome.data,
+                      now, actor)
+        updated = record.copy()
+        updated["history_seq"] = seq
+        changed = applied
+        # The outcome's context and secrets are the engine's own fresh dicts (its Step's copies),
+        # never mutated afterwards: the record takes them as they are.
         if outcome.context_changed:
-            updated["context"] = dict(outcome.context)
+            context = outcome.context
+            updated["context"] = context if type(context) is dict else dict(context)
             changed = True
             if record["workflow"] == "signup":
-                updated["email"] = outcome.context.get("email")
-        if outcome.secrets != (record["secrets"] or {}):
-            updated["secrets"] = dict(outcome.secrets)
+                updated["email"] = context.get("email")
+        secrets = outcome.secrets
+        if secrets != (record["secrets"] or {}):
+            updated["secrets"] = secrets if type(secrets) is dict else dict(secrets)
             changed = True
         if changed:  # the version (ETag) moves only when the instance itself changes
-            updated.update(version=record["version"] + 1, updated_at=now)
+            updated["version"] = record["version"] + 1
+            updated["updated_at"] = now
         if not outcome.applied:
             self._replace(updated)
             raise GuardDenied(event, list(outcome.reasons))
@@ -310,33 +371,35 @@ class UnitOfWork:
         record = self.get(instance_id)
         now = self.now_of(record["clock"])
         secret = self.engine.definition(record["workflow"]).secret_fields
-        self.add_history({
-            "instance": record["id"], "seq": record["history_seq"] + 1, "event": event,
-            "from_state": record["state"], "to_state": record["state"], "outcome": "denied",
-            "reasons": [r.as_dict() for r in failure.reasons], "notes": [],
-            "data": {k: ("[redacted]" if k in secret else v) for k, v in data.items()},
-            "at": now, "rules_version": self.version.id, "actor": actor})
+        self._history(record["id"], record["history_seq"] + 1, event, record["state"], record["state"],
+                      "denied", failure.reasons, (),
+                      {k: ("[redacted]" if k in secret else v) for k, v in data.items()}, now, actor)
         self._replace(dict(record, history_seq=record["history_seq"] + 1))
 
     def apply_effects(self, record: Mapping[str, Any], outcome: Outcome, now: datetime) -> None:
         """Timer changes and outbox rows of an applied (or created) outcome."""
+        instance_id = record["id"]
         for name in outcome.timers_cancelled:
-            self.set_timer(record["id"], name, None)
-        for timer in outcome.timers_set:
-            self.set_timer(record["id"], timer.name, {"instance": record["id"], "name": timer.name,
-                                                      "event": timer.event, "due_at": timer.at,
-                                                      "clock": record["clock"]})
-        for note in outcome.notifications:
-            self.journal.append(("notification", None, None))
-            self.notification_rows.append({"instance": record["id"], "template": note.template,
-                                           "channel": note.channel, "recipient": note.recipient,
-                                           "payload": dict(note.payload), "created_at": now})
+            self.set_timer(instance_id, name, None)
+        if outcome.timers_set:
+            ts, clock = self._ts, record["clock"]
+            for timer in outcome.timers_set:
+                self.set_timer(instance_id, timer.name,
+                               (instance_id, timer.name, timer.event, ts(timer.at), clock))
+        if outcome.notifications:
+            js, created_at = self._js, self._ts(now)
+            for note in outcome.notifications:
+                payload = note.payload
+                self.journal.append(_NOTIFICATION)
+                self.notification_rows.append((instance_id, note.template, note.channel, note.recipient,
+                                               js(payload if type(payload) is dict else dict(payload)),
+                                               created_at))
 
     # ── writing ──────────────────────────────────────────────────────────────────────────────
 
     def flush(self) -> None:
         """Write everything pending with one executemany per table and kind."""
-        bulk = BulkWriter(self.conn)
+        bulk = self.reader.writer
         ts, js = bulk.ts, bulk.js
         if self.new_ids:
             bulk.insert("instances", INSTANCE_COLUMNS, [
@@ -346,22 +409,22 @@ class UnitOfWork:
                 for r in (self.records[i] for i in self.new_ids if i in self.records)])
         # Only a signup's email can change, and `email` is indexed: other rows leave it out of
         # the UPDATE so SQLite does not rewrite that index entry. Rows go in key order.
-        changed = sorted(i for i in self.dirty if i in self.records and i not in self.new_ids)
-        rows = {True: [], False: []}  # type: dict[bool, list[tuple[Any, ...]]]
-        for i in changed:
-            r = self.records[i]
-            signup = r["workflow"] == "signup"
-            head = (r["state"], js(r["context"]), js(r["secrets"]), r["version"], r["history_seq"])
-            rows[signup].append((*head, r["email"], ts(r["updated_at"]), i) if signup
-                                else (*head, ts(r["updated_at"]), i))
+        records, new_ids = self.records, self.new_ids
+        signups: list[tuple[Any, ...]] = []
+        others: list[tuple[Any, ...]] = []
+        for i in sorted(i for i in self.dirty if i in records and i not in new_ids):
+            r = records[i]
+            if r["workflow"] == "signup":
+                signups.append((r["state"], js(r["context"]), js(r["secrets"]), r["version"],
+                                r["history_seq"], r["email"], ts(r["updated_at"]), i))
+            else:
+                others.append((r["state"], js(r["context"]), js(r["secrets"]), r["version"], r["history_seq"],
+                               ts(r["updated_at"]), i))
         bulk.executemany("UPDATE instances SET state = ?, context = ?, secrets = ?, version = ?, "
-                         "history_seq = ?, email = ?, updated_at = ? WHERE id = ?", rows[True])
+                         "history_seq = ?, email = ?, updated_at = ? WHERE id = ?", signups)
         bulk.executemany("UPDATE instances SET state = ?, context = ?, secrets = ?, version = ?, "
-                         "history_seq = ?, updated_at = ? WHERE id = ?", rows[False])
-        bulk.insert("history", HISTORY_COLUMNS, [
-            (h["instance"], h["seq"], h["event"], h["from_state"], h["to_state"], h["outcome"],
-             js(h["reasons"]), js(h["notes"]), js(h["data"]), ts(h["at"]), h["rules_version"], h["actor"])
-            for h in self.history_rows])
+                         "history_seq = ?, updated_at = ? WHERE id = ?", others)
+        bulk.insert("history", HISTORY_COLUMNS, self.history_rows)
         if self.timer_ops:  # cancelled or fired: deleted; armed: inserted or replaced in one statement
             bulk.executemany("DELETE FROM timers WHERE instance = ? AND name = ?",
                              [key for key, t in self.timer_ops.items() if t is None])
@@ -369,11 +432,8 @@ class UnitOfWork:
                 "INSERT INTO timers (instance, name, event, due_at, clock) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (instance, name) DO UPDATE SET event = excluded.event, "
                 "due_at = excluded.due_at, clock = excluded.clock",
-                [(t["instance"], t["name"], t["event"], ts(t["due_at"]), t["clock"])
-                 for t in self.timer_ops.values() if t is not None])
-        bulk.insert("notifications", NOTIFICATION_COLUMNS, [
-            (n["instance"], n["template"], n["channel"], n["recipient"], js(n["payload"]),
-             ts(n["created_at"])) for n in self.notification_rows])
+                [t for t in self.timer_ops.values() if t is not None])
+        bulk.insert("notifications", NOTIFICATION_COLUMNS, self.notification_rows)
         for clock in self.moved_clocks:
             self.conn.execute(update(clocks).where(clocks.c.id == clock).values(now=self.clock_times[clock]))
         self.moved_clocks.clear()
