@@ -19,6 +19,7 @@ from service.bulk import dumps
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 DEFAULT_URL = "sqlite:///tollgate.db"
+WAL_AUTOCHECKPOINT_PAGES = 10_000  # SQLite's default is 1,000 pages (4 MB at 4 KiB a page)
 
 
 def normalise_url(url: str) -> str:
@@ -85,6 +86,10 @@ class Database:
             cursor = dbapi_connection.cursor()
             if not memory:
                 cursor.execute("PRAGMA journal_mode=WAL")
+                # Checkpoint every ~40 MB of WAL instead of every 4 MB: a page written by several
+                # commits is copied to the database (and fsynced there) once. Durability is the
+                # WAL's: with synchronous=FULL every commit is fsynced in the WAL either way.
+                cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             cursor.execute(f"PRAGMA synchronous={self.synchronous}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
