@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workflows.cel_subset import Fallback
+from workflows.cel_subset import PURE, Fallback
 from workflows.expressions import Expression, compile_expression
 from workflows.guards import helper_functions
 from workflows.policy import load_policy_file
@@ -210,3 +210,31 @@ def test_the_bundled_expressions_are_answered_by_the_subset_on_ordinary_inputs()
             inputs["now"] = datetime(2026, 11, 1, tzinfo=UTC) + timedelta(minutes=minutes)
             answered[name] += assert_agrees(expression, inputs) == "value"
     assert min(answered.values()) > 0, answered
+
+
+def test_a_pure_helper_call_remembers_only_an_identical_latest_call() -> None:
+    calls: list[Any] = []
+
+    def shift(ts: Any, n: Any) -> Any:
+        calls.append((ts, n))
+        return ts + timedelta(days=n)
+
+    setattr(shift, PURE, True)
+    expression = compile_expression("shift(x, y)", scalars=("x", "y"), functions={"shift": shift})
+    late = datetime(2026, 11, 30, 15, tzinfo=UTC)
+    seoul = late.astimezone(timezone(timedelta(hours=9)))  # the same instant in another zone
+    cases = [(late, 1), (late, 1), (seoul, 1), (late, 2), (late, 1), (late, True)]
+    answers = [by_subset(expression, {"x": x, "y": y}) for x, y in cases]
+    assert calls == [(late, 1), (seoul, 1), (late, 2), (late, 1), (late, True)]
+    assert [type(n) for _, n in calls] == [int, int, int, int, bool]
+    assert answers == [by_cel(expression, {"x": x, "y": y}) for x, y in cases]
+    assert expression.native({"x": seoul, "y": 1}).tzinfo == seoul.tzinfo  # type: ignore[misc]
+
+
+def test_an_impure_helper_is_called_every_time() -> None:
+    calls: list[Any] = []
+    expression = compile_expression("count(x) > 0", scalars=("x",),
+                                    functions={"count": lambda x: calls.append(x) or len(calls)})
+    for _ in range(3):
+        assert expression.evaluate({"x": 1}) is True
+    assert calls == [1, 1, 1]

@@ -8,7 +8,10 @@ wall clock. Instants are timezone-aware `datetime`s; months are "YYYY-MM" string
 from __future__ import annotations
 
 import calendar as _stdlib_calendar
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from functools import lru_cache, wraps
+from typing import Any
 
 __all__ = [
     "add_calendar_months",
@@ -23,6 +26,7 @@ __all__ = [
     "parse_clock_time",
     "parse_instant",
     "parse_month",
+    "remembered",
     "start_of_local_day",
 ]
 
@@ -55,6 +59,25 @@ def parse_clock_time(text: str) -> time:
     return time(hour, minute, second)
 
 
+def remembered(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` (pure) remembered by its arguments; unhashable arguments bypass the memo, so errors
+    read exactly as without it. Months, days and clock times take few distinct values."""
+    cached = lru_cache(maxsize=4096)(fn)
+
+    @wraps(fn)
+    def call(*args: Any) -> Any:
+        try:
+            return cached(*args)
+        except TypeError:
+            try:
+                hash(args)
+            except TypeError:
+                return fn(*args)
+            raise
+
+    return call
+
+
 def parse_month(text: str) -> tuple[int, int]:
     """'YYYY-MM' as (year, month)."""
     if len(text) != 7 or text[4] != "-" or not (text[:4].isdigit() and text[5:].isdigit()):
@@ -69,6 +92,7 @@ def _format_month(year: int, month: int) -> str:
     return f"{year:04d}-{month:02d}"
 
 
+@remembered
 def add_months(month: str, count: int) -> str:
     """The month `count` months after `month` ("2026-12" + 1 → "2027-01")."""
     year, mon = parse_month(month)
@@ -76,6 +100,7 @@ def add_months(month: str, count: int) -> str:
     return _format_month(index // 12, index % 12 + 1)
 
 
+@remembered
 def last_day(month: str) -> int:
     """The number of the month's last day (28, 29, 30 or 31)."""
     year, mon = parse_month(month)
@@ -95,6 +120,7 @@ def month_of(instant: datetime, zone: tzinfo) -> str:
     return _format_month(moment.year, moment.month)
 
 
+@remembered
 def at_local(month: str, day: int, clock: str, zone: tzinfo) -> datetime:
     """The instant (in UTC) of local wall-clock `clock` on `day` of `month` in `zone`.
 

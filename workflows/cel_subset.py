@@ -32,7 +32,11 @@ from datetime import datetime, timezone
 from operator import itemgetter
 from typing import Any
 
-__all__ = ["Fallback", "Native", "compile_subset"]
+__all__ = ["PURE", "Fallback", "Native", "compile_subset"]
+
+#: The attribute that marks a helper function as pure (its result depends on its arguments
+#: alone): each call of it in an expression then remembers its latest arguments and result.
+PURE = "cel_pure"
 
 Native = Callable[[Mapping[str, Any]], Any]  # input maps -> value
 Node = Callable[[list[Any]], Any]  # variable values -> value
@@ -284,26 +288,53 @@ def _conditional(test: Node, then: Node, otherwise: Node) -> Node:
     return conditional
 
 
+def _same(a: Any, b: Any) -> bool:
+    """`a` and `b` are the same CEL value: same type, equal, and instants in the same zone."""
+    if a is b:
+        return True
+    if type(a) is not type(b) or a != b:
+        return False
+    return type(a) is not datetime or a.tzinfo is b.tzinfo
+
+
+_NOTHING = object()
+
+
 def _call(function: Callable[..., Any], arguments: list[Node]) -> Node:
-    """A helper call; any exception (the helper's or an argument's) hands over to CEL."""
-    if len(arguments) == 1:
+    """A helper call; any exception (the helper's or an argument's) hands over to CEL. A pure
+    helper's call remembers its latest arguments and result (one entry: a sweep repeats an
+    instant, an API call brings a new one, and a miss costs a comparison)."""
+    latest: list[Any] = [(_NOTHING, _NOTHING, None)]
+    if len(arguments) == 1 and getattr(function, PURE, False):
         (first,) = arguments
 
-        def call1(values: list[Any]) -> Any:
+        def pure1(values: list[Any]) -> Any:
             try:
-                return _checked(function(first(values)))
+                a = first(values)
+                key, _, value = latest[0]
+                if _same(key, a):
+                    return value
+                value = _checked(function(a))
             except Exception:
                 raise Fallback from None
-        return call1
-    if len(arguments) == 2:
+            latest[0] = (a, None, value)  # one tuple: a thread sees the old entry or the new
+            return value
+        return pure1
+    if len(arguments) == 2 and getattr(function, PURE, False):
         first, second = arguments
 
-        def call2(values: list[Any]) -> Any:
+        def pure2(values: list[Any]) -> Any:
             try:
-                return _checked(function(first(values), second(values)))
+                a, b = first(values), second(values)
+                key_a, key_b, value = latest[0]
+                if _same(key_a, a) and _same(key_b, b):
+                    return value
+                value = _checked(function(a, b))
             except Exception:
                 raise Fallback from None
-        return call2
+            latest[0] = (a, b, value)
+            return value
+        return pure2
 
     def call(values: list[Any]) -> Any:
         try:

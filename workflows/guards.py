@@ -11,12 +11,12 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from workflows import calendar
 from workflows.actions import code_digest
+from workflows.cel_subset import PURE
 from workflows.exceptions import Reason
 from workflows.expressions import Expression, combine
 
@@ -25,29 +25,15 @@ _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9
                     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
 
 
-def _memo(fn: Callable[..., Any], size: int = 4096) -> Callable[..., Any]:
-    """`fn` remembered by its arguments (it must be pure); unhashable arguments bypass the memo
-    so that errors read exactly as without it."""
-    cached = lru_cache(maxsize=size)(fn)
-
-    def call(*args: Any) -> Any:
-        try:
-            hash(args)
-        except TypeError:
-            return fn(*args)
-        return cached(*args)
-
-    call.__name__ = getattr(fn, "__name__", "helper")
-    return call
-
-
 def helper_functions(zone: ZoneInfo) -> dict[str, Callable[..., Any]]:
     """The functions rules.yaml expressions may call, bound to the policy's time zone.
 
     The month and clock helpers are pure functions of a few distinct values per billing month
     (a usage month, a day, "HH:MM"), so they are memoised: a guard like `now >= local_at(
     add_months(context.usage_month, 1), 3, "14:00")` then costs a dictionary look-up, not a
-    parse and a time-zone conversion.
+    parse and a time-zone conversion. All are marked pure, so each call in an expression
+    remembers its latest arguments and result (`workflows.cel_subset`): a timer sweep judges
+    thousands of events at one instant.
     """
 
     def local_time(ts: datetime) -> str:
@@ -59,17 +45,17 @@ def helper_functions(zone: ZoneInfo) -> dict[str, Callable[..., Any]]:
     def code_matches(code: str, digest: str) -> bool:
         return hmac.compare_digest(code_digest(str(code)), str(digest))
 
-    return {
+    helpers: dict[str, Callable[..., Any]] = {
         "in_daily_window": lambda ts, start, end: calendar.in_daily_window(ts, start, end, zone),
         "age_on": lambda birth, ts: calendar.age_on(birth, ts, zone),
         "local_date": lambda ts: calendar.local_date(ts, zone),
         "local_time": local_time,
         "local_day": lambda ts: ts.astimezone(zone).day,
         "month_of": lambda ts: calendar.month_of(ts, zone),
-        "add_months": _memo(lambda month, n: calendar.add_months(month, int(n))),
-        "last_day": _memo(calendar.last_day),
-        "local_at": _memo(lambda month, day, clock: calendar.at_local(month, int(day), clock,
-                                                                       zone)),
+        "add_months": calendar.remembered(lambda month, n: calendar.add_months(month, int(n))),
+        "last_day": calendar.last_day,
+        "local_at": calendar.remembered(lambda month, day, clock: calendar.at_local(
+            month, int(day), clock, zone)),
         "start_of_day": lambda ts: calendar.start_of_local_day(ts, zone),
         "add_days": lambda ts, n: calendar.add_days(ts, int(n), zone),
         "add_hours": lambda ts, n: calendar.add_hours(ts, n),
@@ -79,6 +65,9 @@ def helper_functions(zone: ZoneInfo) -> dict[str, Callable[..., Any]]:
         "is_email": is_email,
         "ts": lambda text: calendar.as_utc(calendar.parse_instant(text)),
     }
+    for helper in helpers.values():
+        setattr(helper, PURE, True)  # each is a function of its arguments and the zone alone
+    return helpers
 
 
 @dataclass(frozen=True)
