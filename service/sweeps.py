@@ -17,7 +17,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from service import facts as fact_providers
 from service.tables import clocks
-from service.unit_of_work import UnitOfWork
+from service.unit_of_work import _MISSING, UnitOfWork
 from workflows.exceptions import (
     BadRequest,
     ClockError,
@@ -134,11 +134,13 @@ class Sweeps:
                 uow.set_clock(clock_id, instant)
             self._prefetch_for(uow, claimed)
             due_text: dict[Any, str | None] = {}
-            timer_ops, records = uow.timer_ops, uow.records
+            timer_ops, records, journal = uow.timer_ops, uow.records, uow.journal
             for instance, name, event, due_at in claimed:
-                if (instance, name) in timer_ops:  # cancelled or re-armed by an earlier event of this batch
+                key = (instance, name)
+                if key in timer_ops:  # cancelled or re-armed by an earlier event of this batch
                     continue
-                uow.set_timer(instance, name, None)
+                journal.append(("timer", key, _MISSING))  # uow.set_timer(instance, name, None), inline
+                timer_ops[key] = None
                 record = records.get(instance)
                 if record is None:
                     record = uow.find(instance)

@@ -38,6 +38,7 @@ MAX_SEND_DEPTH = 4
 _MISSING = object()
 HISTORY_COLUMNS = ("instance", "seq", "event", "from_state", "to_state", "outcome", "reasons", "notes",
                    "data", "at", "rules_version", "actor")
+TIMER_COLUMNS = ("instance", "name", "event", "due_at", "clock")
 NOTIFICATION_COLUMNS = ("instance", "template", "channel", "recipient", "payload", "created_at")
 INSTANCE_COLUMNS = ("id", "workflow", "state", "context", "secrets", "version", "history_seq", "clock",
                     "account", "email", "usage_month", "created_at", "updated_at")
@@ -84,7 +85,8 @@ def _same(value: Any) -> Any:
 def account_view(record: Mapping[str, Any]) -> dict[str, Any]:
     """The account as guards see it: the signup's context plus id, state and partner."""
     view = {"partner": False, **(record["context"] or {})}
-    view.update(id=record["id"], state=record["state"])
+    view["id"] = record["id"]
+    view["state"] = record["state"]
     return view
 
 
@@ -287,17 +289,16 @@ class UnitOfWork:
             plan = self._plans[(workflow, event)] = (definition, definition.references_account, providers)
         return plan
 
-    def _now(self, clock: str | None) -> datetime:
-        moment = self.real_now if clock is None else self.clock_times.get(clock)
-        return moment if moment is not None else self.now_of(clock)
-
     def decide(self, record: Mapping[str, Any], event: str, data: Mapping[str, Any]) -> Outcome:
         return self._decide(record, event, data)[0]
 
     def _decide(self, record: Mapping[str, Any], event: str,
                 data: Mapping[str, Any]) -> tuple[Outcome, datetime]:
         """The outcome of `event` on `record`, and the instant it was judged at."""
-        _, references_account, providers = self._plan(record["workflow"], event)
+        plan = self._plans.get((record["workflow"], event))
+        if plan is None:
+            plan = self._plan(record["workflow"], event)
+        _, references_account, providers = plan
         account = None
         if references_account:
             account_id = record["context"].get("account")
@@ -308,7 +309,10 @@ class UnitOfWork:
         gathered = {name: provide(self, record, data) for name, provide in providers} if providers else {}
         snapshot = Snapshot(workflow=record["workflow"], state=record["state"], context=record["context"],
                             id=record["id"], account=account, facts=gathered, secrets=record["secrets"] or {})
-        now = self._now(record["clock"])
+        clock = record["clock"]
+        now = self.real_now if clock is None else self.clock_times.get(clock)
+        if now is None:
+            now = self.now_of(clock)
         return self.engine.decide(snapshot, event, data, now), now
 
     def record_attempt(self, record: Mapping[str, Any], outcome: Outcome, actor: str, at: datetime) -> None:
@@ -346,12 +350,16 @@ class UnitOfWork:
         if changed:  # the version (ETag) moves only when the instance itself changes
             updated["version"] = record["version"] + 1
             updated["updated_at"] = now
-        if not outcome.applied:
-            self._replace(updated)
+        # self._replace(updated), inline: `record` is what self.records held for the id
+        self.journal.append(("record", instance_id, record))
+        self.records[instance_id] = updated
+        if instance_id not in self.new_ids:
+            self.dirty.add(instance_id)
+        if not applied:
             raise GuardDenied(event, list(outcome.reasons))
         updated["state"] = outcome.target
-        self._replace(updated)
-        self.apply_effects(updated, outcome, now)
+        if outcome.timers_set or outcome.timers_cancelled or outcome.notifications:
+            self.apply_effects(updated, outcome, now)
         for send in outcome.sends:
             if depth >= MAX_SEND_DEPTH:
                 raise SendFailed(send.instance, send.event,
@@ -379,21 +387,24 @@ class UnitOfWork:
     def apply_effects(self, record: Mapping[str, Any], outcome: Outcome, now: datetime) -> None:
         """Timer changes and outbox rows of an applied (or created) outcome."""
         instance_id = record["id"]
-        for name in outcome.timers_cancelled:
-            self.set_timer(instance_id, name, None)
+        journal, ops = self.journal, self.timer_ops
+        for name in outcome.timers_cancelled:  # set_timer(instance_id, name, None), inline
+            key = (instance_id, name)
+            journal.append(("timer", key, ops.get(key, _MISSING)))
+            ops[key] = None
         if outcome.timers_set:
             ts, clock = self._ts, record["clock"]
             for timer in outcome.timers_set:
-                self.set_timer(instance_id, timer.name,
-                               (instance_id, timer.name, timer.event, ts(timer.at), clock))
+                key = (instance_id, timer.name)
+                journal.append(("timer", key, ops.get(key, _MISSING)))
+                ops[key] = (instance_id, timer.name, timer.event, ts(timer.at), clock)
         if outcome.notifications:
-            js, created_at = self._js, self._ts(now)
+            js, created_at, rows = self._js, self._ts(now), self.notification_rows
             for note in outcome.notifications:
                 payload = note.payload
-                self.journal.append(_NOTIFICATION)
-                self.notification_rows.append((instance_id, note.template, note.channel, note.recipient,
-                                               js(payload if type(payload) is dict else dict(payload)),
-                                               created_at))
+                journal.append(_NOTIFICATION)
+                rows.append((instance_id, note.template, note.channel, note.recipient,
+                             js(payload if type(payload) is dict else dict(payload)), created_at))
 
     # ── writing ──────────────────────────────────────────────────────────────────────────────
 
@@ -428,11 +439,9 @@ class UnitOfWork:
         if self.timer_ops:  # cancelled or fired: deleted; armed: inserted or replaced in one statement
             bulk.executemany("DELETE FROM timers WHERE instance = ? AND name = ?",
                              [key for key, t in self.timer_ops.items() if t is None])
-            bulk.executemany(
-                "INSERT INTO timers (instance, name, event, due_at, clock) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (instance, name) DO UPDATE SET event = excluded.event, "
-                "due_at = excluded.due_at, clock = excluded.clock",
-                [t for t in self.timer_ops.values() if t is not None])
+            bulk.insert("timers", TIMER_COLUMNS, [t for t in self.timer_ops.values() if t is not None],
+                        " ON CONFLICT (instance, name) DO UPDATE SET event = excluded.event, "
+                        "due_at = excluded.due_at, clock = excluded.clock")
         bulk.insert("notifications", NOTIFICATION_COLUMNS, self.notification_rows)
         for clock in self.moved_clocks:
             self.conn.execute(update(clocks).where(clocks.c.id == clock).values(now=self.clock_times[clock]))
