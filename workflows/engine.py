@@ -27,7 +27,7 @@ from workflows.calendar import as_utc
 from workflows.definitions import CREATE_EVENT, Definition, Transition
 from workflows.documents import data_problems
 from workflows.exceptions import BadRequest, InvalidTransition, Reason
-from workflows.guards import holds
+from workflows.guards import GuardSet, holds
 from workflows.machines import LeanMachine
 from workflows.outcome import Outcome, Snapshot, Step, TimerSpec
 from workflows.policy import Policy, TimerRule
@@ -247,6 +247,18 @@ class WorkflowMachine:
         return plan
 
 
+@dataclass(frozen=True, slots=True)
+class _EventPlan:
+    """What `decide` looks up for one (workflow, event), gathered once per rules version."""
+
+    definition: Definition
+    machine: WorkflowMachine
+    check: Check | None
+    guards: GuardSet
+    prepare: tuple[Callable[[Step], None], ...]
+    denied: tuple[Callable[[Step], None], ...]
+
+
 class Engine:
     """Judges events for every workflow under one policy version."""
 
@@ -254,6 +266,12 @@ class Engine:
         self.policy = policy
         self.version = policy.version
         self.machines = {name: WorkflowMachine(d, policy) for name, d in policy.definitions.items()}
+        self._plans = {
+            (name, event): _EventPlan(machine.definition, machine, machine.data_checks[event],
+                                      machine.guards[event], tuple(ACTIONS[a] for a in spec.prepare),
+                                      tuple(ACTIONS[a] for a in spec.on_denied))
+            for name, machine in self.machines.items()
+            for event, spec in machine.definition.events.items()}
 
     # ── helpers ──────────────────────────────────────────────────────────────────────────────
 
@@ -316,28 +334,28 @@ class Engine:
                *, rng: Random | None = None) -> Outcome:
         """Judge `event` with `data` for the instance in `snapshot` at time `now`."""
         workflow, source = snapshot.workflow, snapshot.state
-        definition = self.definition(workflow)
-        machine = self.machines[workflow]
-        self.validate_data(workflow, event, data)
-        branches = machine.branches.get((event, source))
-        if not branches:
+        plan = self._plans.get((workflow, event))
+        if plan is None or type(data) is not dict or plan.check is None or not plan.check(data):
+            self.validate_data(workflow, event, data)  # explains what is wrong, or passes
+            plan = self._plans[(workflow, event)]
+        definition, machine = plan.definition, plan.machine
+        if (event, source) not in machine.branches:
             raise InvalidTransition(workflow, source, event, definition.events_from(source))
         now = as_utc(now)
         inputs: dict[str, Any] = {"data": data, "context": snapshot.context,
                                   "account": snapshot.account, "facts": snapshot.facts, "now": now}
-        reasons = machine.guards[event].failures(inputs)
-        spec = definition.events[event]
+        reasons = plan.guards.failures(inputs)
         step = self._step(snapshot, data, now, rng)
         redacted = self._redact(definition, data)
         if reasons:
-            for name in spec.on_denied:
-                ACTIONS[name](step)
+            for denied in plan.denied:
+                denied(step)
             return Outcome(workflow=workflow, event=event, source=source, target=source,
                            applied=False, reasons=tuple(reasons), context=step.context,
                            context_changed=step.context != snapshot.context,
                            secrets=step.secrets, data=redacted, rules_version=self.version)
-        for name in spec.prepare:
-            ACTIONS[name](step)
+        for prepare in plan.prepare:
+            prepare(step)
         inputs["context"] = step.context
         target, notes = machine.fire(source, event, step, inputs)
         internal = target == source and machine.stays_internal[(event, source)]
