@@ -102,6 +102,29 @@ class BulkWriter:
         finally:
             cursor.close()
 
+    def delete_pairs(self, table: str, first: str, second: str, keys: Sequence[tuple[Any, Any]]) -> None:
+        """DELETE the rows whose (`first`, `second`) is one of `keys`.
+
+        On SQLite the keys are grouped by `second` (a batch's fired timers share a few names) and
+        each group deleted `second = ? AND first IN (…)`, up to `MULTI_ROWS` at a time: one
+        statement run per 100 rows (2.0 -> 1.5 us a timer row); elsewhere executemany.
+        """
+        if not self.sqlite:
+            self.executemany(f"DELETE FROM {table} WHERE {first} = ? AND {second} = ?", keys)
+            return
+        groups: dict[Any, list[Any]] = {}
+        for one, two in keys:
+            groups.setdefault(two, []).append(one)
+        cursor = self.conn.connection.cursor()
+        try:
+            for two, ones in groups.items():
+                for lo in range(0, len(ones), MULTI_ROWS):
+                    part = ones[lo:lo + MULTI_ROWS]
+                    cursor.execute(f"DELETE FROM {table} WHERE {second} = ? AND {first} IN "
+                                   f"({', '.join('?' * len(part))})", [two, *part])
+        finally:
+            cursor.close()
+
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
                suffix: str = "") -> None:
         """INSERT `rows` (then `suffix`, e.g. an ON CONFLICT clause).

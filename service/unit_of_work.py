@@ -437,8 +437,8 @@ class UnitOfWork:
                          "history_seq = ?, updated_at = ? WHERE id = ?", others)
         bulk.insert("history", HISTORY_COLUMNS, self.history_rows)
         if self.timer_ops:  # cancelled or fired: deleted; armed: inserted or replaced in one statement
-            bulk.executemany("DELETE FROM timers WHERE instance = ? AND name = ?",
-                             [key for key, t in self.timer_ops.items() if t is None])
+            bulk.delete_pairs("timers", "instance", "name",
+                              [key for key, t in self.timer_ops.items() if t is None])
             bulk.insert("timers", TIMER_COLUMNS, [t for t in self.timer_ops.values() if t is not None],
                         " ON CONFLICT (instance, name) DO UPDATE SET event = excluded.event, "
                         "due_at = excluded.due_at, clock = excluded.clock")
