@@ -137,15 +137,18 @@ class UnitOfWork:
         if lock:
             sql += " FOR UPDATE"
         loads, stamp = reader.loads, reader.stamp
+        convert = stamp is not _same  # SQLite keeps the stored text: no call per timestamp
         records, by_account = self.records, self.by_account
         for (id_, workflow, state, context, secrets, version, history_seq, clock, account, email,
              usage_month, created_at, updated_at) in reader.fetch(sql, params):
             if id_ in records:
                 continue
+            if convert:
+                created_at, updated_at = stamp(created_at), stamp(updated_at)
             records[id_] = {"id": id_, "workflow": workflow, "state": state, "context": loads(context),
-                            "secrets": loads(secrets), "version": version, "history_seq": history_seq,
-                            "clock": clock, "account": account, "email": email, "usage_month": usage_month,
-                            "created_at": stamp(created_at), "updated_at": stamp(updated_at)}
+                            "secrets": {} if secrets == "{}" else loads(secrets), "version": version,
+                            "history_seq": history_seq, "clock": clock, "account": account, "email": email,
+                            "usage_month": usage_month, "created_at": created_at, "updated_at": updated_at}
             if account:  # _index, inline
                 ids = by_account.get((account, workflow))
                 if ids is None:
