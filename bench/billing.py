@@ -252,8 +252,9 @@ def measure(n: int, progress: Progress, *, synchronous: str = "FULL") -> dict[st
         result = _spawn("run", url, n, progress, {"TOLLGATE_BENCH_SYNCHRONOUS": synchronous})
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    progress(f"billing month N={n:,}: {result['transitions']:,} transitions in {result['seconds']:.1f} s = "
-             f"{result['rate']:,.0f}/s, peak RSS {result['peak_rss_mib']:.0f} MiB")
+    progress(f"billing month N={n:,} (synchronous={synchronous}): {result['transitions']:,} transitions in "
+             f"{result['seconds']:.1f} s (CPU {result['cpu_seconds']:.2f} s) = {result['rate']:,.0f}/s, "
+             f"peak RSS {result['peak_rss_mib']:.0f} MiB")
     return result
 
 
