@@ -140,15 +140,27 @@ class Database:
     def _run_group(self, batch: list[_Job[Any]]) -> None:
         try:
             with self.engine.begin() as connection:
+                if len(batch) == 1:  # alone: the transaction itself undoes a failing job
+                    job = batch[0]
+                    try:
+                        job.result = job.work(connection)
+                    except BaseException as error:
+                        job.error = error
+                        connection.rollback()
+                    return
+                # Savepoints on the driver's connection: SQLAlchemy's begin_nested() compiles
+                # and dispatches a statement each way (~0.1 ms a job), and nothing else here
+                # needs SQLAlchemy to know of them (a job's own begin_nested() nests inside).
+                raw = connection.connection.driver_connection
+                assert raw is not None
                 for job in batch:
-                    savepoint = connection.begin_nested()
+                    raw.execute("SAVEPOINT tollgate_job")
                     try:
                         job.result = job.work(connection)
                     except BaseException as error:  # handed to the job's own caller
-                        savepoint.rollback()
+                        raw.execute("ROLLBACK TO SAVEPOINT tollgate_job")
                         job.error = error
-                    else:
-                        savepoint.commit()
+                    raw.execute("RELEASE SAVEPOINT tollgate_job")
         except BaseException as error:  # the commit itself failed: nobody's work is stored
             for job in batch:
                 if job.error is None:

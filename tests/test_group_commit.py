@@ -79,3 +79,15 @@ def test_a_failed_commit_fails_every_caller_of_the_group(tmp_path: Path) -> None
     with db.read() as conn:
         assert list(conn.execute(select(clocks.c.id))) == []
     db.dispose()
+
+
+def test_a_writer_alone_is_undone_whole_and_the_next_one_commits(tmp_path: Path) -> None:
+    """A group of one runs without a savepoint: its failure rolls the transaction back."""
+    db = Database(f"sqlite:///{tmp_path / 'g.db'}")
+    db.migrate()
+    with pytest.raises(Boom, match="alone"):
+        db.grouped(_writer("alone", fail=True))
+    assert db.grouped(_writer("next")) == "next"
+    with db.read() as conn:
+        assert set(conn.execute(select(clocks.c.id)).scalars()) == {"next"}
+    db.dispose()
