@@ -17,7 +17,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from service import facts as fact_providers
 from service.tables import clocks
-from service.unit_of_work import _MISSING, UnitOfWork
+from service.unit_of_work import UnitOfWork
 from workflows.exceptions import (
     BadRequest,
     ClockError,
@@ -134,12 +134,12 @@ class Sweeps:
                 uow.set_clock(clock_id, instant)
             self._prefetch_for(uow, claimed)
             due_text: dict[Any, str | None] = {}
-            timer_ops, records, journal = uow.timer_ops, uow.records, uow.journal
+            timer_ops, records = uow.timer_ops, uow.records
             for instance, name, event, due_at in claimed:
                 key = (instance, name)
                 if key in timer_ops:  # cancelled or re-armed by an earlier event of this batch
                     continue
-                journal.append(("timer", key, _MISSING))  # uow.set_timer(instance, name, None), inline
+                # deleted whatever its event does: no journal entry (_attempt starts a new journal)
                 timer_ops[key] = None
                 record = records.get(instance)
                 if record is None:
@@ -186,7 +186,10 @@ class Sweeps:
         as a denied attempt, an event not valid in the state changes nothing. Returns "applied",
         "denied" or "dropped"; `entry` (if given) is updated with `to`, `outcome` and `reasons`.
         """
-        mark = len(uow.journal)  # uow.checkpoint()
+        # Effects of earlier events are final (only this event may be rolled back): the journal
+        # starts afresh, so the records it kept are freed now rather than at the end of the batch.
+        uow.journal.clear()
+        mark = 0
         try:
             outcome = uow.apply(instance_id, event, data, actor)
         except SendFailed as failure:
