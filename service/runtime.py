@@ -49,7 +49,6 @@ from workflows.exceptions import (
 from workflows.policy import load_policy
 
 ID_PREFIX = {"signup": "acct", "payment_method": "pm", "credit": "cr", "invoice": "inv"}
-GC_THRESHOLD = (50_000, 20, 10)  # gc.set_threshold after start-up (CPython's default: 700, 10, 10)
 
 
 def system_now() -> datetime:
@@ -192,12 +191,8 @@ class Runtime(Sweeps):
         # long as the process: move it out of the cyclic collector's reach. A full collection
         # walked these ~90,000 objects in ~50 ms; a billing run paid that ~25 times (1.2 of 8.3 s
         # CPU at N=20,000). Reference counting still frees them; only cycles among them would stay.
+        # (Sweeps also raise the young-generation threshold while they run: Database.bulk_work.)
         gc.freeze()
-        # A batch of 1,000 events keeps ~100,000 containers alive until it commits, and frees
-        # them by reference counting: at the default threshold of 700, ~2,000 young-generation
-        # collections per 76,000 transitions found almost nothing to collect (0.5 s of ~5 s CPU).
-        # Cyclic garbage now waits for 50,000 net new containers (a few MB) before it is found.
-        gc.set_threshold(GC_THRESHOLD[0], GC_THRESHOLD[1], GC_THRESHOLD[2])
         return version
 
     # ── reading ──────────────────────────────────────────────────────────────────────────────

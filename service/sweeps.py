@@ -97,12 +97,13 @@ class Sweeps:
                              f"{rfc3339(to)}.")
         fired: list[dict[str, Any]] = []
         count = 0
-        while True:
-            handled, entries = self.sweep(clock_id, to, batch=batch, actor=actor, collect=collect)
-            if not handled:
-                break
-            count += handled
-            fired.extend(entries)
+        with self.db.bulk_work():
+            while True:
+                handled, entries = self.sweep(clock_id, to, batch=batch, actor=actor, collect=collect)
+                if not handled:
+                    break
+                count += handled
+                fired.extend(entries)
         with self.db.transaction() as conn:
             conn.execute(update(clocks).where(clocks.c.id == clock_id).values(now=to))
         result: dict[str, Any] = {"id": clock_id, "now": rfc3339(to), "fired": fired}
@@ -125,7 +126,7 @@ class Sweeps:
         leaves it due.
         """
         entries: list[dict[str, Any]] = []
-        with self.db.transaction() as conn:
+        with self.db.transaction(bulk=True) as conn:
             uow = UnitOfWork(cast("Runtime", self), conn, self._active(conn))
             claimed, instant = self._claim(uow, clock_id, until, batch)
             if not claimed:
@@ -242,17 +243,18 @@ class Sweeps:
         """
         counts = {"applied": 0, "denied": 0, "dropped": 0}
         chunk: list[_Event] = []
-        for instance_id, event, data in events:
-            chunk.append(_Event(instance_id, event, data))
-            if len(chunk) >= batch:
+        with self.db.bulk_work():
+            for instance_id, event, data in events:
+                chunk.append(_Event(instance_id, event, data))
+                if len(chunk) >= batch:
+                    self._fire_chunk(chunk, actor, counts)
+                    chunk = []
+            if chunk:
                 self._fire_chunk(chunk, actor, counts)
-                chunk = []
-        if chunk:
-            self._fire_chunk(chunk, actor, counts)
         return counts
 
     def _fire_chunk(self, chunk: list[_Event], actor: str, counts: dict[str, int]) -> None:
-        with self.db.transaction() as conn:
+        with self.db.transaction(bulk=True) as conn:
             uow = UnitOfWork(cast("Runtime", self), conn, self._active(conn))
             self._prefetch_for(uow, chunk)
             for instance, event, data in chunk:
@@ -261,6 +263,7 @@ class Sweeps:
 
     def run_due_timers(self, *, limit: int = 1000, actor: str = TIMER_ACTOR) -> list[dict[str, Any]]:
         """Fire real-time timers that are due now (the scheduler and `tollgate worker` call this)."""
-        _, entries = self.sweep(None, self.now(), batch=limit, actor=actor)
+        with self.db.bulk_work():
+            _, entries = self.sweep(None, self.now(), batch=limit, actor=actor)
         return entries
 

@@ -91,3 +91,42 @@ def test_a_writer_alone_is_undone_whole_and_the_next_one_commits(tmp_path: Path)
     with db.read() as conn:
         assert set(conn.execute(select(clocks.c.id)).scalars()) == {"next"}
     db.dispose()
+
+
+def test_bulk_transactions_checkpoint_rarely_and_api_ones_at_sqlites_default(tmp_path: Path) -> None:
+    from service.db import BULK_AUTOCHECKPOINT_PAGES, WAL_AUTOCHECKPOINT_PAGES
+
+    db = Database(f"sqlite:///{tmp_path / 'g.db'}")
+    db.migrate()
+
+    def pages(conn: Connection) -> int:
+        return int(conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one())
+
+    with db.transaction(bulk=True) as conn:
+        assert pages(conn) == BULK_AUTOCHECKPOINT_PAGES
+    with db.transaction() as conn:  # the pool's one connection, given back to API work
+        assert pages(conn) == WAL_AUTOCHECKPOINT_PAGES == 1000
+    assert db.grouped(pages) == WAL_AUTOCHECKPOINT_PAGES
+    db.dispose()
+
+
+def test_bulk_work_raises_the_gc_threshold_until_the_last_overlapping_one_ends(tmp_path: Path) -> None:
+    import gc
+
+    from service.db import BULK_GC_THRESHOLD
+
+    db = Database(f"sqlite:///{tmp_path / 'g.db'}")
+    before = gc.get_threshold()
+    assert before != BULK_GC_THRESHOLD
+    first, second = db.bulk_work(), db.bulk_work()
+    first.__enter__()
+    assert gc.get_threshold() == BULK_GC_THRESHOLD
+    second.__enter__()
+    first.__exit__(None, None, None)  # overlapping, not nested: the first ends first
+    assert gc.get_threshold() == BULK_GC_THRESHOLD
+    second.__exit__(None, None, None)
+    assert gc.get_threshold() == before
+    with pytest.raises(Boom), db.bulk_work():
+        raise Boom("restored on errors too")
+    assert gc.get_threshold() == before
+    db.dispose()
