@@ -19,6 +19,10 @@ from sqlalchemy import Connection
 MULTI_ROWS = 100  # rows per multi-row INSERT on SQLite (100 x 13 columns, far below its 32,766 parameters)
 
 
+#: Append-only tables written with COPY on PostgreSQL (no conflict clause, no unique key but the id).
+_COPY_TABLES = frozenset({"history", "notifications"})
+
+
 def dumps(value: Any) -> str:
     """JSON text as SQLAlchemy's JSON type reads it (orjson: ~8x faster than json.dumps)."""
     if not value:  # the empty containers as constant text (a non-empty one skips this test at once)
@@ -134,6 +138,15 @@ class BulkWriter:
         upsert), the rest through executemany; rows are inserted in the order given either way.
         psycopg pipelines executemany already.
         """
+        if not self.sqlite and table in _COPY_TABLES and rows:
+            cursor = self.conn.connection.cursor()
+            try:
+                with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            finally:
+                cursor.close()
+            return
         head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
         one = "(" + ", ".join("?" for _ in columns) + ")"
         full = len(rows) - len(rows) % MULTI_ROWS if self.sqlite else 0

@@ -206,3 +206,36 @@ def test_the_sweep_order_is_indexed(runtime: Runtime) -> None:
     order instead of sorting every timer of the instant (quadratic in a million-timer month)."""
     indexes = {i["name"]: i["column_names"] for i in inspect(runtime.db.engine).get_indexes("timers")}
     assert indexes["ix_timers_due"] == ["clock", "due_at", "instance", "name"]
+
+
+def test_bulk_history_and_notifications_read_back_exactly(runtime: Runtime) -> None:
+    """History and notification rows go through COPY on PostgreSQL and multi-row INSERTs on
+    SQLite: awkward JSON (Korean, quotes, backslashes, tabs, newlines, nesting) reads back as written."""
+    from sqlalchemy import insert, select
+
+    from service.tables import history, instances, notifications
+    from service.unit_of_work import HISTORY_COLUMNS, NOTIFICATION_COLUMNS
+
+    tag = secrets.token_hex(4)
+    awkward = {"ko": "즉시납부는 \"전액\"만", "path": "C:\\tmp\\x", "lines": "a\tb\nc",
+               "nested": [{"n": 1}, None]}
+    with runtime.db.transaction() as conn:
+        conn.execute(insert(instances).values(
+            id=f"bulk_{tag}", workflow="invoice", state="open", context={}, secrets={}, version=1,
+            history_seq=0, created_at=START, updated_at=START))
+        bulk = BulkWriter(conn)
+        rows = [(f"bulk_{tag}", seq, "issue", "open", "issued", "applied", bulk.js([awkward]), bulk.js([]),
+                 bulk.js(awkward if seq % 2 else {}), bulk.ts(START), 1, "timer") for seq in range(1, 251)]
+        bulk.insert("history", HISTORY_COLUMNS, rows)
+        bulk.insert("notifications", NOTIFICATION_COLUMNS,
+                    [(f"bulk_{tag}", "invoice_issued", "email", "멤버@example.com", bulk.js(awkward),
+                      bulk.ts(START))] * 3)
+    with runtime.db.read() as conn:
+        stored = conn.execute(select(history.c.seq, history.c.reasons, history.c.data, history.c.at)
+                              .where(history.c.instance == f"bulk_{tag}").order_by(history.c.seq)).all()
+        sent = conn.execute(select(notifications.c.recipient, notifications.c.payload)
+                            .where(notifications.c.instance == f"bulk_{tag}")).all()
+    assert [s.seq for s in stored] == list(range(1, 251))
+    assert all(s.reasons == [awkward] and s.data == (awkward if s.seq % 2 else {}) for s in stored)
+    assert all(s.at == START for s in stored)
+    assert sent == [("멤버@example.com", awkward)] * 3
