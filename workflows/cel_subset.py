@@ -26,6 +26,7 @@ against the CEL engine, and every rule of the bundled rules.yaml on generated in
 from __future__ import annotations
 
 import json
+import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -219,15 +220,18 @@ def _member(left: Node, items: list[Any]) -> Node:
 
 
 def _arithmetic(left: Node, right: Node, op: str) -> Node:
+    compute = _ARITHMETIC[op]
+    concatenates = op == "+"  # str + str is CEL's concatenation too
+
     def arithmetic(values: list[Any]) -> Any:
         a, b = left(values), right(values)
         kind = type(a)
         if kind is int and type(b) is int:
-            value = a + b if op == "+" else a - b if op == "-" else a * b
+            value = compute(a, b)
             if _INT_MIN <= value <= _INT_MAX:
                 return value
             raise Fallback
-        if op == "+" and kind is str and type(b) is str:
+        if concatenates and kind is str and type(b) is str:
             return a + b
         raise Fallback
     return arithmetic
@@ -483,9 +487,9 @@ class _Parser:
 
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
-    "<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
-}
+    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+_ARITHMETIC: dict[str, Callable[[int, int], int]] = {
+    "+": operator.add, "-": operator.sub, "*": operator.mul}
 
 
 def _slot(index: int) -> Node:
@@ -544,7 +548,11 @@ def compile_subset(text: str | Sequence[str], fields: Mapping[str, tuple[str, st
     read_all = _read_all(tuple(getters))
     if not isinstance(text, str):
         every = tuple(trees)
-        return lambda inputs: [tree(values) for values in (read_all(inputs),) for tree in every]
+
+        def each(inputs: Mapping[str, Any]) -> list[Any]:
+            values = read_all(inputs)
+            return [tree(values) for tree in every]
+        return each
     (tree,) = trees
     if not getters:
         return lambda inputs: tree([])
