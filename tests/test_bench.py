@@ -143,3 +143,28 @@ def test_the_wrk_script_posts_the_event_with_its_headers() -> None:
     assert "'{\"event\": \"add_usage\", \"data\": {\"amount\": 1}}'" in LUA
     assert f'wrk.headers["Authorization"] = "Bearer {TOKEN}"' in LUA
     assert 'wrk.headers["Content-Type"] = "application/json"' in LUA
+
+
+def _month(n: int, rate: float, trigger_us: float, rss: float = 80.0) -> dict[str, object]:
+    return {"n": n, "seconds": 1.0, "cpu_seconds": 1.0, "transitions": int(rate), "rate": rate,
+            "peak_rss_mib": rss, "trigger_us": trigger_us,
+            "trigger_us_before_after": [trigger_us, trigger_us]}
+
+
+def test_billing_figures_state_each_month_in_bare_triggers_as_well_as_against_the_goal() -> None:
+    from bench.billing import GOAL_RATE, _figures
+
+    figures = {f.name: f for f in _figures([_month(100, 16_000.0, 8.0), _month(1_000, 25_000.0, 10.0)], None)}
+    small, big = figures["billing.sqlite.N=100"], figures["billing.sqlite.N=1,000"]
+    assert (small.baseline, small.met, big.met) == (GOAL_RATE, False, True)
+    cost = figures["billing.sqlite.N=100.cost_in_bare_triggers"]
+    assert cost.value == pytest.approx(62.5) and cost.baseline == 8.0 and cost.met is None
+    assert cost.ratio == pytest.approx(62.5 / 8.0)
+    assert figures["billing.sqlite.N=1,000.cost_in_bare_triggers"].ratio == pytest.approx(40.0 / 10.0)
+    assert figures["billing.sqlite.rate_at_large_n"].ratio == pytest.approx(25_000 / 16_000)
+
+
+def test_the_bare_trigger_calibration_times_a_transitions_trigger() -> None:
+    from bench.billing import bare_trigger_us
+
+    assert 0.1 < bare_trigger_us(seconds=0.05, rounds=3) < 1_000
