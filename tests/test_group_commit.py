@@ -94,7 +94,7 @@ def test_a_writer_alone_is_undone_whole_and_the_next_one_commits(tmp_path: Path)
 
 
 def test_bulk_transactions_checkpoint_rarely_and_api_ones_at_sqlites_default(tmp_path: Path) -> None:
-    from service.db import BULK_AUTOCHECKPOINT_PAGES, WAL_AUTOCHECKPOINT_PAGES
+    from service.db import BULK_AUTOCHECKPOINT_BYTES, PAGE_SIZE, WAL_AUTOCHECKPOINT_BYTES
 
     db = Database(f"sqlite:///{tmp_path / 'g.db'}")
     db.migrate()
@@ -102,12 +102,40 @@ def test_bulk_transactions_checkpoint_rarely_and_api_ones_at_sqlites_default(tmp
     def pages(conn: Connection) -> int:
         return int(conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one())
 
+    assert db.checkpoint_pages == (4 * 1024 * 1024 // PAGE_SIZE, 40 * 1024 * 1024 // PAGE_SIZE)
     with db.transaction(bulk=True) as conn:
-        assert pages(conn) == BULK_AUTOCHECKPOINT_PAGES
+        assert pages(conn) * PAGE_SIZE == BULK_AUTOCHECKPOINT_BYTES == 40 * 1024 * 1024
     with db.transaction() as conn:  # the pool's one connection, given back to API work
-        assert pages(conn) == WAL_AUTOCHECKPOINT_PAGES == 1000
-    assert db.grouped(pages) == WAL_AUTOCHECKPOINT_PAGES
+        assert pages(conn) * PAGE_SIZE == WAL_AUTOCHECKPOINT_BYTES == 4 * 1024 * 1024
+    assert db.grouped(pages) == db.checkpoint_pages[0]
     db.dispose()
+
+
+def test_a_new_database_gets_16_kib_pages_and_an_existing_one_keeps_its_own(tmp_path: Path) -> None:
+    import sqlite3
+
+    new = Database(f"sqlite:///{tmp_path / 'new.db'}")
+    new.migrate()
+    with new.read() as conn:
+        assert conn.exec_driver_sql("PRAGMA page_size").scalar_one() == 16_384
+    new.dispose()
+
+    old_path = tmp_path / "old.db"  # made by an earlier tollgate (or by hand) with 4 KiB pages
+    raw = sqlite3.connect(old_path)
+    raw.execute("PRAGMA page_size=4096")
+    raw.execute("PRAGMA journal_mode=WAL")
+    raw.execute("CREATE TABLE kept (v TEXT)")
+    raw.execute("INSERT INTO kept VALUES ('still here')")
+    raw.commit()
+    raw.close()
+    old = Database(f"sqlite:///{old_path}")
+    old.migrate()
+    with old.transaction(bulk=True) as conn:
+        assert conn.exec_driver_sql("PRAGMA page_size").scalar_one() == 4096
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one() == 10_240  # 40 MiB
+        assert conn.exec_driver_sql("SELECT v FROM kept").scalar_one() == "still here"
+    assert old.checkpoint_pages == (1_024, 10_240)
+    old.dispose()
 
 
 def test_bulk_work_raises_the_gc_threshold_until_the_last_overlapping_one_ends(tmp_path: Path) -> None:
