@@ -108,6 +108,10 @@ class Database:
                                          max(1, BULK_AUTOCHECKPOINT_BYTES // page))
                 cursor.execute(f"PRAGMA wal_autocheckpoint={self.checkpoint_pages[0]}")
             cursor.execute(f"PRAGMA synchronous={self.synchronous}")
+            # Statement journals (the undo of one multi-row statement inside a transaction, e.g.
+            # 100 history rows in one INSERT) and temporary b-trees in memory, not in temporary
+            # files: the billing month wrote 1.9 GB less (4.49 → 2.60 GB, 479k → 252k writes).
+            cursor.execute("PRAGMA temp_store=MEMORY")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()

@@ -3,6 +3,7 @@ failing writer is undone alone."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from datetime import UTC, datetime
@@ -157,4 +158,21 @@ def test_bulk_work_raises_the_gc_threshold_until_the_last_overlapping_one_ends(t
     with pytest.raises(Boom), db.bulk_work():
         raise Boom("restored on errors too")
     assert gc.get_threshold() == before
+    db.dispose()
+
+
+def test_a_failing_multi_row_statement_is_undone_alone_with_its_journal_in_memory(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'j.db'}")
+    db.migrate()
+    with db.transaction() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        assert raw.execute("PRAGMA temp_store").fetchone()[0] == 2  # MEMORY
+        raw.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+        raw.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(sqlite3.IntegrityError):  # the third row collides with the first
+            raw.execute("INSERT INTO t VALUES (2), (3), (1)")
+        raw.execute("INSERT INTO t VALUES (4)")
+    with db.read() as conn:
+        assert [k for (k,) in conn.exec_driver_sql("SELECT k FROM t ORDER BY k")] == [1, 4]
     db.dispose()
