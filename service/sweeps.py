@@ -221,9 +221,14 @@ class Sweeps:
         uow.load(t.instance for t in claimed)
         records = uow.records
         accounts = {r["account"] for r in records.values() if r["account"]}
-        uow.load(accounts)
         kinds = {(record["workflow"], t.event) for t in claimed
                  if (record := records.get(t.instance)) is not None}
+        # Accounts only for events that read them first (the others get theirs lazily).
+        eager = {kind for kind in kinds if uow.reads_account_first(*kind)}
+        if eager:
+            uow.load({account for t in claimed
+                      if (record := records.get(t.instance)) is not None
+                      and (account := record["account"]) and (record["workflow"], t.event) in eager})
         wanted: set[str] = set()
         for workflow, event in kinds:
             for fact in fact_providers.facts_for(uow.engine.definition(workflow), event):

@@ -9,7 +9,7 @@ A single API event is a unit of one; the timer sweep fires thousands of timers p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -50,8 +50,10 @@ _NOTIFICATION = ("notification", None, None)
 
 #: A pending timer change: (instance, name, event, due_at as stored, clock), or None to delete.
 TimerRow = tuple[str, str, str, Any, str | None]
-#: (definition, whether it references an account, the fact providers the event asks) per event.
-_Plan = tuple[Definition, bool, tuple[tuple[str, facts.FactProvider], ...]]
+#: Per (workflow, event): the definition, how the event gets the referenced account (None: it
+#: references none; True: read before judging; False: lazily, see `LazyAccount`) and the fact
+#: providers the event asks.
+_Plan = tuple[Definition, bool | None, tuple[tuple[str, facts.FactProvider], ...]]
 
 
 class _Reader:
@@ -88,6 +90,38 @@ def account_view(record: Mapping[str, Any]) -> dict[str, Any]:
     view["id"] = record["id"]
     view["state"] = record["state"]
     return view
+
+
+class LazyAccount(Mapping[str, Any]):
+    """`account_view` of an account, read through the unit of work on first use.
+
+    Given to events whose guards, routes, timers and actions do not read the account
+    (`Engine.needs_account`), so a batch of them does not load their accounts at all; an action
+    that reaches it anyway still sees exactly what it would have. Empty (falsy) when there is no
+    such account, where an eagerly read one would be None.
+    """
+
+    __slots__ = ("_id", "_uow", "_view")
+
+    def __init__(self, uow: UnitOfWork, account_id: Any) -> None:
+        self._uow, self._id = uow, account_id
+        self._view: dict[str, Any] | None = None
+
+    def _load(self) -> dict[str, Any]:
+        view = self._view
+        if view is None:
+            record = self._uow.find(self._id) if isinstance(self._id, str) and self._id else None
+            view = self._view = account_view(record) if record is not None else {}
+        return view
+
+    def __getitem__(self, key: str) -> Any:
+        return self._load()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
 
 
 class UnitOfWork:
@@ -289,8 +323,14 @@ class UnitOfWork:
         if plan is None:
             definition = self.engine.definition(workflow)
             providers = facts.providers_for(definition, event) if event in definition.events else ()
-            plan = self._plans[(workflow, event)] = (definition, definition.references_account, providers)
+            account = self.engine.needs_account(workflow, event) if definition.references_account else None
+            plan = self._plans[(workflow, event)] = (definition, account, providers)
         return plan
+
+    def reads_account_first(self, workflow: str, event: str) -> bool:
+        """Whether judging `event` on a `workflow` instance reads its account (so a batch
+        should load the accounts of such events up front)."""
+        return self._plan(workflow, event)[1] is True
 
     def decide(self, record: Mapping[str, Any], event: str, data: Mapping[str, Any]) -> Outcome:
         return self._decide(record, event, data)[0]
@@ -301,14 +341,16 @@ class UnitOfWork:
         plan = self._plans.get((record["workflow"], event))
         if plan is None:
             plan = self._plan(record["workflow"], event)
-        _, references_account, providers = plan
-        account = None
-        if references_account:
+        _, account_mode, providers = plan
+        account: Mapping[str, Any] | None = None
+        if account_mode:
             account_id = record["context"].get("account")
             account_record = self.records.get(account_id)
             if account_record is None:
                 account_record = self.find(account_id)
             account = account_view(account_record) if account_record is not None else None
+        elif account_mode is not None:
+            account = LazyAccount(self, record["context"].get("account"))
         gathered = {name: provide(self, record, data) for name, provide in providers} if providers else {}
         snapshot = Snapshot(workflow=record["workflow"], state=record["state"], context=record["context"],
                             id=record["id"], account=account, facts=gathered, secrets=record["secrets"] or {})

@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Callable
 from datetime import datetime
 from functools import lru_cache
+from types import CodeType
 
 from argon2 import PasswordHasher
 
@@ -26,6 +27,24 @@ _hasher = PasswordHasher()
 def action(fn: Action) -> Action:
     ACTIONS[fn.__name__] = fn
     return fn
+
+
+#: The `Step` attributes through which an action sees the referenced account.
+ACCOUNT_ATTRIBUTES = frozenset({"account", "email", "phone"})
+
+
+def reads_account(fn: Action) -> bool:
+    """Whether the action's code names `step.account`, `step.email` or `step.phone` (in its own
+    body or in a comprehension or function nested in it).
+
+    The runtime reads the accounts of a batch in one query only for events whose expressions or
+    actions read them; any other event gets the account on first use, so an action that reaches
+    the account some other way (a helper function) is still right, only slower.
+    """
+    def names(code: CodeType) -> bool:
+        return bool(ACCOUNT_ATTRIBUTES & set(code.co_names)) or any(
+            names(const) for const in code.co_consts if isinstance(const, CodeType))
+    return names(fn.__code__)
 
 
 @lru_cache(maxsize=4096)

@@ -22,7 +22,7 @@ from typing import Any, cast
 from jsonschema import Draft202012Validator
 from transitions import EventData
 
-from workflows.actions import ACTIONS
+from workflows.actions import ACTIONS, reads_account
 from workflows.calendar import as_utc
 from workflows.definitions import CREATE_EVENT, Definition, Transition
 from workflows.documents import data_problems
@@ -272,11 +272,32 @@ class Engine:
                                       tuple(ACTIONS[a] for a in spec.on_denied))
             for name, machine in self.machines.items()
             for event, spec in machine.definition.events.items()}
+        self._needs_account = {(name, event): self._reads_account(machine, event)
+                               for name, machine in self.machines.items()
+                               for event in machine.definition.events}
 
     # ── helpers ──────────────────────────────────────────────────────────────────────────────
 
     def definition(self, workflow: str) -> Definition:
         return self.policy.definitions[workflow]
+
+    def needs_account(self, workflow: str, event: str) -> bool:
+        """Whether judging `event` reads the referenced account: a guard, a route or a timer of
+        the workflow names `account`, or one of the event's actions reads it (`reads_account`).
+        A caller may then hand the account over lazily for the other events."""
+        return self._needs_account.get((workflow, event), True)
+
+    def _reads_account(self, machine: WorkflowMachine, event: str) -> bool:
+        definition, policy = machine.definition, self.policy
+        expressions = [rule.expression for rule in machine.guards[event].rules]
+        expressions += [rule.expression for t in definition.transitions if t.event == event and t.when
+                        if (rule := policy.rules.get(t.when)) is not None]
+        for timer in machine.timers:
+            expressions += [timer.at] if timer.when is None else [timer.at, timer.when]
+        if any("account" in expression.roots for expression in expressions):
+            return True
+        spec = definition.events[event]
+        return any(reads_account(ACTIONS[name]) for name in (*spec.prepare, *spec.actions, *spec.on_denied))
 
     def _step(self, snapshot: Snapshot, data: Mapping[str, Any], now: datetime,
               rng: Random | None) -> Step:

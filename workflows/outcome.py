@@ -120,10 +120,10 @@ class Step:
 
     @property
     def email(self) -> str:
-        source = self.account if self.account is not None else self.context
+        source = self.account or self.context  # no account: None or an empty (lazy) map
         return str(source.get("email") or source.get("id") or self.instance_id)
 
     @property
     def phone(self) -> str:
-        source = self.account if self.account is not None else self.context
+        source = self.account or self.context  # no account: None or an empty (lazy) map
         return str(source.get("phone") or source.get("id") or self.instance_id)
