@@ -168,3 +168,33 @@ def test_the_bare_trigger_calibration_times_a_transitions_trigger() -> None:
     from bench.billing import bare_trigger_us
 
     assert 0.1 < bare_trigger_us(seconds=0.05, rounds=3) < 1_000
+
+
+CACHEGRIND = """\
+desc: I1 cache:         32768 B, 64 B, 8-way associative
+cmd: python -m bench.billing --child run
+events: Ir
+fl=/usr/src/Python/ceval.c
+fn=_PyEval_EvalFrameDefault
+10 {a}
+11 {b}
+fl=???
+fn=sqlite3VdbeExec
+0 {c}
+summary: {total}
+"""
+
+
+def test_instructions_per_transition_are_the_difference_of_two_months() -> None:
+    from bench.instructions import per_transition, read_cachegrind
+
+    small = read_cachegrind(CACHEGRIND.format(a=600, b=400, c=500, total=1_500))
+    large = read_cachegrind(CACHEGRIND.format(a=900, b=700, c=1_300, total=2_900))
+    assert small.total == 1_500 and small.functions[("ceval.c", "_PyEval_EvalFrameDefault")] == 1_000
+    each, ranked = per_transition(small, large, transitions=10)
+    assert each == 140.0
+    assert ranked == [("???:sqlite3VdbeExec", 80.0), ("ceval.c:_PyEval_EvalFrameDefault", 60.0)]
+    with pytest.raises(ValueError, match="more transitions"):
+        per_transition(small, large, transitions=0)
+    with pytest.raises(ValueError, match="summary"):
+        read_cachegrind("events: Ir\n")
