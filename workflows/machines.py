@@ -37,12 +37,15 @@ class LeanTransition(Transition):
         return True
 
     def _change_state(self, event_data: EventData) -> None:
+        # Machine.get_state/set_state for string-named states (ours; names checked when the
+        # machine was built), without their Enum and list handling: a dict look-up and setattr.
         machine = event_data.machine
-        source = machine.get_state(self.source)
+        states = machine.states
+        source = states[self.source]
         if source.on_exit:
             source.exit(event_data)
-        dest = machine.get_state(self.dest)  # type: ignore[arg-type]  # set: see execute
-        machine.set_state(dest, event_data.model)
+        dest = states[self.dest]  # type: ignore[index]  # set: see execute
+        setattr(event_data.model, machine.model_attribute, dest.value)
         event_data.state = dest
         if dest.on_enter:
             dest.enter(event_data)
