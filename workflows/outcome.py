@@ -87,7 +87,7 @@ class Outcome(NamedTuple):
         return self.applied
 
 
-@dataclass
+@dataclass(slots=True)
 class Step:
     """The working state handed to actions while one event is applied."""
 
