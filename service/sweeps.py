@@ -221,14 +221,19 @@ class Sweeps:
         uow.load(t.instance for t in claimed)
         records = uow.records
         accounts = {r["account"] for r in records.values() if r["account"]}
-        kinds = {(record["workflow"], t.event) for t in claimed
-                 if (record := records.get(t.instance)) is not None}
-        # Accounts only for events that read them first (the others get theirs lazily).
-        eager = {kind for kind in kinds if uow.reads_account_first(*kind)}
-        if eager:
-            uow.load({account for t in claimed
-                      if (record := records.get(t.instance)) is not None
-                      and (account := record["account"]) and (record["workflow"], t.event) in eager})
+        kinds: dict[tuple[str, str], bool] = {}  # (workflow, event): whether it reads the account first
+        eager: set[str] = set()  # the accounts of those events (the others get theirs lazily)
+        for t in claimed:
+            record = records.get(t.instance)
+            if record is None:
+                continue
+            kind = (record["workflow"], t.event)
+            first = kinds.get(kind)
+            if first is None:
+                first = kinds[kind] = uow.reads_account_first(*kind)
+            if first and record["account"]:
+                eager.add(record["account"])
+        uow.load(eager)
         wanted: set[str] = set()
         for workflow, event in kinds:
             for fact in fact_providers.facts_for(uow.engine.definition(workflow), event):
