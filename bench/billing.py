@@ -24,6 +24,13 @@ twice, that each autopay payer left unpaid was charged on each of the 5 autopay 
 timer is left due. Run `python -m bench.billing [--quick] [--json FILE] [--n N ...]`;
 `billing_figures(quick, progress)` is what `tollgate bench` calls.
 
+The month runs as `Runtime(…, workers=WORKERS)` (2 here, one per core; `--workers K` or
+$TOLLGATE_BENCH_WORKERS): the instants with thousands of timers and the gateway's reports are
+judged by worker processes sharing the SQLite file (service/parallel.py), which start with the
+runtime, before the month's timer starts (their start-up is reported apart). The first N is also
+run in one process (`workers=1`), side by side, as `billing.sqlite.one_process.N=…` (the last N
+with --quick: its first is too small for the workers).
+
 The goal is an absolute rate, so each month also reports its cost per applied transition in
 units of a bare `transitions` trigger (bench/core.py's baseline for pay_now), timed in the same
 process right before and right after the month: a figure that says how fast this code is
@@ -42,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -66,6 +74,7 @@ EARLY_DEPOSITS_AT = datetime(2026, 11, 20, 12, tzinfo=KST)
 LATE_FEED_AT = datetime(2026, 11, 30, 23, 30, tzinfo=KST)
 MONTH_END = datetime(2026, 12, 1, 2, tzinfo=KST)
 BATCH = int(os.environ.get("TOLLGATE_BENCH_BATCH", "1000"))
+WORKERS = int(os.environ.get("TOLLGATE_BENCH_WORKERS", "2"))
 ONCE = ("issue", "charge_succeeded", "mark_overdue", "begin_grace", "suspend", "deposit")
 Progress = Callable[[str], None]
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,15 +174,19 @@ def bare_trigger_us(seconds: float = 0.5, rounds: int = 5) -> float:
     return median(timer.timeit(number) / number * 1e6 for _ in range(rounds))
 
 
-def run_month(url: str, n: int, *, progress: Progress | None = None) -> dict[str, Any]:
+def run_month(url: str, n: int, *, progress: Progress | None = None, workers: int = 1) -> dict[str, Any]:
     """Drive the seeded month to its end; return seconds, applied transitions, peak RSS and the
     bare trigger's cost before and after the month (µs)."""
     from service.db import Database
     from service.runtime import Runtime
 
     say = progress or (lambda _: None)
-    runtime = Runtime(Database(url, synchronous=os.environ.get("TOLLGATE_BENCH_SYNCHRONOUS", "FULL")))
+    runtime = Runtime(Database(url, synchronous=os.environ.get("TOLLGATE_BENCH_SYNCHRONOUS", "FULL")),
+                      workers=workers)
     runtime.bootstrap(ROOT / "rules.yaml")
+    started = time.perf_counter()
+    runtime.start_workers()  # like a server's workers, started with the service, not timed with the month
+    workers_start = time.perf_counter() - started
     trigger_before = bare_trigger_us()
     late = (datetime(2026, 11, 30, 21, tzinfo=KST)).isoformat()
     early = (datetime(2026, 11, 20, 10, tzinfo=KST)).isoformat()
@@ -193,12 +206,16 @@ def run_month(url: str, n: int, *, progress: Progress | None = None) -> dict[str
                       actor="bank_feed", batch=BATCH)
     runtime.advance_clock(CLOCK, MONTH_END, batch=BATCH, collect=False)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    optimistic = dict(runtime.optimistic_counts + (runtime._pool.counts if runtime._pool else Counter()))
+    runtime.close()  # the worker processes end here, so their peak RSS is counted below
+    peak_kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                   resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     trigger_after = bare_trigger_us()
     say(f"N={n:,}: month done in {seconds:.1f} s; checking")
     applied = verify_month(runtime, n)
     runtime.db.dispose()
     return {"n": n, "seconds": seconds, "cpu_seconds": cpu, "transitions": applied, "rate": applied / seconds,
+            "workers": workers, "workers_start_seconds": workers_start, "optimistic_batches": optimistic,
             "peak_rss_mib": peak_kib / 1024, "trigger_us": (trigger_before + trigger_after) / 2,
             "trigger_us_before_after": [trigger_before, trigger_after]}
 
@@ -251,7 +268,8 @@ def _child(args: argparse.Namespace) -> int:
         seed_month(args.url, args.n[0], progress=say)
         print(json.dumps({"seeded": args.n[0]}), flush=True)
     else:
-        print(json.dumps(run_month(args.url, args.n[0], progress=say)), flush=True)
+        print(json.dumps(run_month(args.url, args.n[0], progress=say, workers=args.workers or WORKERS)),
+              flush=True)
     return 0
 
 
@@ -272,32 +290,43 @@ def _spawn(mode: str, url: str, n: int, progress: Progress,
     return orjson.loads(last)
 
 
-def measure(n: int, progress: Progress, *, synchronous: str = "FULL") -> dict[str, Any]:
+def measure(n: int, progress: Progress, *, synchronous: str = "FULL",
+            workers: int | None = None) -> dict[str, Any]:
     """Seed and run one month of n invoices in fresh subprocesses on a fresh SQLite file."""
+    workers = WORKERS if workers is None else workers
     folder = Path(tempfile.mkdtemp(prefix="tollgate-billing-"))
     url = f"sqlite:///{folder / 'billing.db'}"
     try:
         progress(f"billing month: seeding N={n:,}")
         _spawn("seed", url, n, progress)
-        progress(f"billing month: running N={n:,} (synchronous={synchronous})")
-        result = _spawn("run", url, n, progress, {"TOLLGATE_BENCH_SYNCHRONOUS": synchronous})
+        progress(f"billing month: running N={n:,} (synchronous={synchronous}, workers={workers})")
+        result = _spawn("run", url, n, progress, {"TOLLGATE_BENCH_SYNCHRONOUS": synchronous,
+                                                   "TOLLGATE_BENCH_WORKERS": str(workers)})
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     before, after = result["trigger_us_before_after"]
-    progress(f"billing month N={n:,} (synchronous={synchronous}): {result['transitions']:,} transitions in "
-             f"{result['seconds']:.1f} s (CPU {result['cpu_seconds']:.2f} s) = {result['rate']:,.0f}/s, "
-             f"peak RSS {result['peak_rss_mib']:.0f} MiB; bare trigger {before:.2f} µs before, "
-             f"{after:.2f} µs after")
+    progress(f"billing month N={n:,} (synchronous={synchronous}, workers={workers}): "
+             f"{result['transitions']:,} transitions in {result['seconds']:.1f} s = {result['rate']:,.0f}/s, "
+             f"peak RSS {result['peak_rss_mib']:.0f} MiB; workers started in "
+             f"{result['workers_start_seconds']:.1f} s; batches {result['optimistic_batches']}; "
+             f"bare trigger {before:.2f} µs before, {after:.2f} µs after")
     return result
 
 
-def _figures(results: list[dict[str, Any]], normal: dict[str, Any] | None) -> list[Figure]:
+def _figures(results: list[dict[str, Any]], normal: dict[str, Any] | None,
+             alone: dict[str, Any] | None = None) -> list[Figure]:
     small, big = results[0], results[-1]
     durability = "SQLite file, WAL, synchronous=FULL (a commit survives power loss)"
     figures = [Figure(f"billing.sqlite.N={r['n']:,}", r["rate"], "transitions/s", GOAL_RATE, 1.0, ">=",
-                      f"{r['transitions']:,} applied transitions in {r['seconds']:.1f} s; {durability}; "
-                      "baseline = the goal rate")
+                      f"{r['transitions']:,} applied transitions in {r['seconds']:.1f} s with "
+                      f"{r['workers']} worker process(es); {durability}; baseline = the goal rate")
                for r in results]
+    if alone is not None:
+        paired = next(r for r in results if r["n"] == alone["n"])
+        figures.append(Figure(f"billing.sqlite.one_process.N={alone['n']:,}", alone["rate"], "transitions/s",
+                              paired["rate"], None, ">=",
+                              f"the same month in one process (workers=1) ÷ with {paired['workers']} "
+                              "workers, side by side"))
     figures += [Figure(f"billing.sqlite.N={r['n']:,}.cost_in_bare_triggers", 1e6 / r["rate"], "us/transition",
                        r["trigger_us"], None, "<=",
                        "wall time per applied transition ÷ a bare transitions trigger timed in the same "
@@ -319,12 +348,15 @@ def _figures(results: list[dict[str, Any]], normal: dict[str, Any] | None) -> li
 
 
 def billing_figures(quick: bool = False, progress: Progress | None = None,
-                    sizes: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
+                    sizes: tuple[int, ...] | None = None, workers: int | None = None) -> list[dict[str, Any]]:
     """The billing-month figures as dicts in bench/report.py's shape."""
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
-    results = [measure(n, say) for n in (sizes or (QUICK_N if quick else FULL_N))]
-    normal = None if quick else measure(results[0]["n"], say, synchronous="NORMAL")
-    return [f.as_dict() for f in _figures(results, normal)]
+    workers = workers or WORKERS
+    results = [measure(n, say, workers=workers) for n in (sizes or (QUICK_N if quick else FULL_N))]
+    # side by side at the first N (at --quick's sizes only the last has instants big enough for the workers)
+    alone = measure(results[-1 if quick else 0]["n"], say, workers=1) if workers > 1 else None
+    normal = None if quick else measure(results[0]["n"], say, synchronous="NORMAL", workers=workers)
+    return [f.as_dict() for f in _figures(results, normal, alone)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,13 +364,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"N = {', '.join(map(str, QUICK_N))}")
     parser.add_argument("--n", type=int, nargs="+", help="invoice counts (default: 100,000 and 1,000,000)")
     parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    parser.add_argument("--workers", type=int, metavar="K",
+                        help=f"worker processes of the month's runtime (default {WORKERS}, "
+                        "$TOLLGATE_BENCH_WORKERS)")
     parser.add_argument("--child", choices=("seed", "run"), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return _child(args)
     sizes = tuple(args.n) if args.n else None
-    figures = [Figure.from_dict(d) for d in billing_figures(args.quick, sizes=sizes)]
+    figures = [Figure.from_dict(d) for d in billing_figures(args.quick, sizes=sizes, workers=args.workers)]
     print_table(figures)
     if args.json:
         write_json(figures, args.json)

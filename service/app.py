@@ -19,11 +19,13 @@ log = logging.getLogger("tollgate.api")
 
 #: Environment variables read by `create_app`, and the config key each one sets.
 ENVIRONMENT = {"TOLLGATE_DATABASE_URL": "DATABASE_URL", "TOLLGATE_RULES": "RULES",
-               "TOLLGATE_TOKENS": "TOKENS"}
+               "TOLLGATE_TOKENS": "TOKENS", "TOLLGATE_BATCH_WORKERS": "BATCH_WORKERS"}
 DEFAULTS: dict[str, Any] = {
     "DATABASE_URL": DEFAULT_URL,
     "RULES": "rules.yaml",
     "TOKENS": "",
+    # processes that judge a big clock advance or batch of events on a SQLite file (service/parallel.py)
+    "BATCH_WORKERS": 1,
     "NOW": None,  # a callable returning an aware datetime; tests pin real time with it
     "MAX_CONTENT_LENGTH": 1024 * 1024,
 }
@@ -39,7 +41,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.json.ensure_ascii = False  # type: ignore[attr-defined]  # Korean messages stay readable
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    runtime = Runtime(Database(app.config["DATABASE_URL"]), now=app.config["NOW"] or system_now)
+    runtime = Runtime(Database(app.config["DATABASE_URL"]), now=app.config["NOW"] or system_now,
+                      workers=_batch_workers(app.config["BATCH_WORKERS"]))
     runtime.bootstrap(app.config["RULES"])
     app.extensions["tollgate"] = runtime
 
@@ -50,6 +53,16 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.before_request(_start_timer)
     app.after_request(_log_request)
     return app
+
+
+def _batch_workers(value: Any) -> int:
+    try:
+        workers = int(value)
+    except (TypeError, ValueError):
+        workers = 0
+    if workers < 1:
+        raise ValueError(f"TOLLGATE_BATCH_WORKERS must be a whole number of at least 1, not {value!r}.")
+    return workers
 
 
 def _refuse_nul() -> None:

@@ -148,6 +148,11 @@ def _serve(args: argparse.Namespace) -> int:
     """Run the HTTP API on gunicorn with a timer scheduler in each worker."""
     from service.server import serve
 
+    if args.batch_workers is not None:
+        if args.batch_workers < 1:
+            print("tollgate serve: --batch-workers must be at least 1.", file=sys.stderr)
+            return 2
+        os.environ["TOLLGATE_BATCH_WORKERS"] = str(args.batch_workers)
     runtime = _prepare(args)
     if runtime is None:
         return 1
@@ -201,6 +206,9 @@ def _register_serve(subparsers: Subparsers) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="gunicorn worker processes (default: 1 on SQLite, one per core on PostgreSQL)")
     parser.add_argument("--threads", type=int, default=8, help="threads per worker (default 8)")
+    parser.add_argument("--batch-workers", type=int, default=None, metavar="K",
+                        help="on a SQLite file: processes that judge a big clock advance or batch of "
+                        "events together (default: $TOLLGATE_BATCH_WORKERS or 1)")
     parser.add_argument("--no-scheduler", action="store_true",
                         help="do not fire timers in this server (run `tollgate worker` instead)")
     _add_storage_options(parser)

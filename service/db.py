@@ -6,7 +6,7 @@ import gc
 import os
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -72,7 +72,8 @@ class Database:
     PostgreSQL: READ COMMITTED with row locks (`SELECT … FOR UPDATE`) on the instances touched.
     """
 
-    def __init__(self, url: str | None = None, *, echo: bool = False, synchronous: str = "FULL") -> None:
+    def __init__(self, url: str | None = None, *, echo: bool = False, synchronous: str = "FULL",
+                 shared_write_lock: AbstractContextManager[Any] | None = None) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}.")
         self.synchronous = synchronous
@@ -88,6 +89,10 @@ class Database:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine: Engine = create_engine(self.url, **kwargs)
         self._write_lock: threading.Lock | None = threading.Lock() if self.is_sqlite else None
+        #: SQLite: a lock shared with sibling processes (the worker pool of `service/parallel.py`),
+        #: taken around every write transaction so they hand the database to each other at once
+        #: instead of through SQLite's busy handler, which sleeps 1-100 ms a try.
+        self._shared_write_lock = shared_write_lock if self.is_sqlite else None
         #: wal_autocheckpoint in pages of this database: (API transactions, bulk transactions).
         self.checkpoint_pages = (WAL_AUTOCHECKPOINT_BYTES // 4096, BULK_AUTOCHECKPOINT_BYTES // 4096)
         self._queue_lock = threading.Lock()
@@ -140,7 +145,7 @@ class Database:
             with self.engine.begin() as connection:
                 yield connection
             return
-        with self._write_lock, self.engine.connect() as connection:
+        with self._shared_write_lock or nullcontext(), self._write_lock, self.engine.connect() as connection:
             raw = connection.connection.driver_connection if bulk and not self.memory else None
             normal, bulky = self.checkpoint_pages
             if raw is not None:

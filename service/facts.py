@@ -10,9 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-
-from service.tables import instances
 from workflows.definitions import Definition
 
 if TYPE_CHECKING:
@@ -24,9 +21,8 @@ FactProvider = Callable[["UnitOfWork", Mapping[str, Any], Mapping[str, Any]], An
 
 def email_taken(uow: UnitOfWork, record: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
     email = str(data.get("email", "")).strip().lower()
-    stored = uow.conn.execute(select(instances.c.id).where(
-        instances.c.workflow == "signup", instances.c.email == email)).scalars()
-    candidates = set(stored) | {i for i, r in uow.records.items()
+    stored = uow.reader.fetch("SELECT id FROM instances WHERE workflow = 'signup' AND email = ?", [email])
+    candidates = {row[0] for row in stored} | {i for i, r in uow.records.items()
                                 if r["workflow"] == "signup" and r["email"] == email}
     candidates.discard(record["id"])
     for other_id in candidates:

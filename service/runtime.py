@@ -13,6 +13,7 @@ import hashlib
 import json
 import secrets
 import threading
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -86,9 +87,16 @@ class Runtime(Sweeps):
 
     Clocks, timer sweeps and batches of events are in `service/sweeps.py` (`Sweeps`)."""
 
-    def __init__(self, db: Database, *, now: Callable[[], datetime] = system_now) -> None:
+    def __init__(self, db: Database, *, now: Callable[[], datetime] = system_now, workers: int = 1) -> None:
+        """`workers` > 1: big clock sweeps and `fire_many` on a SQLite file run in that many
+        worker processes (`service/parallel.py`), started on first use; `close()` stops them."""
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}.")
         self.db = db
         self.now = now
+        self.workers = workers
+        self._pool = None
+        self.optimistic_counts = Counter()
         self._engines: dict[str, Engine] = {}
         self._engines_lock = threading.Lock()
         self._active_version: RulesVersion | None = None

@@ -9,13 +9,16 @@ PostgreSQL), fires them against in-memory records and writes them in bulk; a tes
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from sqlalchemy import Connection, insert, select, update
 
 from service import facts as fact_providers
+from service.bulk import BulkWriter, parse_sqlite_timestamp
+from service.parallel import SPANS_PER_WORKER, WINDOW_BATCHES, WorkerPool
 from service.tables import clocks
 from service.unit_of_work import UnitOfWork
 from workflows.exceptions import (
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
     from service.runtime import RulesVersion, Runtime
 
 TIMER_ACTOR = "timer"
+_T = TypeVar("_T")
 
 
 def rfc3339(moment: datetime | None) -> str | None:
@@ -46,6 +50,15 @@ class _Timer(NamedTuple):
     due_at: Any  # as the driver returns it: text on SQLite, a datetime on PostgreSQL
 
 
+class Span(NamedTuple):
+    """The timers one worker process fires of a parallel sweep: those due at `instant` on a
+    test clock whose instance id is ≥ `low` and < `high` (None: no bound)."""
+
+    instant: datetime
+    low: str | None
+    high: str | None
+
+
 class _Event(NamedTuple):
     instance: str
     event: str
@@ -57,6 +70,15 @@ class Sweeps:
 
     db: Database
     now: Callable[[], datetime]
+    #: Processes that judge big sweeps and `fire_many` batches on a SQLite file (1: this one alone).
+    workers: int
+    _pool: WorkerPool | None
+    #: Fewest timers due at one instant (or events given to `fire_many`) handed to the worker
+    #: processes: fewer are done here, sooner than the ~1 s it takes to start the workers.
+    PARALLEL_MIN_TIMERS = 5_000
+    #: Batches of this process judged outside the write lock (`_judge_then_write`): written as
+    #: judged, or judged again under the lock because something they read had changed.
+    optimistic_counts: Counter[str]
 
     if TYPE_CHECKING:
         def _active(self, conn: Connection) -> RulesVersion: ...
@@ -88,7 +110,9 @@ class Sweeps:
         """Move a test clock to `to`, firing every timer due on the way in time order.
 
         Timers set by the fired transitions are fired too when they fall due before `to`. With
-        `collect=False` only the number fired is returned (for runs of millions of timers).
+        `collect=False` only the number fired is returned (for runs of millions of timers). With
+        `workers` > 1 on a SQLite file, an instant with `PARALLEL_MIN_TIMERS` timers or more is
+        fired by the worker processes (`service/parallel.py`), each instant before the next.
         """
         with self.db.read() as conn:
             current = self._clock_now(conn, clock_id)
@@ -99,7 +123,12 @@ class Sweeps:
         count = 0
         with self.db.bulk_work():
             while True:
-                handled, entries = self.sweep(clock_id, to, batch=batch, actor=actor, collect=collect)
+                spans = self._parallel_spans(clock_id, to) if self.workers > 1 else None
+                if spans:
+                    handled, entries = self._worker_pool().sweep(clock_id, spans, batch=batch, actor=actor,
+                                                                 collect=collect)
+                else:
+                    handled, entries = self.sweep(clock_id, to, batch=batch, actor=actor, collect=collect)
                 if not handled:
                     break
                 count += handled
@@ -110,6 +139,50 @@ class Sweeps:
         if not collect:
             result["fired_count"] = count
         return result
+
+    def _parallel_spans(self, clock_id: str, to: datetime) -> list[Span] | None:
+        """If the clock's next instant ≤ `to` has `PARALLEL_MIN_TIMERS` timers or more: move the
+        clock to it and cut its timers into one range of instance ids per worker (equal counts).
+        None when the calling process should sweep it alone (or when nothing is due)."""
+        if not self.db.is_sqlite or self.db.memory:
+            return None
+        with self.db.read() as conn:
+            writer = BulkWriter(conn)
+            where = "clock = ? AND due_at = ?"
+            first = writer.fetch("SELECT min(due_at) FROM timers WHERE clock = ? AND due_at <= ?",
+                                 [clock_id, writer.ts(to)])[0][0]
+            if first is None:
+                return None
+            due = writer.fetch(f"SELECT count(*) FROM timers WHERE {where}", [clock_id, first])[0][0]
+            if due < self.PARALLEL_MIN_TIMERS:
+                return None
+            nth = f"SELECT instance FROM timers WHERE {where} ORDER BY instance LIMIT 1 OFFSET ?"
+            parts = self.workers * SPANS_PER_WORKER
+            bounds = sorted({writer.fetch(nth, [clock_id, first, due * j // parts])[0][0]
+                             for j in range(1, parts)})
+        instant = parse_sqlite_timestamp(first)
+        assert instant is not None
+        with self.db.transaction() as conn:
+            conn.execute(update(clocks).where(clocks.c.id == clock_id, clocks.c.now < instant)
+                         .values(now=instant))
+        return [Span(instant, low, high) for low, high in zip([None, *bounds], [*bounds, None], strict=True)]
+
+    def _worker_pool(self) -> WorkerPool:
+        if self._pool is None:
+            self._pool = WorkerPool(self.db.url, self.db.synchronous, self.workers)
+        return self._pool
+
+    def start_workers(self) -> None:
+        """Start the worker processes now rather than at the first big sweep (no-op with one)."""
+        if self.workers > 1 and self.db.is_sqlite and not self.db.memory:
+            self._worker_pool().start()
+
+    def close(self) -> None:
+        """Stop the worker processes (if any were started) and close the database's connections."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        self.db.dispose()
 
     def sweep(self, clock_id: str | None, until: datetime, *, batch: int = 1000, actor: str = TIMER_ACTOR,
               collect: bool = True) -> tuple[int, list[dict[str, Any]]]:
@@ -125,52 +198,109 @@ class Sweeps:
         LOCKED` on PostgreSQL several workers never fire one twice, and a crash before commit
         leaves it due.
         """
-        entries: list[dict[str, Any]] = []
         with self.db.transaction(bulk=True) as conn:
             uow = UnitOfWork(cast("Runtime", self), conn, self._active(conn))
-            claimed, instant = self._claim(uow, clock_id, until, batch)
-            if not claimed:
-                return 0, entries
-            if clock_id is not None and instant is not None:
-                uow.set_clock(clock_id, instant)
-            self._prefetch_for(uow, claimed)
-            due_text: dict[Any, str | None] = {}
-            timer_ops, records = uow.timer_ops, uow.records
-            for instance, name, event, due_at in claimed:
-                key = (instance, name)
-                if key in timer_ops:  # cancelled or re-armed by an earlier event of this batch
-                    continue
-                # deleted whatever its event does: no journal entry (_attempt starts a new journal)
-                timer_ops[key] = None
-                record = records.get(instance)
+            handled, entries = self._fire_due(uow, clock_id, until, batch, actor, collect)
+            if handled:
+                uow.flush()
+        return handled, entries
+
+    def sweep_span(self, clock_id: str, span: Span, *, batch: int = 1000, actor: str = TIMER_ACTOR,
+                   collect: bool = True) -> tuple[int, list[dict[str, Any]]]:
+        """One batch of a parallel sweep (`service/parallel.py`): up to `batch` of the timers of
+        `span` (one instant of a test clock, one range of instance ids), judged outside the write
+        lock and written if nothing they read has changed meanwhile (`_judge_then_write`)."""
+        return self._judge_then_write(
+            lambda uow: self._fire_due(uow, clock_id, span.instant, batch, actor, collect, span))
+
+    def _judge_then_write(self, judge: Callable[[UnitOfWork], _T]) -> _T:
+        """Run `judge` (which fires events into a unit of work) outside the write lock, then
+        write its unit if every row it read is still the same; otherwise judge again under it.
+
+        This is what lets worker processes share one SQLite file: their judging — most of the
+        work — overlaps, and only the check and the writes queue for the write lock. The check
+        runs every read of the unit again inside the write transaction (`reads_unchanged`), so
+        a batch is written only as it would be judged at that moment; a batch that lost the race
+        (another process changed a row it read, or made one appear under one of its queries) is
+        judged again under the lock, exactly as `sweep` would.
+        """
+        runtime = cast("Runtime", self)
+        with self.db.read() as conn:
+            uow = UnitOfWork(runtime, conn, self._active(conn), optimistic=True)
+            result = judge(uow)
+            rows = uow.pending()  # JSON and tuples made here, outside the lock
+        with self.db.transaction(bulk=True) as conn:
+            if self._active(conn) == uow.version and uow.reads_unchanged(conn):
+                self.optimistic_counts["written"] += 1
+                uow.rebind(conn)
+            else:
+                self.optimistic_counts["judged_again"] += 1
+                uow = UnitOfWork(runtime, conn, self._active(conn))
+                result = judge(uow)
+                rows = uow.pending()
+            uow.write(rows)
+        return result
+
+    def _fire_due(self, uow: UnitOfWork, clock_id: str | None, until: datetime, batch: int, actor: str,
+                  collect: bool, span: Span | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """Claim and fire due timers into `uow` (see `sweep`); returns the number claimed and the
+        entries (if `collect`)."""
+        entries: list[dict[str, Any]] = []
+        claimed, instant = self._claim(uow, clock_id, until, batch, span)
+        if not claimed:
+            return 0, entries
+        if clock_id is not None and instant is not None:
+            uow.set_clock(clock_id, instant)
+        self._prefetch_for(uow, claimed)
+        due_text: dict[Any, str | None] = {}
+        timer_ops, records = uow.timer_ops, uow.records
+        for instance, name, event, due_at in claimed:
+            key = (instance, name)
+            if key in timer_ops:  # cancelled or re-armed by an earlier event of this batch
+                continue
+            # deleted whatever its event does: no journal entry (_attempt starts a new journal)
+            timer_ops[key] = None
+            record = records.get(instance)
+            if record is None:
+                record = uow.find(instance)
                 if record is None:
-                    record = uow.find(instance)
-                    if record is None:
-                        continue
-                if not collect:
-                    self._attempt(uow, instance, event, {}, actor, None)
                     continue
-                at = due_text.get(due_at)
-                if at is None:
-                    at = due_text[due_at] = rfc3339(uow.reader.stamp_now(due_at))
-                entry = {"instance": instance, "event": event, "from": record["state"],
-                         "to": record["state"], "at": at, "timer": name}
-                self._attempt(uow, instance, event, {}, actor, entry)
-                entries.append(entry)
-            uow.flush()
+            if not collect:
+                self._attempt(uow, instance, event, {}, actor, None)
+                continue
+            at = due_text.get(due_at)
+            if at is None:
+                at = due_text[due_at] = rfc3339(uow.reader.stamp_now(due_at))
+            entry = {"instance": instance, "event": event, "from": record["state"],
+                     "to": record["state"], "at": at, "timer": name}
+            self._attempt(uow, instance, event, {}, actor, entry)
+            entries.append(entry)
         return len(claimed), entries
 
-    def _claim(self, uow: UnitOfWork, clock_id: str | None, until: datetime,
-               batch: int) -> tuple[list[_Timer], datetime | None]:
-        """The due timers this sweep fires (locked on PostgreSQL, skipping those others hold)."""
-        writer = uow.reader.writer
+    def _claim(self, uow: UnitOfWork, clock_id: str | None, until: datetime, batch: int,
+               span: Span | None = None) -> tuple[list[_Timer], datetime | None]:
+        """The due timers this sweep fires (locked on PostgreSQL, skipping those others hold);
+        with a `span`, only those due at its instant on its range of instance ids."""
+        reader, ts = uow.reader, uow.reader.writer.ts
         where = "clock IS NULL" if clock_id is None else "clock = ?"
         params: list[Any] = [] if clock_id is None else [clock_id]
-        sql = (f"SELECT instance, name, event, due_at FROM timers WHERE {where} AND due_at <= ? "
+        if span is None:
+            where += " AND due_at <= ?"
+            params.append(ts(until))
+        else:
+            where += " AND due_at = ?"
+            params.append(ts(span.instant))
+            if span.low is not None:
+                where += " AND instance >= ?"
+                params.append(span.low)
+            if span.high is not None:
+                where += " AND instance < ?"
+                params.append(span.high)
+        sql = (f"SELECT instance, name, event, due_at FROM timers WHERE {where} "
                "ORDER BY due_at, instance, name LIMIT ?")
         if self.db.for_update():
             sql += " FOR UPDATE SKIP LOCKED"
-        rows = [_Timer(*row) for row in writer.fetch(sql, [*params, writer.ts(until), batch])]
+        rows = [_Timer(*row) for row in reader.fetch(sql, [*params, batch])]
         if not rows:
             return rows, None
         first = rows[0].due_at
@@ -250,9 +380,29 @@ class Sweeps:
         others of the batch still commit. Instances, accounts and facts are read in a few queries
         per batch. Returns how many were applied, denied and dropped (not valid in the state, bad
         data or no such instance). No If-Match and no Idempotency-Key: use `fire` for those.
+
+        With `workers` > 1 on a SQLite file and `PARALLEL_MIN_TIMERS` events or more, the worker
+        processes judge them (`service/parallel.py`): one instance's events still go in their
+        order, but events of different instances may commit in another order than given.
         """
         counts = {"applied": 0, "denied": 0, "dropped": 0}
         chunk: list[_Event] = []
+        if self.workers > 1 and self.db.is_sqlite and not self.db.memory:
+            window = max(batch * self.workers * WINDOW_BATCHES, self.PARALLEL_MIN_TIMERS)
+            stream = iter(events)
+            first = [_Event(*e) for _, e in zip(range(window), stream, strict=False)]
+            if len(first) >= self.PARALLEL_MIN_TIMERS:  # enough to be worth the worker processes
+                with self.db.bulk_work():
+                    self._fire_window(first, actor, batch, counts)
+                    for instance_id, event, data in stream:
+                        chunk.append(_Event(instance_id, event, data))
+                        if len(chunk) >= window:
+                            self._fire_window(chunk, actor, batch, counts)
+                            chunk = []
+                    if chunk:
+                        self._fire_window(chunk, actor, batch, counts)
+                return counts
+            events = first
         with self.db.bulk_work():
             for instance_id, event, data in events:
                 chunk.append(_Event(instance_id, event, data))
@@ -263,13 +413,28 @@ class Sweeps:
                 self._fire_chunk(chunk, actor, counts)
         return counts
 
+    def _fire_window(self, events: list[_Event], actor: str, batch: int, counts: dict[str, int]) -> None:
+        for outcome, number in self._worker_pool().fire(events, actor=actor, batch=batch).items():
+            counts[outcome] += number
+
     def _fire_chunk(self, chunk: list[_Event], actor: str, counts: dict[str, int]) -> None:
         with self.db.transaction(bulk=True) as conn:
             uow = UnitOfWork(cast("Runtime", self), conn, self._active(conn))
-            self._prefetch_for(uow, chunk)
-            for instance, event, data in chunk:
-                counts[self._attempt(uow, instance, event, data, actor, None)] += 1
+            for outcome, number in self._fire_events(uow, chunk, actor).items():
+                counts[outcome] += number
             uow.flush()
+
+    def fire_chunk_optimistic(self, chunk: list[_Event], actor: str) -> Counter[str]:
+        """One batch of a parallel `fire_many` (`service/parallel.py`), judged outside the write
+        lock (`_judge_then_write`); returns how many were applied, denied and dropped."""
+        return self._judge_then_write(lambda uow: self._fire_events(uow, chunk, actor))
+
+    def _fire_events(self, uow: UnitOfWork, chunk: list[_Event], actor: str) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        self._prefetch_for(uow, chunk)
+        for instance, event, data in chunk:
+            counts[self._attempt(uow, instance, event, data, actor, None)] += 1
+        return counts
 
     def run_due_timers(self, *, limit: int = 1000, actor: str = TIMER_ACTOR) -> list[dict[str, Any]]:
         """Fire real-time timers that are due now (the scheduler and `tollgate worker` call this)."""

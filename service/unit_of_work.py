@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 from sqlalchemy import Connection, update
@@ -56,11 +56,26 @@ TimerRow = tuple[str, str, str, Any, str | None]
 _Plan = tuple[Definition, bool | None, tuple[tuple[str, facts.FactProvider], ...]]
 
 
+class Pending(NamedTuple):
+    """The rows a unit of work writes (`UnitOfWork.pending`), one list per statement kind."""
+
+    inserted: list[tuple[Any, ...]]
+    signups: list[tuple[Any, ...]]
+    others: list[tuple[Any, ...]]
+    history: list[tuple[Any, ...]]
+    timers_deleted: list[tuple[str, str]]
+    timers_armed: list[TimerRow]
+    notifications: list[tuple[Any, ...]]
+    clocks: dict[str, datetime]
+
+
 class _Reader:
     """The dialect's raw reads: placeholders, JSON and timestamp conversions of `service.tables`."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, log: list[tuple[str, list[Any], list[Any]]] | None = None) -> None:
         self.writer = BulkWriter(conn)
+        #: Every read as (sql, params, rows), when the unit judges outside the write lock.
+        self.log = log
         if conn.dialect.name == "sqlite":
             # context and secrets are NOT NULL: their text always parses.
             self.loads: Callable[[Any], Any] = orjson.loads
@@ -73,7 +88,10 @@ class _Reader:
             self.stamp = self.stamp_now = aware_utc
 
     def fetch(self, sql: str, params: list[Any]) -> list[Any]:
-        return self.writer.fetch(sql, params)
+        rows = self.writer.fetch(sql, params)
+        if self.log is not None:
+            self.log.append((sql, params, rows))
+        return rows
 
     def moment(self, value: Any) -> datetime | None:
         """An aware UTC datetime from a record's or row's timestamp (stored text or datetime)."""
@@ -127,13 +145,17 @@ class LazyAccount(Mapping[str, Any]):
 class UnitOfWork:
     """In-memory instance records and pending writes for one database transaction."""
 
-    def __init__(self, runtime: Runtime, conn: Connection, version: RulesVersion) -> None:
+    def __init__(self, runtime: Runtime, conn: Connection, version: RulesVersion, *,
+                 optimistic: bool = False) -> None:
         self.runtime = runtime
         self.conn = conn
         self.version = version
         self.engine: Engine = runtime.engine_for(version)
         self.lock = runtime.db.for_update()
-        self.reader = _Reader(conn)
+        #: optimistic: judged outside the write lock; every read is kept, so that `reads_unchanged`
+        #: can tell under the lock whether the batch still stands (see `Sweeps._judge_then_write`).
+        self.reads: list[tuple[str, list[Any], list[Any]]] | None = [] if optimistic else None
+        self.reader = _Reader(conn, self.reads)
         # Pending rows are kept as the tuples `flush` hands to executemany: JSON and timestamps
         # converted once, when the row is made (BulkWriter's conversions for this dialect).
         writer = self.reader.writer
@@ -173,8 +195,13 @@ class UnitOfWork:
         loads, stamp = reader.loads, reader.stamp
         convert = stamp is not _same  # SQLite keeps the stored text: no call per timestamp
         records, by_account = self.records, self.by_account
+        rows = reader.writer.fetch(sql, params)
+        if self.reads is not None:  # kept for `reads_unchanged`: a row's version and history_seq
+            # move with every change of it (the history_seq alone with a denied attempt)
+            self.reads.append((f"SELECT id, version, history_seq FROM instances WHERE {where}", params,
+                               [(row[0], row[5], row[6]) for row in rows]))
         for (id_, workflow, state, context, secrets, version, history_seq, clock, account, email,
-             usage_month, created_at, updated_at) in reader.fetch(sql, params):
+             usage_month, created_at, updated_at) in rows:
             if id_ in records:
                 continue
             if convert:
@@ -453,19 +480,41 @@ class UnitOfWork:
 
     # ── writing ──────────────────────────────────────────────────────────────────────────────
 
+    def reads_unchanged(self, conn: Connection) -> bool:
+        """Whether every read of this optimistic unit gives the same rows on `conn` (inside the
+        write transaction) as it did when the unit judged its events.
+
+        The reads are run again exactly (the same statements and parameters, so a row that
+        appeared or vanished under a predicate shows as well as a changed one): if all agree,
+        the database still is, for everything the batch looked at, what it was judged against,
+        and writing the batch now is the same as judging it now.
+        """
+        if self.reads is None:
+            raise TypeError("Only an optimistic unit of work keeps its reads.")
+        writer = BulkWriter(conn)
+        return all(writer.fetch(sql, params) == rows for sql, params, rows in self.reads)
+
+    def rebind(self, conn: Connection) -> None:
+        """Write through `conn` (the write transaction) from now on; reads are no longer kept."""
+        self.conn = conn
+        self.reads = None
+        self.reader = _Reader(conn)
+
     def flush(self) -> None:
         """Write everything pending with one executemany per table and kind."""
-        bulk = self.reader.writer
-        ts, js = bulk.ts, bulk.js
-        if self.new_ids:
-            bulk.insert("instances", INSTANCE_COLUMNS, [
-                (r["id"], r["workflow"], r["state"], js(r["context"]), js(r["secrets"]), r["version"],
-                 r["history_seq"], r["clock"], r["account"], r["email"], r["usage_month"],
-                 ts(r["created_at"]), ts(r["updated_at"]))
-                for r in (self.records[i] for i in self.new_ids if i in self.records)])
+        self.write(self.pending())
+
+    def pending(self) -> Pending:
+        """Everything this unit would write, as the rows `write` sends (no I/O: an optimistic
+        unit makes them before it queues for the write lock)."""
+        ts, js = self._ts, self._js
+        records, new_ids = self.records, self.new_ids
+        inserted = [(r["id"], r["workflow"], r["state"], js(r["context"]), js(r["secrets"]), r["version"],
+                     r["history_seq"], r["clock"], r["account"], r["email"], r["usage_month"],
+                     ts(r["created_at"]), ts(r["updated_at"]))
+                    for r in (records[i] for i in new_ids if i in records)]
         # Only a signup's email can change, and `email` is indexed: other rows leave it out of
         # the UPDATE so SQLite does not rewrite that index entry. Rows go in key order.
-        records, new_ids = self.records, self.new_ids
         signups: list[tuple[Any, ...]] = []
         others: list[tuple[Any, ...]] = []
         for i in sorted(i for i in self.dirty if i in records and i not in new_ids):
@@ -476,24 +525,33 @@ class UnitOfWork:
             else:
                 others.append((r["state"], js(r["context"]), js(r["secrets"]), r["version"], r["history_seq"],
                                ts(r["updated_at"]), i))
+        ops = self.timer_ops
+        deleted = [key for key, t in ops.items() if t is None]
+        armed = [t for t in ops.values() if t is not None]
+        return Pending(inserted, signups, others, self.history_rows, deleted, armed,
+                       self.notification_rows, {c: self.clock_times[c] for c in self.moved_clocks})
+
+    def write(self, rows: Pending) -> None:
+        """Write `rows` (from `pending`) on this unit's connection; the unit is empty afterwards."""
+        bulk = self.reader.writer
+        bulk.insert("instances", INSTANCE_COLUMNS, rows.inserted)
         bulk.executemany("UPDATE instances SET state = ?, context = ?, secrets = ?, version = ?, "
-                         "history_seq = ?, email = ?, updated_at = ? WHERE id = ?", signups)
+                         "history_seq = ?, email = ?, updated_at = ? WHERE id = ?", rows.signups)
         bulk.executemany("UPDATE instances SET state = ?, context = ?, secrets = ?, version = ?, "
-                         "history_seq = ?, updated_at = ? WHERE id = ?", others)
-        bulk.insert("history", HISTORY_COLUMNS, self.history_rows)
-        if self.timer_ops:  # cancelled or fired: deleted; armed: inserted or replaced in one statement
-            bulk.delete_pairs("timers", "instance", "name",
-                              [key for key, t in self.timer_ops.items() if t is None])
-            bulk.insert("timers", TIMER_COLUMNS, [t for t in self.timer_ops.values() if t is not None],
-                        " ON CONFLICT (instance, name) DO UPDATE SET event = excluded.event, "
-                        "due_at = excluded.due_at, clock = excluded.clock")
-        bulk.insert("notifications", NOTIFICATION_COLUMNS, self.notification_rows)
-        for clock in self.moved_clocks:
-            self.conn.execute(update(clocks).where(clocks.c.id == clock).values(now=self.clock_times[clock]))
+                         "history_seq = ?, updated_at = ? WHERE id = ?", rows.others)
+        bulk.insert("history", HISTORY_COLUMNS, rows.history)
+        # cancelled or fired: deleted; armed: inserted or replaced in one statement
+        bulk.delete_pairs("timers", "instance", "name", rows.timers_deleted)
+        bulk.insert("timers", TIMER_COLUMNS, rows.timers_armed,
+                    " ON CONFLICT (instance, name) DO UPDATE SET event = excluded.event, "
+                    "due_at = excluded.due_at, clock = excluded.clock")
+        bulk.insert("notifications", NOTIFICATION_COLUMNS, rows.notifications)
+        for clock, moment in rows.clocks.items():
+            self.conn.execute(update(clocks).where(clocks.c.id == clock).values(now=moment))
         self.moved_clocks.clear()
         self.new_ids.clear()
         self.dirty.clear()
-        self.history_rows.clear()
-        self.notification_rows.clear()
+        self.history_rows = []
+        self.notification_rows = []
         self.timer_ops.clear()
         self.journal.clear()

@@ -147,7 +147,7 @@ def test_the_wrk_script_posts_the_event_with_its_headers() -> None:
 
 def _month(n: int, rate: float, trigger_us: float, rss: float = 80.0) -> dict[str, object]:
     return {"n": n, "seconds": 1.0, "cpu_seconds": 1.0, "transitions": int(rate), "rate": rate,
-            "peak_rss_mib": rss, "trigger_us": trigger_us,
+            "workers": 2, "peak_rss_mib": rss, "trigger_us": trigger_us,
             "trigger_us_before_after": [trigger_us, trigger_us]}
 
 
@@ -162,6 +162,19 @@ def test_billing_figures_state_each_month_in_bare_triggers_as_well_as_against_th
     assert cost.ratio == pytest.approx(62.5 / 8.0)
     assert figures["billing.sqlite.N=1,000.cost_in_bare_triggers"].ratio == pytest.approx(40.0 / 10.0)
     assert figures["billing.sqlite.rate_at_large_n"].ratio == pytest.approx(25_000 / 16_000)
+    assert "with 2 worker process(es)" in small.note
+    assert "billing.sqlite.one_process.N=100" not in figures
+
+
+def test_the_one_process_month_is_compared_with_the_workers_month_side_by_side() -> None:
+    from bench.billing import _figures
+
+    alone = dict(_month(100, 10_000.0, 8.0), workers=1)
+    figures = {f.name: f for f in _figures([_month(100, 16_000.0, 8.0), _month(1_000, 15_000.0, 8.0)], None,
+                                           alone)}
+    one = figures["billing.sqlite.one_process.N=100"]
+    assert (one.value, one.baseline, one.met) == (10_000.0, 16_000.0, None)
+    assert one.ratio == pytest.approx(10_000 / 16_000)
 
 
 def test_the_bare_trigger_calibration_times_a_transitions_trigger() -> None:

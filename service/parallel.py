@@ -1,0 +1,143 @@
+"""Worker processes sharing one SQLite file: a test clock's big instants and `fire_many`'s
+batches judged on every core.
+
+SQLite lets one process write at a time, but most of a batch's work — reading its instances,
+judging its events, building its rows — needs no write lock. `Runtime(…, workers=k)` with k > 1
+keeps a pool of k processes (spawned once, on first use; each with its own connection and its own
+engine for the active rules). The calling process hands them work and waits:
+
+- `advance_clock`: for each instant on the way that has at least `PARALLEL_MIN_TIMERS` timers
+  due, the clock moves to the instant, the instant's timers are cut into `SPANS_PER_WORKER × k`
+  ranges of instance ids, and the workers fire them range by range, batch by batch
+  (`Sweeps.sweep_span`). Every instant
+  finishes before the next begins, so events still happen in time order; smaller instants are
+  swept by the calling process as before.
+- `fire_many`: events are dealt to the workers by instance (so one instance's events keep their
+  order), a window of `WINDOW_BATCHES × batch` per worker at a time.
+
+Each batch is judged outside the write lock and written only if every row it read is still the
+same (`Sweeps._judge_then_write`); otherwise it is judged again under the lock. The workers also
+share a lock around their write transactions, so they hand the file to each other at once rather
+than through SQLite's sleeping busy handler. Workers use the system clock for real time.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.runtime import Runtime
+    from service.sweeps import Span, _Event
+
+#: Windows of `fire_many` events dealt at once, in batches per worker.
+WINDOW_BATCHES = 16
+#: Ranges an instant's timers are cut into, per worker: a worker that finishes its range early
+#: takes the next instead of waiting for the slowest one.
+SPANS_PER_WORKER = 4
+
+_runtime: Runtime | None = None
+
+
+def _start(url: str, synchronous: str, lock: Any) -> None:
+    """Pool initializer: this process's runtime over the shared file, its engine built now."""
+    from service.db import Database
+    from service.runtime import Runtime
+
+    global _runtime
+    runtime = Runtime(Database(url, synchronous=synchronous, shared_write_lock=lock))
+    with runtime.db.read() as conn:
+        runtime._active(conn)
+    gc.freeze()  # as Runtime.bootstrap: what lives as long as the process, out of the collector's way
+    _runtime = runtime
+
+
+def _worker() -> Runtime:
+    if _runtime is None:
+        raise RuntimeError("This process was not started by a WorkerPool.")
+    return _runtime
+
+
+def _ready() -> int:
+    _worker()
+    return os.getpid()
+
+
+def _sweep_span(clock_id: str, span: Span, batch: int, actor: str,
+                collect: bool) -> tuple[int, list[dict[str, Any]], Counter[str]]:
+    runtime = _worker()
+    before = Counter(runtime.optimistic_counts)
+    handled, entries = 0, []
+    with runtime.db.bulk_work():
+        while True:
+            count, more = runtime.sweep_span(clock_id, span, batch=batch, actor=actor, collect=collect)
+            if not count:
+                break
+            handled += count
+            entries.extend(more)
+    return handled, entries, runtime.optimistic_counts - before
+
+
+def _fire(events: list[_Event], actor: str, batch: int) -> tuple[Counter[str], Counter[str]]:
+    runtime = _worker()
+    before = Counter(runtime.optimistic_counts)
+    counts: Counter[str] = Counter()
+    with runtime.db.bulk_work():
+        for lo in range(0, len(events), batch):
+            counts.update(runtime.fire_chunk_optimistic(events[lo:lo + batch], actor))
+    return counts, runtime.optimistic_counts - before
+
+
+class WorkerPool:
+    """`workers` processes over the SQLite file at `url` (spawned, not forked: the calling
+    process may hold open connections and threads)."""
+
+    def __init__(self, url: str, synchronous: str, workers: int) -> None:
+        if workers < 2:
+            raise ValueError("A worker pool needs at least 2 workers.")
+        context = multiprocessing.get_context("spawn")
+        self.workers = workers
+        self.lock = context.Lock()
+        self.executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start,
+                                            initargs=(url, synchronous, self.lock))
+        #: Batches written as judged and batches judged again under the lock, over the pool's life.
+        self.counts: Counter[str] = Counter()
+
+    def start(self) -> None:
+        """Start every worker now (each reads the active rules and builds its engine, ~1 s)
+        instead of at the first piece of work."""
+        for future in [self.executor.submit(_ready) for _ in range(self.workers)]:
+            future.result()
+
+    def sweep(self, clock_id: str, spans: list[Span], *, batch: int, actor: str,
+              collect: bool) -> tuple[int, list[dict[str, Any]]]:
+        """Fire every timer of `spans`, each span by the next free worker; returns the number handled and the
+        entries in span order."""
+        futures = [self.executor.submit(_sweep_span, clock_id, span, batch, actor, collect) for span in spans]
+        handled, entries = 0, []
+        for future in futures:
+            count, more, counts = future.result()
+            handled += count
+            entries.extend(more)
+            self.counts.update(counts)
+        return handled, entries
+
+    def fire(self, events: list[_Event], *, actor: str, batch: int) -> Counter[str]:
+        """Fire `events`, dealt to the workers by instance; returns applied / denied / dropped."""
+        parts: list[list[_Event]] = [[] for _ in range(self.workers)]
+        for event in events:
+            parts[hash(event.instance) % self.workers].append(event)
+        futures = [self.executor.submit(_fire, part, actor, batch) for part in parts if part]
+        totals: Counter[str] = Counter()
+        for future in futures:
+            counts, optimistic = future.result()
+            totals.update(counts)
+            self.counts.update(optimistic)
+        return totals
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)

@@ -1,0 +1,196 @@
+"""Judging outside the write lock, and worker processes sharing one SQLite file.
+
+`Sweeps._judge_then_write` judges a batch on plain reads, then writes it only if every read gives
+the same rows inside the write transaction; otherwise it judges the batch again there. The tests
+change what a batch read between its judging and its writing — a row it read, and a row that
+appears under one of its queries — and check that it is judged again and ends exactly as a batch
+judged after the change. A month on two worker processes must end exactly as on one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from bench.billing import run_month, seed_month
+from service.bulk import BulkWriter
+from service.db import Database
+from service.runtime import Runtime
+from service.sweeps import Span, Sweeps, _Event
+from service.unit_of_work import INSTANCE_COLUMNS, UnitOfWork
+from tests.conftest import RULES_PATH
+from tests.test_sweep import ISSUE_AT, START, Month
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[Runtime]:
+    runtime = Runtime(Database(f"sqlite:///{tmp_path / 'optimistic.db'}"))
+    runtime.bootstrap(RULES_PATH)
+    yield runtime
+    runtime.close()
+
+
+def _between_judging_and_writing(runtime: Runtime, monkeypatch: pytest.MonkeyPatch,
+                                 change: Callable[[], None]) -> None:
+    """Run `change` (in its own transaction) right after the optimistic judging of a batch."""
+    judge = runtime._fire_due
+
+    def judge_then_change(uow: UnitOfWork, *args: Any) -> tuple[int, list[dict[str, Any]]]:
+        result = judge(uow, *args)
+        if uow.reads is not None:  # the optimistic pass, outside the write lock
+            change()
+        return result
+
+    monkeypatch.setattr(runtime, "_fire_due", judge_then_change)
+
+
+def _set_balance(runtime: Runtime, credit: str, balance: int) -> None:
+    with runtime.db.transaction() as conn:
+        conn.execute(text("UPDATE instances SET context = json_set(context, '$.balance', :balance), "
+                          "version = version + 1 WHERE id = :id"), {"balance": balance, "id": credit})
+
+
+def _add_credit(month: Month, n: int, amount: int) -> str:
+    account, credit = f"acct_{month.tag}_{n}", f"cr_{month.tag}_{n}_late"
+    with month.runtime.db.transaction() as conn:
+        bulk = BulkWriter(conn)
+        t0 = bulk.ts(START)
+        context = {"account": account, "amount": amount, "balance": amount,
+                   "expires_at": "2027-06-30T15:00:00+00:00"}
+        bulk.insert("instances", INSTANCE_COLUMNS, [
+            (credit, "credit", "active", bulk.js(context), bulk.js({}), 1, 0, month.clock, account,
+             None, None, t0, t0)])
+    return credit
+
+
+def _outcome(month: Month, instances: list[str]) -> str:
+    """States, contexts and histories of `instances`, with the month's tag taken out of ids."""
+    runtime = month.runtime
+    seen = [(runtime.get_instance(i)["state"], runtime.get_instance(i)["context"], month.events(i))
+            for i in instances]
+    return json.dumps(seen, sort_keys=True).replace(month.tag, "TAG")
+
+
+def test_a_batch_nobody_interfered_with_is_written_as_judged(runtime: Runtime) -> None:
+    month = Month(runtime)
+    invoices = [month.invoice(n, card=n % 2 == 0, usage=3_000, credit=10_000 if n % 3 == 0 else 0)
+                for n in range(9)]
+    handled, entries = runtime.sweep_span(month.clock, Span(ISSUE_AT, None, None), batch=100)
+    assert handled == 9 and len(entries) == 9
+    assert runtime.optimistic_counts == {"written": 1}
+    assert {month.state(i) for i in invoices[::3]} == {"paid"}  # the credit covered them
+    assert {month.state(i) for n, i in enumerate(invoices) if n % 3} == {"issued"}
+    assert runtime.get_instance(f"cr_{month.tag}_0")["context"]["balance"] == 7_000
+    assert runtime.sweep_span(month.clock, Span(ISSUE_AT, None, None), batch=100) == (0, [])
+    assert month.timers_left_due(ISSUE_AT) == 0
+
+
+def test_a_row_changed_after_judging_makes_the_batch_judged_again(
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The control: the credit already holds 2,000 when the batch is judged.
+    control = Month(runtime)
+    expected_invoices = [control.invoice(n, usage=3_000, credit=10_000) for n in range(3)]
+    _set_balance(runtime, f"cr_{control.tag}_1", 2_000)
+    runtime.sweep(control.clock, ISSUE_AT, batch=100)
+    # The race: the credit drops to 2,000 after the batch judged it at 10,000.
+    month = Month(runtime)
+    invoices = [month.invoice(n, usage=3_000, credit=10_000) for n in range(3)]
+    credit = f"cr_{month.tag}_1"
+    _between_judging_and_writing(runtime, monkeypatch, lambda: _set_balance(runtime, credit, 2_000))
+    runtime.sweep_span(month.clock, Span(ISSUE_AT, None, None), batch=100)
+    assert runtime.optimistic_counts == {"judged_again": 1}
+    # no lost update: the credit was not written back as 10,000 - 3,000
+    credits = [runtime.get_instance(f"cr_{m.tag}_1")["context"]["balance"] for m in (month, control)]
+    assert credits[0] == credits[1] != 7_000
+    assert _outcome(month, invoices) == _outcome(control, expected_invoices)
+    assert month.state(invoices[1]) != "paid" and month.state(invoices[0]) == "paid"
+
+
+def test_a_row_appearing_under_a_query_after_judging_makes_the_batch_judged_again(
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    month = Month(runtime)
+    invoice = month.invoice(1, usage=3_000)  # no credit when judged
+    late: list[str] = []
+    _between_judging_and_writing(runtime, monkeypatch, lambda: late.append(_add_credit(month, 1, 5_000)))
+    runtime.sweep_span(month.clock, Span(ISSUE_AT, None, None), batch=100)
+    assert runtime.optimistic_counts == {"judged_again": 1}
+    assert month.state(invoice) == "paid"  # judged again, it saw the new credit and used it
+    assert runtime.get_instance(late[0])["context"]["balance"] == 2_000
+
+
+def test_fire_chunk_optimistic_counts_each_outcome(runtime: Runtime) -> None:
+    month = Month(runtime)
+    invoices = [month.invoice(n) for n in range(3)]
+    runtime.sweep(month.clock, ISSUE_AT, batch=100)
+
+    counts = runtime.fire_chunk_optimistic(
+        [_Event(invoices[0], "deposit", {"amount": 1_000, "deposited_at": ISSUE_AT.isoformat()}),
+         _Event(invoices[1], "deposit", {"amount": 1_000,  # dated in the future: denied
+                                          "deposited_at": (ISSUE_AT + timedelta(days=1)).isoformat()}),
+         _Event(invoices[2], "no_such_event", {}), _Event("inv_nobody", "deposit", {})], "bank_feed")
+    assert counts == {"applied": 1, "denied": 1, "dropped": 2}
+    assert runtime.optimistic_counts == {"written": 1}
+    assert month.state(invoices[0]) == "paid" and month.state(invoices[1]) == "issued"
+
+
+def test_only_an_optimistic_unit_can_be_checked(runtime: Runtime) -> None:
+    with runtime.db.transaction() as conn:
+        uow = UnitOfWork(runtime, conn, runtime._active(conn))
+        with pytest.raises(TypeError, match="optimistic"):
+            uow.reads_unchanged(conn)
+
+
+def test_workers_must_be_positive_and_need_a_sqlite_file() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Runtime(Database("sqlite://"), workers=0)
+    memory = Runtime(Database("sqlite://"), workers=2)
+    memory.bootstrap(RULES_PATH)
+    month = Month(memory)
+    invoice = month.invoice(1)
+    memory.start_workers()
+    memory.advance_clock(month.clock, datetime(2026, 11, 4, tzinfo=ISSUE_AT.tzinfo), collect=False)
+    assert memory._pool is None  # an in-memory database cannot be shared: swept here, as before
+    assert month.state(invoice) == "issued"
+    memory.close()
+
+
+def test_the_server_takes_its_batch_workers_from_the_environment() -> None:
+    from service.app import _batch_workers
+
+    assert _batch_workers("2") == 2 and _batch_workers(1) == 1
+    for wrong in ("two", "0", None):
+        with pytest.raises(ValueError, match="TOLLGATE_BATCH_WORKERS must be a whole number of at least 1"):
+            _batch_workers(wrong)
+
+
+def _history(url: str) -> list[tuple[Any, ...]]:
+    database = Database(url)
+    with database.engine.connect() as conn:
+        rows = conn.execute(text("SELECT instance, seq, event, from_state, to_state, outcome, reasons, data, "
+                                 "at, actor FROM history ORDER BY instance, seq")).all()
+        states = conn.execute(text("SELECT id, state, context, version FROM instances ORDER BY id")).all()
+    database.dispose()
+    return [tuple(r) for r in rows] + [tuple(s) for s in states]
+
+
+def test_a_month_on_two_worker_processes_ends_exactly_as_on_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Sweeps, "PARALLEL_MIN_TIMERS", 50)  # hand this small month's instants to them
+    monkeypatch.setenv("TOLLGATE_BENCH_CALIBRATE", "0")
+    n = 400
+    results, histories = {}, {}
+    for workers in (1, 2):
+        url = f"sqlite:///{tmp_path / f'month{workers}.db'}"
+        seed_month(url, n)
+        results[workers] = run_month(url, n, workers=workers)  # verify_month: states, totals, once each
+        histories[workers] = _history(url)
+    assert results[1]["transitions"] == results[2]["transitions"] == 1_520
+    assert results[1]["optimistic_batches"] == {}
+    assert results[2]["optimistic_batches"].get("written", 0) > 8  # every instant and window, in batches
+    assert histories[2] == histories[1]  # every attempt, its reasons, instant and actor; every instance
