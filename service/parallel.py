@@ -8,7 +8,7 @@ engine for the active rules). The calling process hands them work and waits:
 
 - `advance_clock`: for each instant on the way that has at least `PARALLEL_MIN_TIMERS` timers
   due, the clock moves to the instant, the instant's timers are cut into `SPANS_PER_WORKER × k`
-  ranges of instance ids, and the workers fire them range by range, batch by batch
+  ranges of instance ids, and the workers take the ranges in turn and fire them batch by batch
   (`Sweeps.sweep_span`). Every instant
   finishes before the next begins, so events still happen in time order; smaller instants are
   swept by the calling process as before.
@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 #: Windows of `fire_many` events dealt at once, in batches per worker.
 WINDOW_BATCHES = 16
 #: Ranges an instant's timers are cut into, per worker: a worker that finishes its range early
-#: takes the next instead of waiting for the slowest one.
+#: takes the next instead of waiting for the slowest. More and smaller ranges measured slower
+#: (ranges of 2 batches: 13.5-18.2k against 14.8-20.3k transitions/s in 4 pairs of N=100,000
+#: months), so a few large ones.
 SPANS_PER_WORKER = 4
 
 _runtime: Runtime | None = None
@@ -127,7 +129,8 @@ class WorkerPool:
         return handled, entries
 
     def fire(self, events: list[_Event], *, actor: str, batch: int) -> Counter[str]:
-        """Fire `events`, dealt to the workers by instance; returns applied / denied / dropped."""
+        """Fire `events`, dealt to the workers by instance (one instance's events to one worker, in
+        their order); returns applied / denied / dropped."""
         parts: list[list[_Event]] = [[] for _ in range(self.workers)]
         for event in events:
             parts[hash(event.instance) % self.workers].append(event)

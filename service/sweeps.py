@@ -11,7 +11,9 @@ from __future__ import annotations
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from sqlalchemy import Connection, insert, select, update
@@ -125,8 +127,9 @@ class Sweeps:
             while True:
                 spans = self._parallel_spans(clock_id, to) if self.workers > 1 else None
                 if spans:
-                    handled, entries = self._worker_pool().sweep(clock_id, spans, batch=batch, actor=actor,
-                                                                 collect=collect)
+                    handled, entries = self._on_workers(partial(
+                        WorkerPool.sweep, clock_id=clock_id, spans=spans, batch=batch, actor=actor,
+                        collect=collect))
                 else:
                     handled, entries = self.sweep(clock_id, to, batch=batch, actor=actor, collect=collect)
                 if not handled:
@@ -142,7 +145,7 @@ class Sweeps:
 
     def _parallel_spans(self, clock_id: str, to: datetime) -> list[Span] | None:
         """If the clock's next instant ≤ `to` has `PARALLEL_MIN_TIMERS` timers or more: move the
-        clock to it and cut its timers into one range of instance ids per worker (equal counts).
+        clock to it and cut its timers into `SPANS_PER_WORKER` ranges of instance ids per worker.
         None when the calling process should sweep it alone (or when nothing is due)."""
         if not self.db.is_sqlite or self.db.memory:
             return None
@@ -156,10 +159,11 @@ class Sweeps:
             due = writer.fetch(f"SELECT count(*) FROM timers WHERE {where}", [clock_id, first])[0][0]
             if due < self.PARALLEL_MIN_TIMERS:
                 return None
-            nth = f"SELECT instance FROM timers WHERE {where} ORDER BY instance LIMIT 1 OFFSET ?"
-            parts = self.workers * SPANS_PER_WORKER
-            bounds = sorted({writer.fetch(nth, [clock_id, first, due * j // parts])[0][0]
-                             for j in range(1, parts)})
+            step = -(-due // (self.workers * SPANS_PER_WORKER))
+            # every step-th instance id in order, in one pass over the index
+            bounds = sorted({row[0] for row in writer.fetch(
+                "SELECT instance FROM (SELECT instance, row_number() OVER (ORDER BY instance) AS n "
+                f"FROM timers WHERE {where}) WHERE n > 1 AND n % ? = 1", [clock_id, first, step])})
         instant = parse_sqlite_timestamp(first)
         assert instant is not None
         with self.db.transaction() as conn:
@@ -167,15 +171,23 @@ class Sweeps:
                          .values(now=instant))
         return [Span(instant, low, high) for low, high in zip([None, *bounds], [*bounds, None], strict=True)]
 
-    def _worker_pool(self) -> WorkerPool:
+    def _on_workers(self, work: Callable[[WorkerPool], _T]) -> _T:
+        """`work` on the worker pool, started on first use. A pool that lost a process (killed,
+        out of memory) is stopped and the error raised: what that process had not committed is
+        still due, and the next call starts a new pool."""
         if self._pool is None:
             self._pool = WorkerPool(self.db.url, self.db.synchronous, self.workers)
-        return self._pool
+        try:
+            return work(self._pool)
+        except BrokenProcessPool:
+            self._pool.close()
+            self._pool = None
+            raise
 
     def start_workers(self) -> None:
         """Start the worker processes now rather than at the first big sweep (no-op with one)."""
         if self.workers > 1 and self.db.is_sqlite and not self.db.memory:
-            self._worker_pool().start()
+            self._on_workers(lambda pool: pool.start())
 
     def close(self) -> None:
         """Stop the worker processes (if any were started) and close the database's connections."""
@@ -211,9 +223,11 @@ class Sweeps:
         `span` (one instant of a test clock, one range of instance ids), judged outside the write
         lock and written if nothing they read has changed meanwhile (`_judge_then_write`)."""
         return self._judge_then_write(
-            lambda uow: self._fire_due(uow, clock_id, span.instant, batch, actor, collect, span))
+            lambda uow: self._fire_due(uow, clock_id, span.instant, batch, actor, collect, span),
+            done=lambda result: result[0] == 0)
 
-    def _judge_then_write(self, judge: Callable[[UnitOfWork], _T]) -> _T:
+    def _judge_then_write(self, judge: Callable[[UnitOfWork], _T],
+                          done: Callable[[_T], bool] | None = None) -> _T:
         """Run `judge` (which fires events into a unit of work) outside the write lock, then
         write its unit if every row it read is still the same; otherwise judge again under it.
 
@@ -222,12 +236,15 @@ class Sweeps:
         runs every read of the unit again inside the write transaction (`reads_unchanged`), so
         a batch is written only as it would be judged at that moment; a batch that lost the race
         (another process changed a row it read, or made one appear under one of its queries) is
-        judged again under the lock, exactly as `sweep` would.
+        judged again under the lock, exactly as `sweep` would. When `done(result)` says the judging
+        found nothing to do (a span with no timer left), the write lock is not taken at all.
         """
         runtime = cast("Runtime", self)
         with self.db.read() as conn:
             uow = UnitOfWork(runtime, conn, self._active(conn), optimistic=True)
             result = judge(uow)
+            if done is not None and done(result):
+                return result
             rows = uow.pending()  # JSON and tuples made here, outside the lock
         with self.db.transaction(bulk=True) as conn:
             if self._active(conn) == uow.version and uow.reads_unchanged(conn):
@@ -414,7 +431,8 @@ class Sweeps:
         return counts
 
     def _fire_window(self, events: list[_Event], actor: str, batch: int, counts: dict[str, int]) -> None:
-        for outcome, number in self._worker_pool().fire(events, actor=actor, batch=batch).items():
+        fired = self._on_workers(lambda pool: pool.fire(events, actor=actor, batch=batch))
+        for outcome, number in fired.items():
             counts[outcome] += number
 
     def _fire_chunk(self, chunk: list[_Event], actor: str, counts: dict[str, int]) -> None:

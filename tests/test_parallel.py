@@ -10,7 +10,9 @@ judged after the change. A month on two worker processes must end exactly as on 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -158,6 +160,26 @@ def test_workers_must_be_positive_and_need_a_sqlite_file() -> None:
     assert memory._pool is None  # an in-memory database cannot be shared: swept here, as before
     assert month.state(invoice) == "issued"
     memory.close()
+
+
+def test_a_pool_that_lost_a_process_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Sweeps, "PARALLEL_MIN_TIMERS", 20)
+    runtime = Runtime(Database(f"sqlite:///{tmp_path / 'broken.db'}"), workers=2)
+    runtime.bootstrap(RULES_PATH)
+    month = Month(runtime)
+    invoices = [month.invoice(n) for n in range(30)]
+    runtime.start_workers()
+    pool = runtime._pool
+    assert pool is not None
+    with pytest.raises(BrokenProcessPool):  # one worker dies
+        runtime._on_workers(lambda p: p.executor.submit(os._exit, 1).result())
+    assert runtime._pool is None
+    runtime.advance_clock(month.clock, ISSUE_AT, collect=False)  # on a new pool
+    assert runtime._pool is not None and runtime._pool is not pool
+    assert {month.state(i) for i in invoices} == {"issued"}
+    assert runtime._pool.counts["written"] > 0
+    runtime.close()
+    assert runtime._pool is None
 
 
 def test_the_server_takes_its_batch_workers_from_the_environment() -> None:
