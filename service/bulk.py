@@ -97,12 +97,14 @@ class BulkWriter:
         finally:
             cursor.close()
 
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Run `sql` for each row; returns the number of rows it changed in all."""
         if not rows:
-            return
+            return 0
         cursor = self.conn.connection.cursor()
         try:
             cursor.executemany(sql.replace("?", self.mark), rows)
+            return int(cursor.rowcount)
         finally:
             cursor.close()
 

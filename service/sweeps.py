@@ -31,6 +31,7 @@ from workflows.exceptions import (
     InvalidTransition,
     NotFound,
     SendFailed,
+    StaleBatch,
 )
 
 if TYPE_CHECKING:
@@ -246,16 +247,25 @@ class Sweeps:
             if done is not None and done(result):
                 return result
             rows = uow.pending()  # JSON and tuples made here, outside the lock
-        with self.db.transaction(bulk=True) as conn:
-            if self._active(conn) == uow.version and uow.reads_unchanged(conn):
-                self.optimistic_counts["written"] += 1
-                uow.rebind(conn)
-            else:
+        try:
+            with self.db.transaction(bulk=True) as conn:
+                if self._active(conn) == uow.version and uow.reads_unchanged(conn):
+                    uow.rebind(conn)
+                    uow.write(rows)  # StaleBatch (all of it undone) if an instance it updates changed
+                    self.optimistic_counts["written"] += 1
+                    return result
                 self.optimistic_counts["judged_again"] += 1
-                uow = UnitOfWork(runtime, conn, self._active(conn))
-                result = judge(uow)
-                rows = uow.pending()
-            uow.write(rows)
+                return self._judge_locked(conn, judge)
+        except StaleBatch:
+            pass
+        self.optimistic_counts["judged_again"] += 1
+        with self.db.transaction(bulk=True) as conn:
+            return self._judge_locked(conn, judge)
+
+    def _judge_locked(self, conn: Connection, judge: Callable[[UnitOfWork], _T]) -> _T:
+        uow = UnitOfWork(cast("Runtime", self), conn, self._active(conn))
+        result = judge(uow)
+        uow.flush()
         return result
 
     def _fire_due(self, uow: UnitOfWork, clock_id: str | None, until: datetime, batch: int, actor: str,

@@ -27,6 +27,7 @@ from workflows.exceptions import (
     InvalidTransition,
     NotFound,
     SendFailed,
+    StaleBatch,
     TollgateError,
 )
 from workflows.outcome import Outcome, Snapshot
@@ -67,6 +68,9 @@ class Pending(NamedTuple):
     timers_armed: list[TimerRow]
     notifications: list[tuple[Any, ...]]
     clocks: dict[str, datetime]
+    #: Optimistic: each UPDATE row ends with the version and history_seq the unit read, and
+    #: `write` raises StaleBatch unless every one of them still matched.
+    checked: bool = False
 
 
 class _Reader:
@@ -156,6 +160,12 @@ class UnitOfWork:
         #: can tell under the lock whether the batch still stands (see `Sweeps._judge_then_write`).
         self.reads: list[tuple[str, list[Any], list[Any]]] | None = [] if optimistic else None
         self.reader = _Reader(conn, self.reads)
+        #: optimistic: (version, history_seq) of each instance as first read, which were read by
+        #: id, and the ids asked for and not found. An instance the unit updates is checked by its
+        #: UPDATE (`write`: `AND version = ? AND history_seq = ?`), the others by `reads_unchanged`.
+        self.marks: dict[str, tuple[int, int]] = {}
+        self.read_by_id: set[str] = set()
+        self.absent: set[str] = set()
         # Pending rows are kept as the tuples `flush` hands to executemany: JSON and timestamps
         # converted once, when the row is made (BulkWriter's conversions for this dialect).
         writer = self.reader.writer
@@ -181,7 +191,7 @@ class UnitOfWork:
         if record["account"]:
             self.by_account.setdefault((record["account"], record["workflow"]), []).append(record["id"])
 
-    def _select(self, where: str, params: list[Any], *, lock: bool = False) -> None:
+    def _select(self, where: str, params: list[Any], *, lock: bool = False, by_id: bool = False) -> None:
         """Read instance rows on the DBAPI cursor and remember those not yet in memory.
 
         The records equal what `select(instances)` returns (JSON parsed, timestamps aware in
@@ -198,8 +208,15 @@ class UnitOfWork:
         rows = reader.writer.fetch(sql, params)
         if self.reads is not None:  # kept for `reads_unchanged`: a row's version and history_seq
             # move with every change of it (the history_seq alone with a denied attempt)
-            self.reads.append((f"SELECT id, version, history_seq FROM instances WHERE {where}", params,
-                               [(row[0], row[5], row[6]) for row in rows]))
+            marks = self.marks
+            for row in rows:
+                marks.setdefault(row[0], (row[5], row[6]))
+            if by_id:  # `params` are the ids
+                self.read_by_id.update(row[0] for row in rows)
+                self.absent.update(i for i in params if i not in marks)
+            else:
+                self.reads.append((f"SELECT id, version, history_seq FROM instances WHERE {where}", params,
+                                   [(row[0], row[5], row[6]) for row in rows]))
         for (id_, workflow, state, context, secrets, version, history_seq, clock, account, email,
              usage_month, created_at, updated_at) in rows:
             if id_ in records:
@@ -228,7 +245,7 @@ class UnitOfWork:
         missing = [i for i in dict.fromkeys(ids) if i not in self.records]
         for lo in range(0, len(missing), _CHUNK):
             where, params = self._in("id", missing[lo:lo + _CHUNK])
-            self._select(where, params, lock=self.lock)
+            self._select(where, params, lock=self.lock, by_id=True)
 
     def get(self, instance_id: str) -> dict[str, Any]:
         if instance_id not in self.records:
@@ -492,7 +509,21 @@ class UnitOfWork:
         if self.reads is None:
             raise TypeError("Only an optimistic unit of work keeps its reads.")
         writer = BulkWriter(conn)
-        return all(writer.fetch(sql, params) == rows for sql, params, rows in self.reads)
+        if not all(writer.fetch(sql, params) == rows for sql, params, rows in self.reads):
+            return False
+        # By id: the instances read and not updated (an UPDATE checks its own), and the ids not found.
+        updated = self.dirty - self.new_ids
+        marks = self.marks
+        ids = [i for i in self.read_by_id if i not in updated]
+        ids.extend(self.absent)
+        for lo in range(0, len(ids), _CHUNK):
+            part = ids[lo:lo + _CHUNK]
+            where, params = self._in("id", part)
+            found = {row[0]: (row[1], row[2]) for row in writer.fetch(
+                f"SELECT id, version, history_seq FROM instances WHERE {where}", params)}
+            if found != {i: marks[i] for i in part if i in marks}:
+                return False
+        return True
 
     def rebind(self, conn: Connection) -> None:
         """Write through `conn` (the write transaction) from now on; reads are no longer kept."""
@@ -517,28 +548,35 @@ class UnitOfWork:
         # the UPDATE so SQLite does not rewrite that index entry. Rows go in key order.
         signups: list[tuple[Any, ...]] = []
         others: list[tuple[Any, ...]] = []
+        marks = self.marks if self.reads is not None else None
         for i in sorted(i for i in self.dirty if i in records and i not in new_ids):
             r = records[i]
             if r["workflow"] == "signup":
-                signups.append((r["state"], js(r["context"]), js(r["secrets"]), r["version"],
-                                r["history_seq"], r["email"], ts(r["updated_at"]), i))
+                row: tuple[Any, ...] = (r["state"], js(r["context"]), js(r["secrets"]), r["version"],
+                                        r["history_seq"], r["email"], ts(r["updated_at"]), i)
+                signups.append(row if marks is None else (*row, *marks[i]))
             else:
-                others.append((r["state"], js(r["context"]), js(r["secrets"]), r["version"], r["history_seq"],
-                               ts(r["updated_at"]), i))
+                row = (r["state"], js(r["context"]), js(r["secrets"]), r["version"], r["history_seq"],
+                       ts(r["updated_at"]), i)
+                others.append(row if marks is None else (*row, *marks[i]))
         ops = self.timer_ops
         deleted = [key for key, t in ops.items() if t is None]
         armed = [t for t in ops.values() if t is not None]
         return Pending(inserted, signups, others, self.history_rows, deleted, armed,
-                       self.notification_rows, {c: self.clock_times[c] for c in self.moved_clocks})
+                       self.notification_rows, {c: self.clock_times[c] for c in self.moved_clocks},
+                       marks is not None)
 
     def write(self, rows: Pending) -> None:
         """Write `rows` (from `pending`) on this unit's connection; the unit is empty afterwards."""
         bulk = self.reader.writer
         bulk.insert("instances", INSTANCE_COLUMNS, rows.inserted)
-        bulk.executemany("UPDATE instances SET state = ?, context = ?, secrets = ?, version = ?, "
-                         "history_seq = ?, email = ?, updated_at = ? WHERE id = ?", rows.signups)
-        bulk.executemany("UPDATE instances SET state = ?, context = ?, secrets = ?, version = ?, "
-                         "history_seq = ?, updated_at = ? WHERE id = ?", rows.others)
+        where = "id = ? AND version = ? AND history_seq = ?" if rows.checked else "id = ?"
+        updated = bulk.executemany("UPDATE instances SET state = ?, context = ?, secrets = ?, version = ?, "
+                                   f"history_seq = ?, email = ?, updated_at = ? WHERE {where}", rows.signups)
+        updated += bulk.executemany("UPDATE instances SET state = ?, context = ?, secrets = ?, version = ?, "
+                                    f"history_seq = ?, updated_at = ? WHERE {where}", rows.others)
+        if rows.checked and updated != len(rows.signups) + len(rows.others):
+            raise StaleBatch("An instance this batch updates changed after it was judged.")
         bulk.insert("history", HISTORY_COLUMNS, rows.history)
         # cancelled or fired: deleted; armed: inserted or replaced in one statement
         bulk.delete_pairs("timers", "instance", "name", rows.timers_deleted)

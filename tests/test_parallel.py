@@ -126,6 +126,47 @@ def test_a_row_appearing_under_a_query_after_judging_makes_the_batch_judged_agai
     assert runtime.get_instance(late[0])["context"]["balance"] == 2_000
 
 
+def _set_usage(runtime: Runtime, invoice: str, usage: int) -> None:
+    with runtime.db.transaction() as conn:
+        conn.execute(text("UPDATE instances SET context = json_set(context, '$.usage', :usage), "
+                          "version = version + 1 WHERE id = :id"), {"usage": usage, "id": invoice})
+
+
+def test_an_instance_the_batch_updates_changed_after_judging_makes_it_judged_again(
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    control = Month(runtime)
+    expected = [control.invoice(n, usage=3_000) for n in range(3)]
+    _set_usage(runtime, expected[1], 5_000)
+    runtime.sweep(control.clock, ISSUE_AT, batch=100)
+    month = Month(runtime)
+    invoices = [month.invoice(n, usage=3_000) for n in range(3)]
+    # The invoice itself changes: it is read by id and updated, so its UPDATE's version check
+    # (not the re-run reads) is what finds it; the whole batch is undone and judged again.
+    _between_judging_and_writing(runtime, monkeypatch, lambda: _set_usage(runtime, invoices[1], 5_000))
+    runtime.sweep_span(month.clock, Span(ISSUE_AT, None, None), batch=100)
+    assert runtime.optimistic_counts == {"judged_again": 1}
+    assert runtime.get_instance(invoices[1])["context"]["amount_due"] == 5_000
+    assert _outcome(month, invoices) == _outcome(control, expected)
+    assert len(runtime.history(invoices[0])) == 1  # the undone first write left nothing behind
+
+
+def test_reads_by_id_are_checked_again_found_or_not(runtime: Runtime) -> None:
+    month = Month(runtime)
+    invoice = month.invoice(1)
+    account = f"acct_{month.tag}_1"
+    for change in (lambda: _set_usage(runtime, invoice, 9),
+                   lambda: _add_credit(month, 1, 1_000)):  # an id looked up and not found appears
+        with runtime.db.read() as conn:
+            uow = UnitOfWork(runtime, conn, runtime._active(conn), optimistic=True)
+            uow.load([invoice, account])
+            assert uow.find(f"cr_{month.tag}_1_late") is None
+        with runtime.db.read() as conn:
+            assert uow.reads_unchanged(conn)
+        change()
+        with runtime.db.read() as conn:
+            assert not uow.reads_unchanged(conn)
+
+
 def test_fire_chunk_optimistic_counts_each_outcome(runtime: Runtime) -> None:
     month = Month(runtime)
     invoices = [month.invoice(n) for n in range(3)]

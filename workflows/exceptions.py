@@ -185,6 +185,15 @@ class IdempotencyMismatch(TollgateError):
     title = "Idempotency key reused"
 
 
+class StaleBatch(TollgateError):
+    """A batch judged outside the write lock found, while writing, that a row it read had changed
+    (service/sweeps.py judges it again under the lock; never reaches a client)."""
+
+    status = 409
+    type_slug = "conflict"
+    title = "Conflict"
+
+
 class SendFailed(GuardDenied):
     """An event sent to another instance was refused, so the whole transaction was undone."""
 
