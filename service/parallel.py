@@ -9,11 +9,14 @@ engine for the active rules). The calling process hands them work and waits:
 - `advance_clock`: for each instant on the way that has at least `PARALLEL_MIN_TIMERS` timers
   due, the clock moves to the instant, the instant's timers are cut into `SPANS_PER_WORKER × k`
   ranges of instance ids, and the workers take the ranges in turn and fire them batch by batch
-  (`Sweeps.sweep_span`). Every instant
-  finishes before the next begins, so events still happen in time order; smaller instants are
-  swept by the calling process as before.
-- `fire_many`: events are dealt to the workers by instance (so one instance's events keep their
-  order), a window of `WINDOW_BATCHES × batch` per worker at a time.
+  (`Sweeps.sweep_span`). Every instant finishes before the next begins, so events still happen
+  in time order; smaller instants are swept by the calling process as before.
+- `fire_many`: with at least `PARALLEL_MIN_TIMERS` events, they are dealt to the workers by
+  instance (so one instance's events keep their order), a window of `WINDOW_BATCHES × batch`
+  per worker at a time, each window finished before the next.
+
+A process that starts workers must guard its entry point with `if __name__ == "__main__":` (the
+`tollgate` command, gunicorn and pytest do): spawned processes import the main module again.
 
 Each batch is judged outside the write lock and written only if every row it read is still the
 same (`Sweeps._judge_then_write`); otherwise it is judged again under the lock. The workers also
@@ -27,7 +30,7 @@ import gc
 import multiprocessing
 import os
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -117,9 +120,10 @@ class WorkerPool:
 
     def sweep(self, clock_id: str, spans: list[Span], *, batch: int, actor: str,
               collect: bool) -> tuple[int, list[dict[str, Any]]]:
-        """Fire every timer of `spans`, each span by the next free worker; returns the number handled and the
-        entries in span order."""
+        """Fire every timer of `spans`, each span by the next free worker; returns the number
+        handled and the entries in span order. A worker's error is raised once every span is done."""
         futures = [self.executor.submit(_sweep_span, clock_id, span, batch, actor, collect) for span in spans]
+        wait(futures)  # all of them, even when one fails: nothing goes on writing behind the caller
         handled, entries = 0, []
         for future in futures:
             count, more, counts = future.result()
@@ -135,6 +139,7 @@ class WorkerPool:
         for event in events:
             parts[hash(event.instance) % self.workers].append(event)
         futures = [self.executor.submit(_fire, part, actor, batch) for part in parts if part]
+        wait(futures)
         totals: Counter[str] = Counter()
         for future in futures:
             counts, optimistic = future.result()
