@@ -330,7 +330,8 @@ def _figures(results: list[dict[str, Any]], normal: dict[str, Any] | None,
     figures += [Figure(f"billing.sqlite.N={r['n']:,}.cost_in_bare_triggers", 1e6 / r["rate"], "us/transition",
                        r["trigger_us"], None, "<=",
                        "wall time per applied transition ÷ a bare transitions trigger timed in the same "
-                       "process before and after the month (machine-speed calibration; the goal's "
+                       "process before and after the month (machine-speed calibration, on one core "
+                       f"while the month used {r['workers']} process(es); the goal's "
                        f"{GOAL_RATE:,.0f}/s is {1e6 / GOAL_RATE:.0f} µs)")
                 for r in results]
     figures.append(Figure("billing.sqlite.rate_at_large_n", big["rate"], "transitions/s", small["rate"],
