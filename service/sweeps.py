@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
 from functools import partial
+from itertools import chain, islice
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from sqlalchemy import Connection, insert, select, update
@@ -44,6 +45,13 @@ _T = TypeVar("_T")
 
 def rfc3339(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(UTC).isoformat()
+
+
+def _chunks(items: Iterable[_Event], size: int) -> Iterator[list[_Event]]:
+    """`items` in lists of `size` (the last one shorter)."""
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
 
 
 class _Timer(NamedTuple):
@@ -126,7 +134,7 @@ class Sweeps:
         count = 0
         with self.db.bulk_work():
             while True:
-                spans = self._parallel_spans(clock_id, to) if self.workers > 1 else None
+                spans = self._parallel_spans(clock_id, to) if self._has_workers else None
                 if spans:
                     handled, entries = self._on_workers(partial(
                         WorkerPool.sweep, clock_id=clock_id, spans=spans, batch=batch, actor=actor,
@@ -148,8 +156,6 @@ class Sweeps:
         """If the clock's next instant ≤ `to` has `PARALLEL_MIN_TIMERS` timers or more: move the
         clock to it and cut its timers into `SPANS_PER_WORKER` ranges of instance ids per worker.
         None when the calling process should sweep it alone (or when nothing is due)."""
-        if not self.db.is_sqlite or self.db.memory:
-            return None
         with self.db.read() as conn:
             writer = BulkWriter(conn)
             where = "clock = ? AND due_at = ?"
@@ -185,9 +191,15 @@ class Sweeps:
             self._pool = None
             raise
 
+    @property
+    def _has_workers(self) -> bool:
+        """Whether big sweeps and batches go to worker processes: more than one asked for, and a
+        SQLite file for them to share (PostgreSQL scales out with `tollgate worker` instead)."""
+        return self.workers > 1 and self.db.is_sqlite and not self.db.memory
+
     def start_workers(self) -> None:
-        """Start the worker processes now rather than at the first big sweep (no-op with one)."""
-        if self.workers > 1 and self.db.is_sqlite and not self.db.memory:
+        """Start the worker processes now rather than at the first big sweep (no-op without)."""
+        if self._has_workers:
             self._on_workers(lambda pool: pool.start())
 
     def close(self) -> None:
@@ -413,30 +425,18 @@ class Sweeps:
         order, but events of different instances may commit in another order than given.
         """
         counts = {"applied": 0, "denied": 0, "dropped": 0}
-        chunk: list[_Event] = []
-        if self.workers > 1 and self.db.is_sqlite and not self.db.memory:
+        stream: Iterator[_Event] = (_Event(*e) for e in events)
+        if self._has_workers:
             window = max(batch * self.workers * WINDOW_BATCHES, self.PARALLEL_MIN_TIMERS)
-            stream = iter(events)
-            first = [_Event(*e) for _, e in zip(range(window), stream, strict=False)]
+            first = list(islice(stream, window))
+            stream = chain(first, stream)
             if len(first) >= self.PARALLEL_MIN_TIMERS:  # enough to be worth the worker processes
                 with self.db.bulk_work():
-                    self._fire_window(first, actor, batch, counts)
-                    for instance_id, event, data in stream:
-                        chunk.append(_Event(instance_id, event, data))
-                        if len(chunk) >= window:
-                            self._fire_window(chunk, actor, batch, counts)
-                            chunk = []
-                    if chunk:
+                    for chunk in _chunks(stream, window):
                         self._fire_window(chunk, actor, batch, counts)
                 return counts
-            events = first
         with self.db.bulk_work():
-            for instance_id, event, data in events:
-                chunk.append(_Event(instance_id, event, data))
-                if len(chunk) >= batch:
-                    self._fire_chunk(chunk, actor, counts)
-                    chunk = []
-            if chunk:
+            for chunk in _chunks(stream, batch):
                 self._fire_chunk(chunk, actor, counts)
         return counts
 

@@ -203,6 +203,43 @@ def test_workers_must_be_positive_and_need_a_sqlite_file() -> None:
     memory.close()
 
 
+def test_an_instant_goes_to_the_workers_from_parallel_min_timers_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Sweeps, "PARALLEL_MIN_TIMERS", 20)
+    runtime = Runtime(Database(f"sqlite:///{tmp_path / 'threshold.db'}"), workers=2)
+    runtime.bootstrap(RULES_PATH)
+    below, at = Month(runtime), Month(runtime)
+    few = [below.invoice(n) for n in range(19)]
+    enough = [at.invoice(n) for n in range(20)]
+    runtime.advance_clock(below.clock, ISSUE_AT, collect=False)
+    assert runtime._pool is None  # 19 timers: swept here, no worker started
+    assert {below.state(i) for i in few} == {"issued"}
+    runtime.advance_clock(at.clock, ISSUE_AT, collect=False)
+    assert runtime._pool is not None and runtime._pool.counts["written"] > 0  # 20: by the workers
+    assert {at.state(i) for i in enough} == {"issued"}
+    runtime.close()
+
+
+def test_fire_many_goes_to_the_workers_from_parallel_min_timers_events_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Sweeps, "PARALLEL_MIN_TIMERS", 20)
+    runtime = Runtime(Database(f"sqlite:///{tmp_path / 'fire_threshold.db'}"), workers=2)
+    runtime.bootstrap(RULES_PATH)
+    month = Month(runtime)
+    invoices = [month.invoice(n, usage=1_000) for n in range(39)]
+    runtime.sweep(month.clock, ISSUE_AT, batch=100)  # issued here, without workers
+
+    def deposits(ids: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
+        return [(i, "deposit", {"amount": 1_000, "deposited_at": ISSUE_AT.isoformat()}) for i in ids]
+
+    assert runtime.fire_many(deposits(invoices[:19])) == {"applied": 19, "denied": 0, "dropped": 0}
+    assert runtime._pool is None  # 19 events: fired here
+    assert runtime.fire_many(deposits(invoices[19:])) == {"applied": 20, "denied": 0, "dropped": 0}
+    assert runtime._pool is not None and runtime._pool.counts["written"] > 0  # 20: by the workers
+    assert {month.state(i) for i in invoices} == {"paid"}
+    runtime.close()
+
+
 def test_a_pool_that_lost_a_process_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Sweeps, "PARALLEL_MIN_TIMERS", 20)
     runtime = Runtime(Database(f"sqlite:///{tmp_path / 'broken.db'}"), workers=2)
