@@ -38,6 +38,16 @@ def runtime(tmp_path: Path) -> Iterator[Runtime]:
     runtime.close()
 
 
+@pytest.fixture
+def pooled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
+    """A runtime with 2 worker processes that get every instant or batch of 20 or more."""
+    monkeypatch.setattr(Sweeps, "PARALLEL_MIN_TIMERS", 20)
+    runtime = Runtime(Database(f"sqlite:///{tmp_path / 'pooled.db'}"), workers=2)
+    runtime.bootstrap(RULES_PATH)
+    yield runtime
+    runtime.close()
+
+
 def _between_judging_and_writing(runtime: Runtime, monkeypatch: pytest.MonkeyPatch,
                                  change: Callable[[], None]) -> None:
     """Run `change` (in its own transaction) right after the optimistic judging of a batch."""
@@ -203,11 +213,8 @@ def test_workers_must_be_positive_and_need_a_sqlite_file() -> None:
     memory.close()
 
 
-def test_an_instant_goes_to_the_workers_from_parallel_min_timers_on(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(Sweeps, "PARALLEL_MIN_TIMERS", 20)
-    runtime = Runtime(Database(f"sqlite:///{tmp_path / 'threshold.db'}"), workers=2)
-    runtime.bootstrap(RULES_PATH)
+def test_an_instant_goes_to_the_workers_from_parallel_min_timers_on(pooled: Runtime) -> None:
+    runtime = pooled
     below, at = Month(runtime), Month(runtime)
     few = [below.invoice(n) for n in range(19)]
     enough = [at.invoice(n) for n in range(20)]
@@ -220,11 +227,8 @@ def test_an_instant_goes_to_the_workers_from_parallel_min_timers_on(
     runtime.close()
 
 
-def test_fire_many_goes_to_the_workers_from_parallel_min_timers_events_on(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(Sweeps, "PARALLEL_MIN_TIMERS", 20)
-    runtime = Runtime(Database(f"sqlite:///{tmp_path / 'fire_threshold.db'}"), workers=2)
-    runtime.bootstrap(RULES_PATH)
+def test_fire_many_goes_to_the_workers_from_parallel_min_timers_events_on(pooled: Runtime) -> None:
+    runtime = pooled
     month = Month(runtime)
     invoices = [month.invoice(n, usage=1_000) for n in range(39)]
     runtime.sweep(month.clock, ISSUE_AT, batch=100)  # issued here, without workers
@@ -240,10 +244,8 @@ def test_fire_many_goes_to_the_workers_from_parallel_min_timers_events_on(
     runtime.close()
 
 
-def test_a_pool_that_lost_a_process_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(Sweeps, "PARALLEL_MIN_TIMERS", 20)
-    runtime = Runtime(Database(f"sqlite:///{tmp_path / 'broken.db'}"), workers=2)
-    runtime.bootstrap(RULES_PATH)
+def test_a_pool_that_lost_a_process_is_replaced(pooled: Runtime) -> None:
+    runtime = pooled
     month = Month(runtime)
     invoices = [month.invoice(n) for n in range(30)]
     runtime.start_workers()
