@@ -183,6 +183,19 @@ def test_the_bare_trigger_calibration_times_a_transitions_trigger() -> None:
     assert 0.1 < bare_trigger_us(seconds=0.05, rounds=3) < 1_000
 
 
+def test_the_calibration_of_a_month_on_two_workers_times_the_trigger_in_two_processes_at_once() -> None:
+    from bench.billing import bare_trigger_us
+
+    assert 0.1 < bare_trigger_us(seconds=0.05, rounds=3, processes=2) < 1_000
+
+
+def test_the_calibration_can_be_switched_off_for_instruction_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.billing import bare_trigger_us
+
+    monkeypatch.setenv("TOLLGATE_BENCH_CALIBRATE", "0")
+    assert bare_trigger_us(processes=2) == 0.0
+
+
 CACHEGRIND = """\
 desc: I1 cache:         32768 B, 64 B, 8-way associative
 cmd: python -m bench.billing --child run
