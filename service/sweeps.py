@@ -428,13 +428,16 @@ class Sweeps:
         stream: Iterator[_Event] = (_Event(*e) for e in events)
         if self._has_workers:
             window = max(batch * self.workers * WINDOW_BATCHES, self.PARALLEL_MIN_TIMERS)
-            first = list(islice(stream, window))
-            stream = chain(first, stream)
-            if len(first) >= self.PARALLEL_MIN_TIMERS:  # enough to be worth the worker processes
+            events_window = list(islice(stream, window))
+            if len(events_window) >= self.PARALLEL_MIN_TIMERS:  # enough to be worth the worker processes
                 with self.db.bulk_work():
-                    for chunk in _chunks(stream, window):
-                        self._fire_window(chunk, actor, batch, counts)
+                    while events_window:
+                        self._fire_window(events_window, actor, batch, counts)
+                        # one window in memory at a time: a month's report can be millions of events
+                        del events_window
+                        events_window = list(islice(stream, window))
                 return counts
+            stream = chain(events_window, stream)
         with self.db.bulk_work():
             for chunk in _chunks(stream, batch):
                 self._fire_chunk(chunk, actor, counts)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime, timedelta
@@ -23,6 +25,7 @@ from sqlalchemy import text
 from bench.billing import run_month, seed_month
 from service.bulk import BulkWriter
 from service.db import Database
+from service.parallel import WINDOW_BATCHES
 from service.runtime import Runtime
 from service.sweeps import Span, Sweeps, _Event
 from service.unit_of_work import INSTANCE_COLUMNS, UnitOfWork
@@ -242,6 +245,38 @@ def test_fire_many_goes_to_the_workers_from_parallel_min_timers_events_on(pooled
     assert runtime._pool is not None and runtime._pool.counts["written"] > 0  # 20: by the workers
     assert {month.state(i) for i in invoices} == {"paid"}
     runtime.close()
+
+
+def test_a_parallel_fire_many_holds_one_window_of_events_at_a_time(
+        pooled: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway's report can be millions of events: the calling process reads them a window at a
+    time and lets each window go before reading the next (keeping the first window to the end made
+    the 1,000,000-invoice month's peak memory 10% higher than the 100,000-invoice month's)."""
+    runtime = pooled
+    month = Month(runtime)
+    invoices = [month.invoice(n, usage=1_000) for n in range(100)]
+    runtime.sweep(month.clock, ISSUE_AT, batch=100)
+    alive: list[weakref.ref[OrderedDict[str, Any]]] = []
+
+    def report() -> Iterator[tuple[str, str, OrderedDict[str, Any]]]:
+        for invoice in invoices:
+            data = OrderedDict(amount=1_000, deposited_at=ISSUE_AT.isoformat())
+            alive.append(weakref.ref(data))
+            yield invoice, "deposit", data
+
+    held: list[int] = []
+    fire_window = Sweeps._fire_window
+
+    def counting(self: Sweeps, events: list[_Event], *args: Any) -> None:
+        held.append(sum(ref() is not None for ref in alive))
+        fire_window(self, events, *args)
+
+    monkeypatch.setattr(Sweeps, "_fire_window", counting)
+    window = 1 * runtime.workers * WINDOW_BATCHES  # batch=1: 32 events a window
+    assert runtime.fire_many(report(), batch=1) == {"applied": 100, "denied": 0, "dropped": 0}
+    assert len(held) == 4 and held[0] == window  # 32, 32, 32 and 4
+    assert max(held[1:]) < 2 * window  # the window before is gone (bar one worker's part in flight)
+    assert {month.state(i) for i in invoices} == {"paid"}
 
 
 def test_a_pool_that_lost_a_process_is_replaced(pooled: Runtime) -> None:
