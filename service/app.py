@@ -12,6 +12,7 @@ from flask import Flask, Response, g, request
 
 from service import api, auth, errors
 from service.db import DEFAULT_URL, Database
+from service.parallel import auto_workers
 from service.runtime import Runtime, system_now
 from workflows.exceptions import BadRequest
 
@@ -24,8 +25,9 @@ DEFAULTS: dict[str, Any] = {
     "DATABASE_URL": DEFAULT_URL,
     "RULES": "rules.yaml",
     "TOKENS": "",
-    # processes that judge a big clock advance or batch of events on a SQLite file (service/parallel.py)
-    "BATCH_WORKERS": 1,
+    # processes that judge a big clock advance or batch of events on a SQLite file (service/parallel.py):
+    # "auto" is one per core, at most 2 (`parallel.auto_workers`); 1 keeps it all in the server's process
+    "BATCH_WORKERS": "auto",
     "NOW": None,  # a callable returning an aware datetime; tests pin real time with it
     "MAX_CONTENT_LENGTH": 1024 * 1024,
 }
@@ -56,12 +58,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
 
 def _batch_workers(value: Any) -> int:
+    if value == "auto":
+        return auto_workers()
     try:
         workers = int(value)
     except (TypeError, ValueError):
         workers = 0
     if workers < 1:
-        raise ValueError(f"TOLLGATE_BATCH_WORKERS must be a whole number of at least 1, not {value!r}.")
+        raise ValueError(f"TOLLGATE_BATCH_WORKERS must be \"auto\" or a whole number of at least 1, "
+                         f"not {value!r}.")
     return workers
 
 

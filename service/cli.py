@@ -208,7 +208,8 @@ def _register_serve(subparsers: Subparsers) -> None:
     parser.add_argument("--threads", type=int, default=8, help="threads per worker (default 8)")
     parser.add_argument("--batch-workers", type=int, default=None, metavar="K",
                         help="on a SQLite file: processes that judge a big clock advance or batch of "
-                        "events together (default: $TOLLGATE_BATCH_WORKERS or 1)")
+                        "events together (default: $TOLLGATE_BATCH_WORKERS, else auto: one per core, "
+                        "at most 2; 1 keeps that work in the server's process)")
     parser.add_argument("--no-scheduler", action="store_true",
                         help="do not fire timers in this server (run `tollgate worker` instead)")
     _add_storage_options(parser)

@@ -96,6 +96,7 @@ class Runtime(Sweeps):
         self.now = now
         self.workers = workers
         self._pool = None
+        self._pool_lock = threading.Lock()
         self.optimistic_counts = Counter()
         self._engines: dict[str, Engine] = {}
         self._engines_lock = threading.Lock()

@@ -9,6 +9,7 @@ PostgreSQL), fires them against in-memory records and writes them in bulk; a tes
 from __future__ import annotations
 
 import secrets
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures.process import BrokenProcessPool
@@ -84,6 +85,8 @@ class Sweeps:
     #: Processes that judge big sweeps and `fire_many` batches on a SQLite file (1: this one alone).
     workers: int
     _pool: WorkerPool | None
+    #: Held while the pool is started or replaced: a server's threads may advance clocks at once.
+    _pool_lock: threading.Lock
     #: Fewest timers due at one instant (or events given to `fire_many`) handed to the worker
     #: processes: fewer are done here, sooner than the ~1 s it takes to start the workers.
     PARALLEL_MIN_TIMERS = 5_000
@@ -182,13 +185,17 @@ class Sweeps:
         """`work` on the worker pool, started on first use. A pool that lost a process (killed,
         out of memory) is stopped and the error raised: what that process had not committed is
         still due, and the next call starts a new pool."""
-        if self._pool is None:
-            self._pool = WorkerPool(self.db.url, self.db.synchronous, self.workers)
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = WorkerPool(self.db.url, self.db.synchronous, self.workers)
+            pool = self._pool
         try:
-            return work(self._pool)
+            return work(pool)
         except BrokenProcessPool:
-            self._pool.close()
-            self._pool = None
+            with self._pool_lock:
+                if self._pool is pool:  # not yet replaced by another thread that saw it break
+                    self._pool = None
+            pool.close()
             raise
 
     @property
@@ -204,9 +211,10 @@ class Sweeps:
 
     def close(self) -> None:
         """Stop the worker processes (if any were started) and close the database's connections."""
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
         self.db.dispose()
 
     def sweep(self, clock_id: str | None, until: datetime, *, batch: int = 1000, actor: str = TIMER_ACTOR,

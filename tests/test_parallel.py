@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -25,7 +27,7 @@ from sqlalchemy import text
 from bench.billing import run_month, seed_month
 from service.bulk import BulkWriter
 from service.db import Database
-from service.parallel import WINDOW_BATCHES
+from service.parallel import MAX_AUTO_WORKERS, WINDOW_BATCHES, auto_workers
 from service.runtime import Runtime
 from service.sweeps import Span, Sweeps, _Event
 from service.unit_of_work import INSTANCE_COLUMNS, UnitOfWork
@@ -300,10 +302,36 @@ def test_a_pool_that_lost_a_process_is_replaced(pooled: Runtime) -> None:
 def test_the_server_takes_its_batch_workers_from_the_environment() -> None:
     from service.app import _batch_workers
 
-    assert _batch_workers("2") == 2 and _batch_workers(1) == 1
-    for wrong in ("two", "0", None):
-        with pytest.raises(ValueError, match="TOLLGATE_BATCH_WORKERS must be a whole number of at least 1"):
+    assert _batch_workers("2") == 2 and _batch_workers(1) == 1 and _batch_workers("auto") == auto_workers()
+    for wrong in ("two", "0", None, "Auto"):
+        with pytest.raises(ValueError, match='TOLLGATE_BATCH_WORKERS must be "auto" or a whole number of at '
+                                             "least 1"):
             _batch_workers(wrong)
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(1, 1), (2, 2), (3, 2), (16, 2)])
+def test_auto_is_one_worker_per_usable_core_up_to_two(
+        monkeypatch: pytest.MonkeyPatch, cores: int, expected: int) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert MAX_AUTO_WORKERS == 2 and auto_workers() == expected
+
+
+def test_threads_that_need_the_workers_at_once_start_one_pool(
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[object] = []
+
+    class SlowPool:
+        def __init__(self, *args: Any) -> None:
+            time.sleep(0.05)  # a pool takes a while to start: long enough for the others to arrive
+            started.append(self)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr("service.sweeps.WorkerPool", SlowPool)
+    with ThreadPoolExecutor(4) as threads:
+        pools = list(threads.map(lambda _: runtime._on_workers(lambda pool: pool), range(4)))
+    assert len(started) == 1 and all(pool is started[0] for pool in pools)
 
 
 def _history(url: str) -> list[tuple[Any, ...]]:

@@ -89,3 +89,42 @@ def test_several_workers_fire_each_due_timer_exactly_once(
         assert op.instance(signup)["timers"] == []
     for log in tmp_path.glob("worker-*.log"):
         assert "Traceback" not in log.read_text(encoding="utf-8"), log.read_text(encoding="utf-8")
+
+
+def _spawned_workers(group: int) -> list[int]:
+    """Pids of the multiprocessing children (`spawn_main`) in a server's process group."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if os.getpgid(int(entry.name)) == group and b"spawn_main" in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_by_default_the_server_judges_a_big_clock_advance_on_a_worker_process_per_core(
+        start_server: StartServer) -> None:
+    from bench.billing import CHARGED_AT, CLOCK, seed_month
+    from service.parallel import auto_workers
+    from service.sweeps import Sweeps
+
+    if auto_workers() < 2:
+        pytest.skip("one usable core: by default the server starts no worker process")
+    server = start_server("sqlite", workers=1)
+    assert server.process is not None
+    group = server.process.pid
+    n = Sweeps.PARALLEL_MIN_TIMERS + 1_000  # one instant big enough for the workers
+    seed_month(server.database_url, n)  # accounts, invoices and their issue timers, on clock CLOCK
+    assert _spawned_workers(group) == []  # none before a big advance needs them
+
+    advanced = server.client("operator").ok("POST", f"/clocks/{CLOCK}/advance",
+                                            json_body={"to": CHARGED_AT.isoformat()})
+
+    assert len(_spawned_workers(group)) == auto_workers()
+    issued = [f for f in advanced["fired"] if f["event"] == "issue"]
+    assert len(issued) == n and {f["outcome"] for f in issued} == {"applied"}
+    assert len({f["instance"] for f in issued}) == n  # each invoice issued once
+    assert [f["at"] for f in advanced["fired"]] == sorted(f["at"] for f in advanced["fired"])
+    server.stop()
+    assert _spawned_workers(group) == []  # stopped with the server
