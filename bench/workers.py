@@ -38,7 +38,7 @@ from bench.report import Figure, print_table, write_json
 __all__ = ["POSTGRES_URL", "main", "worker_figures"]
 
 POSTGRES_URL = os.environ.get("TOLLGATE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-FULL_N = 20_000
+FULL_N = 100_000  # the SQLite month's first N
 QUICK_N = 1_000
 WORKERS = (1, 2, 4)
 GOAL = 1.5
