@@ -73,7 +73,8 @@ def test_a_map_used_whole_is_passed_whole():
 
 
 def test_comprehension_variables_are_allowed():
-    expression = compile_("data.items.exists(item, item > params.billing.issue_day)")
+    schemas = {"data": [{"properties": {"items": {"type": "array", "maxItems": 100}}}]}
+    expression = compile_("data.items.exists(item, item > params.billing.issue_day)", schemas=schemas)
     assert expression.evaluate({"data": {"items": [1, 4]}}) is True
     assert expression.evaluate({"data": {"items": [1, 2]}}) is False
 

@@ -6,6 +6,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class ExpressionError(ValueError):
+    """An expression that does not compile, names something unknown or exceeds the expression
+    budget (`workflows.expression_budget`); line/column are 1-based positions inside its text."""
+
+    def __init__(self, message: str, line: int = 1, column: int = 1) -> None:
+        super().__init__(message)
+        self.message, self.line, self.column = message, line, column
+
+
+class EngineFailure(RuntimeError):
+    """The CEL engine failed inside (a Rust panic, which pyo3 raises as a BaseException): turned
+    into an ordinary error so that a guard counts as failed and a request never crashes."""
+
+
 class TollgateError(Exception):
     """Base of every deliberate tollgate error; `str(error)` is a full sentence."""
 

@@ -9,6 +9,11 @@ module alone:
 * field reads on the input maps (`data.method`, `has(data.card_type)`) become flat scalar
   variables, because converting a Python dict into a CEL map costs microseconds per key.
 
+Before any text reaches the engine, `workflows.expression_budget` parses it with a bounded parser
+and refuses what is too long, too deep or too costly (the engine overflows its stack on deep
+input), and a Rust panic inside the engine (a BaseException) becomes `ExpressionError` at load or
+`EngineFailure` at evaluation, never a crash.
+
 Only the variables an expression uses are passed to it. Expressions inside the common subset of
 `workflows.cel_subset` are evaluated by its closures first; the CEL engine decides whatever they
 are not sure of.
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -26,6 +31,9 @@ from typing import Any
 import cel
 
 from workflows.cel_subset import Fallback, Native, compile_subset
+from workflows.exceptions import EngineFailure, ExpressionError
+from workflows.expression_budget import position
+from workflows.expression_check import check_budget
 
 __all__ = ["CEL_BUILTINS", "Binding", "Expression", "ExpressionError", "compile_expression"]
 
@@ -44,15 +52,6 @@ _MACROS = ("all", "exists", "exists_one", "map", "filter")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _POSITION = re.compile(r"<input>:(\d+):(\d+)")
 _UNDEFINED = re.compile(r"Undefined variable or function: '([^']+)'")
-
-
-class ExpressionError(ValueError):
-    """An expression that does not compile or names something unknown; line/column are 1-based
-    positions inside the expression text."""
-
-    def __init__(self, message: str, line: int = 1, column: int = 1) -> None:
-        super().__init__(message)
-        self.message, self.line, self.column = message, line, column
 
 
 @dataclass(frozen=True)
@@ -84,10 +83,32 @@ def _literal(value: Any) -> str:
     raise ExpressionError(f"The constant {value!r} cannot be written as a CEL literal.")
 
 
-def _position(text: str, offset: int) -> tuple[int, int]:
-    line = text.count("\n", 0, offset) + 1
-    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
-    return line, column
+_position = position
+
+
+def _is_panic(error: BaseException) -> bool:
+    """A Rust panic inside the engine: pyo3 raises `pyo3_runtime.PanicException`, a BaseException."""
+    return type(error).__name__ == "PanicException"
+
+
+def _cel_compile(text: str) -> Any:
+    """`cel.compile`, with an engine panic turned into `ExpressionError` (ValueError passes)."""
+    try:
+        return cel.compile(text)
+    except Exception:
+        raise
+    except BaseException as error:
+        if not _is_panic(error):
+            raise
+        raise ExpressionError(f"The CEL engine cannot compile the expression ({error}); "
+                              "simplify it.") from None
+
+
+def _engine_failure(error: BaseException) -> BaseException:
+    """What to raise for `error` escaping the engine at evaluation: a panic becomes EngineFailure."""
+    if isinstance(error, Exception) or not _is_panic(error):
+        return error
+    return EngineFailure(f"The CEL engine failed while evaluating the expression: {error}")
 
 
 def _string_end(text: str, start: int) -> int:
@@ -152,6 +173,7 @@ class Expression:
     plain: tuple[str, ...]  # variables passed as they are (e.g. now)
     functions: Mapping[str, Callable[..., Any]]
     native: Native | None = None  # the cel_subset fast path, if the expression is inside it
+    type: str | None = None  # the result's CEL type, when known statically (expression_budget)
     _memo: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -185,12 +207,18 @@ class Expression:
                 pass
         key = self._memo_key(inputs)
         if key is None:
-            return self.program.execute(self.variables(inputs))
+            try:
+                return self.program.execute(self.variables(inputs))
+            except BaseException as error:
+                raise _engine_failure(error) from None
         memo = self._memo
         hit = memo.get(key, _MISS)
         if hit is not _MISS:
             return list(hit) if type(hit) is tuple else hit
-        result = self.program.execute(self.variables(inputs))
+        try:
+            result = self.program.execute(self.variables(inputs))
+        except BaseException as error:
+            raise _engine_failure(error) from None
         if type(result) is list and all(type(v) in _MEMO_SCALARS for v in result):
             stored: Any = tuple(result)
         elif type(result) in _MEMO_SCALARS:
@@ -331,17 +359,22 @@ def _rewrite(source: str, constants: Mapping[str, Any], maps: frozenset[str],
 
 def compile_expression(source: str, *, constants: Mapping[str, Any] | None = None,
                        maps: Iterable[str] = (), scalars: Iterable[str] = (),
-                       functions: Mapping[str, Callable[..., Any]] | None = None) -> Expression:
+                       functions: Mapping[str, Callable[..., Any]] | None = None,
+                       schemas: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> Expression:
     """Compile `source`, raising `ExpressionError` with a position inside `source` on any problem.
 
     `constants` are inlined, `maps` are input maps read field by field, `scalars` are passed as
-    they are, `functions` are the helper functions the expression may call.
+    they are, `functions` are the helper functions the expression may call. `schemas` are the
+    JSON Schemas of the input maps (several for one map when a rule serves several events); they
+    type fields and bound list and string sizes for the cost estimate.
     """
     if not isinstance(source, str) or not source.strip():
         raise ExpressionError("The expression is empty.")
+    maps = tuple(maps)
+    facts = check_budget(source, constants=constants, maps=maps, schemas=schemas)
     functions = dict(functions or {})
     try:
-        cel.compile(source)
+        _cel_compile(source)
     except ValueError as error:
         text = str(error)
         match = _POSITION.search(text)
@@ -351,7 +384,11 @@ def compile_expression(source: str, *, constants: Mapping[str, Any] | None = Non
         raise ExpressionError(f"The expression does not compile: {detail}.", line, column) from None
     rewritten, bindings, plain = _rewrite(source, constants or {}, frozenset(maps),
                                           frozenset(scalars), frozenset(functions))
-    program = cel.compile(rewritten)
+    try:
+        program = _cel_compile(rewritten)
+    except ValueError as error:  # the rewriting broke it (e.g. an inlined value CEL cannot hold)
+        raise ExpressionError(f"The expression does not compile once its parameters are inlined: "
+                              f"{str(error).splitlines()[0]}.") from None
     used = set(program.functions())
     for name in sorted(used):
         if name in functions or name in CEL_BUILTINS or not name[:1].isalpha():
@@ -365,7 +402,7 @@ def compile_expression(source: str, *, constants: Mapping[str, Any] | None = Non
     return Expression(source=source, rewritten=rewritten, program=program,
                       bindings=tuple(bindings), plain=tuple(sorted(plain)),
                       functions=used_functions,
-                      native=_native(rewritten, bindings, plain, used_functions))
+                      native=_native(rewritten, bindings, plain, used_functions), type=facts.type)
 
 
 def _native(rewritten: str, bindings: Iterable[Binding], plain: Iterable[str],
@@ -392,7 +429,7 @@ def combine(expressions: list[Expression]) -> Expression:
         fields = {b.name: (b.root, b.field, b.presence) for b in bindings.values()}
         native = compile_subset([e.rewritten for e in expressions], fields, tuple(sorted(plain)),
                                 functions)
-    return Expression(source=rewritten, rewritten=rewritten, program=cel.compile(rewritten),
+    return Expression(source=rewritten, rewritten=rewritten, program=_cel_compile(rewritten),
                       bindings=tuple(bindings.values()), plain=tuple(sorted(plain)),
                       functions=functions, native=native)
 

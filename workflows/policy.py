@@ -130,15 +130,38 @@ def _consistency(params: Mapping[str, Any], doc: Document) -> list[Problem]:
     return out
 
 
+#: What each kind of expression must give, and how a policy editor is told.
+_RESULTS = {"guard": ("bool", "a guard must be true or false (compare the value, e.g. `x == 1`)"),
+            "route": ("bool", "a route rule must be true or false (compare the value, e.g. `x == 1`)"),
+            "when": ("bool", "a timer's `when` must be true or false"),
+            "at": ("timestamp", "a timer's `at` must be a timestamp (e.g. add_days(now, 1))")}
+
+
+def _schemas(definition: Definition, events: tuple[str, ...]) -> dict[str, list[Mapping[str, Any]]]:
+    """The JSON Schemas of the input maps of an expression serving `events` (data: one per event)."""
+    out: dict[str, list[Mapping[str, Any]]] = {"context": [definition.context_schema]}
+    if events and all(e in definition.events for e in events):
+        out["data"] = [definition.events[e].data_schema for e in events]
+    return out
+
+
 def _compile(doc: Document, path: PathKey, source: str, *, maps: tuple[str, ...],
-             params: Mapping[str, Any], functions: Mapping[str, Any],
-             problems: list[Problem]) -> Expression | None:
+             params: Mapping[str, Any], functions: Mapping[str, Any], problems: list[Problem],
+             schemas: Mapping[str, list[Mapping[str, Any]]] | None = None) -> Expression | None:
+    """Compile one expression (budget, names, then the CEL engine) and check its result type."""
     try:
-        return compile_expression(source, constants={"params": params}, maps=maps,
-                                  scalars=("now",), functions=functions)
+        expression = compile_expression(source, constants={"params": params}, maps=maps,
+                                        scalars=("now",), functions=functions, schemas=schemas)
     except ExpressionError as error:
         problems.append(doc.problem(path, error.message, offset=(error.line, error.column)))
         return None
+    wanted, rule = _RESULTS[str(path[-1])]
+    if expression.type is not None and expression.type != wanted:
+        article = "an" if expression.type[0] in "aeiou" else "a"
+        problems.append(doc.problem(path, f"The expression gives {article} {expression.type}, not a "
+                                    f"{wanted}: {rule}."))
+        return None
+    return expression
 
 
 def _check_facts(doc: Document, path: PathKey, expression: Expression, definition: Definition,
@@ -215,7 +238,8 @@ def load_policy(text: str, file: str = "rules.yaml",
             events = tuple(dict.fromkeys(e for _, e in users))
         expr_key = "guard" if kind == "guard" else "route"
         expression = _compile(doc, (*base, expr_key), spec[expr_key], maps=maps, params=params,
-                              functions=functions, problems=problems)
+                              functions=functions, problems=problems,
+                              schemas=_schemas(definition, events))
         if expression is not None:
             _check_facts(doc, (*base, expr_key), expression, definition, events, problems)
         messages = {lang: _interpolate(spec["message"][lang], params, doc, (*base, "message", lang),
@@ -249,12 +273,13 @@ def load_policy(text: str, file: str = "rules.yaml",
                 problems.append(doc.problem((*base, "states", i),
                                             f"The timer would fire '{spec['event']}' in state '{state}', "
                                             "where that event is not valid."))
+        schemas = _schemas(definition, ())
         at = _compile(doc, (*base, "at"), spec["at"], maps=maps, params=params, functions=functions,
-                      problems=problems)
+                      problems=problems, schemas=schemas)
         when = None
         if "when" in spec:
             when = _compile(doc, (*base, "when"), spec["when"], maps=maps, params=params,
-                            functions=functions, problems=problems)
+                            functions=functions, problems=problems, schemas=schemas)
         if at is not None:
             timers[timer_id] = TimerRule(timer_id, spec["workflow"], spec["event"],
                                          frozenset(spec["states"]), at, when)
