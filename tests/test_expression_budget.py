@@ -273,6 +273,22 @@ def test_a_rust_panic_while_compiling_becomes_an_expression_error() -> None:
         combine([hostile])
 
 
+def test_a_rust_panic_compiling_an_event_s_guards_together_refuses_the_rules(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    panic, compile_ = _panic_type(), cel.compile
+
+    def panics_on_combined(text: str) -> Any:
+        if text.startswith("[("):  # workflows.expressions.combine: every guard of one event
+            raise panic("Formatting argument out of range")
+        return compile_(text)
+
+    monkeypatch.setattr(cel, "compile", panics_on_combined)
+    with pytest.raises(RulesError) as refused:
+        load_policy(RULES_TEXT, "rules.yaml")
+    assert refused.value.problems[0].path.endswith(".guard")
+    assert "CEL engine" in refused.value.problems[0].message
+
+
 def test_a_rust_panic_while_evaluating_fails_the_guard_instead_of_the_worker() -> None:
     panic = _panic_type()
 

@@ -293,7 +293,10 @@ def load_policy(text: str, file: str = "rules.yaml",
         for event in (*definition.events, CREATE_EVENT):
             bound = [r for r in rules.values() if r.workflow == definition.name and r.kind == "guard"
                      and r.enabled and event in r.events]
-            policy.guard_sets[(definition.name, event)] = GuardSet(bound)
+            try:
+                policy.guard_sets[(definition.name, event)] = GuardSet(bound)
+            except ExpressionError as error:  # the engine refused the combined program
+                raise RulesError([doc.problem(("rules", bound[0].id, "guard"), error.message)]) from None
     return policy
 
 
