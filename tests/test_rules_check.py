@@ -145,6 +145,10 @@ def test_unknown_params_path(tmp_path: Path) -> None:
     pytest.param("context.email_code_attempts < params", "context.email_code_attempts <<< params",
                  "<< params", "does not compile", "$.rules.email_code.guard",
                  id="syntax-error-on-third-line"),
+    pytest.param("context.email_code_attempts < params",
+                 "(" * 40 + "context.email_code_attempts" + ")" * 40 + " < params",
+                 "(" * 8 + "context.email_code_attempts", "nested more than 32 levels",
+                 "$.rules.email_code.guard", id="over-the-depth-budget-on-third-line"),
 ])
 def test_expression_errors_inside_folded_scalars_point_at_the_source(
         tmp_path: Path, old: str, new: str, needle: str, fragment: str, path: str) -> None:
