@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
-#: Characters of one expression, after params are inlined (the bundled rules' longest: ~300).
+#: Characters of one expression, after params are inlined (the bundled rules' longest: 263).
 MAX_EXPRESSION_CHARS = 4_096
 #: Nodes of the syntax tree (operators, calls, field reads, literals), inlined params included.
 MAX_AST_NODES = 1_000
@@ -151,7 +151,7 @@ def constant_facts(value: Any, offset: int) -> tuple[Facts, int]:
         deepest = max(deepest, depth)
         if nodes > MAX_AST_NODES or depth > MAX_NESTING_DEPTH:
             raise Refused(f"The parameter inlined here is too large ({MAX_AST_NODES:,} nodes or "
-                                  f"{MAX_NESTING_DEPTH} levels at most); simplify it.", offset=offset)
+                          f"{MAX_NESTING_DEPTH} levels at most); simplify it.", offset=offset)
         if isinstance(item, Mapping):
             stack.extend((v, depth + 1) for v in item.values())
             stack.extend((k, depth + 1) for k in item)

@@ -115,11 +115,11 @@ class _Parser:
                       comprehensions=max((p.comprehensions for p in parts), default=0), **more)
         if facts.depth > MAX_NESTING_DEPTH:
             raise Refused(f"The expression is nested more than {MAX_NESTING_DEPTH} levels deep (a chain "
-                                  "like a + b + c counts one level per operator); split it into "
-                                  "simpler rules or parameters.", offset=self.peek()[2])
+                          "like a + b + c counts one level per operator); split it into "
+                          "simpler rules or parameters.", offset=self.peek()[2])
         if facts.nodes > MAX_AST_NODES:
             raise Refused(f"The expression has more than {MAX_AST_NODES:,} parts (operators, calls, "
-                                  "fields, literals); split it into simpler rules.", offset=self.peek()[2])
+                          "fields, literals); split it into simpler rules.", offset=self.peek()[2])
         return facts
 
     def scan_cost(self, facts: Facts, what: str) -> int:
@@ -141,7 +141,7 @@ class _Parser:
         self.nesting += 1
         if self.nesting > MAX_NESTING_DEPTH:
             raise Refused(f"The expression is nested more than {MAX_NESTING_DEPTH} levels deep; split "
-                                  "it into simpler rules or parameters.", offset=self.peek()[2])
+                          "it into simpler rules or parameters.", offset=self.peek()[2])
         condition = self.binary(0)
         if self.accept("?"):
             then = self.binary(0)
@@ -271,8 +271,8 @@ class _Parser:
         nesting = 1 + max(p.comprehensions for p in parts)
         if nesting > MAX_COMPREHENSION_NESTING:
             raise Refused(f"The expression nests comprehensions ({', '.join(sorted(MACROS))}) "
-                                  f"{nesting} deep; at most {MAX_COMPREHENSION_NESTING} are allowed.",
-                                  offset=self.peek()[2])
+                          f"{nesting} deep; at most {MAX_COMPREHENSION_NESTING} are allowed.",
+                          offset=self.peek()[2])
         return replace(facts, comprehensions=nesting)
 
     def primary(self) -> tuple[Facts, Any]:
@@ -366,5 +366,5 @@ def _check(source: str, constants: Mapping[str, Any], maps: Iterable[str],
             "range over shorter lists or avoid nested comprehensions.")
     if len(source) + parser.inlined > MAX_EXPRESSION_CHARS:
         raise Refused(f"With its parameters inlined the expression is over {MAX_EXPRESSION_CHARS:,} "
-                       "characters long; use shorter parameter lists or split the rule.")
+                      "characters long; use shorter parameter lists or split the rule.")
     return facts
