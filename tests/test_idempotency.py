@@ -137,3 +137,13 @@ def test_a_key_stored_with_an_unkeyed_digest_still_replays_after_the_upgrade(
     replay = rt.fire("acct_old", "set_password", body["data"], idempotency_key="old-key",
                      fingerprint=rt.fingerprint(*request))
     assert (replay.status, replay.body, replay.replayed) == (200, answer, True)
+
+
+def test_every_server_of_a_database_keys_fingerprints_alike_and_a_configured_key_wins(
+        runtime: Runtime) -> None:
+    request = ("POST", "/instances/acct_x/events", {"event": "set_password", "data": {"password": "p"}})
+    other_server = Runtime(runtime.db)  # another process over the same database, without a key
+    assert other_server.fingerprint(*request) == runtime.fingerprint(*request)
+    configured = [Runtime(runtime.db, secret_key="cluster-secret") for _ in range(2)]
+    assert configured[0].fingerprint(*request) == configured[1].fingerprint(*request)
+    assert configured[0].fingerprint(*request) != runtime.fingerprint(*request)
