@@ -22,6 +22,9 @@ from workflows.exceptions import Reason
 from workflows.expressions import Expression, combine
 
 INPUT_MAPS = ("data", "context", "account", "facts")
+_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+
 CEL_LOGGER = "cel"
 
 
@@ -33,8 +36,6 @@ def _drop_helper_failures(record: logging.LogRecord) -> bool:
 
 
 logging.getLogger(CEL_LOGGER).addFilter(_drop_helper_failures)
-_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
 
 
 def helper_functions(zone: ZoneInfo) -> dict[str, Callable[..., Any]]:
