@@ -20,7 +20,8 @@ log = logging.getLogger("tollgate.api")
 
 #: Environment variables read by `create_app`, and the config key each one sets.
 ENVIRONMENT = {"TOLLGATE_DATABASE_URL": "DATABASE_URL", "TOLLGATE_RULES": "RULES",
-               "TOLLGATE_TOKENS": "TOKENS", "TOLLGATE_BATCH_WORKERS": "BATCH_WORKERS"}
+               "TOLLGATE_TOKENS": "TOKENS", "TOLLGATE_BATCH_WORKERS": "BATCH_WORKERS",
+               "TOLLGATE_SECRET_KEY": "SECRET_KEY"}  # keys idempotency fingerprints (Runtime.fingerprint)
 DEFAULTS: dict[str, Any] = {
     "DATABASE_URL": DEFAULT_URL,
     "RULES": "rules.yaml",
@@ -44,7 +45,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     runtime = Runtime(Database(app.config["DATABASE_URL"]), now=app.config["NOW"] or system_now,
-                      workers=_batch_workers(app.config["BATCH_WORKERS"]))
+                      workers=_batch_workers(app.config["BATCH_WORKERS"]),
+                      secret_key=app.config.get("SECRET_KEY") or None)
     runtime.bootstrap(app.config["RULES"])
     app.extensions["tollgate"] = runtime
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import hmac
 import json
 import secrets
 import threading
@@ -29,7 +30,7 @@ from service.bulk import dumps
 from service.db import Database
 from service.problems import problem
 from service.sweeps import Sweeps, rfc3339
-from service.tables import history, idempotency, instances, notifications, rules_versions, timers
+from service.tables import history, idempotency, instances, notifications, rules_versions, server_keys, timers
 from service.unit_of_work import UnitOfWork, account_view
 from workflows.definitions import CREATE_EVENT, definitions
 from workflows.engine import Engine
@@ -48,7 +49,12 @@ from workflows.exceptions import (
     Unprocessable,
 )
 from workflows.policy import load_policy
+from workflows.secrets import redact_context, redact_payload
 
+#: The fingerprint of a key stored before fingerprints were keyed (migration 0007 erased the
+#: old digest): a replay answers its stored response without comparing the request.
+LEGACY_FINGERPRINT = "legacy"
+IDEMPOTENCY_SECRET = "idempotency"
 ID_PREFIX = {"signup": "acct", "payment_method": "pm", "credit": "cr", "invoice": "inv"}
 
 
@@ -87,9 +93,12 @@ class Runtime(Sweeps):
 
     Clocks, timer sweeps and batches of events are in `service/sweeps.py` (`Sweeps`)."""
 
-    def __init__(self, db: Database, *, now: Callable[[], datetime] = system_now, workers: int = 1) -> None:
+    def __init__(self, db: Database, *, now: Callable[[], datetime] = system_now, workers: int = 1,
+                 secret_key: str | None = None) -> None:
         """`workers` > 1: big clock sweeps and `fire_many` on a SQLite file run in that many
-        worker processes (`service/parallel.py`), started on first use; `close()` stops them."""
+        worker processes (`service/parallel.py`), started on first use; `close()` stops them.
+        `secret_key` (TOLLGATE_SECRET_KEY) keys the idempotency fingerprints; without it, a random
+        key kept in the database does (`fingerprint`)."""
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}.")
         self.db = db
@@ -101,6 +110,8 @@ class Runtime(Sweeps):
         self._engines: dict[str, Engine] = {}
         self._engines_lock = threading.Lock()
         self._active_version: RulesVersion | None = None
+        self._secret_key = secret_key
+        self._fingerprint_key: bytes | None = None
         missing = fact_providers.missing_providers(definitions())
         if missing:
             raise RuntimeError(f"No provider for the facts {', '.join(missing)} in service/facts.py.")
@@ -221,7 +232,8 @@ class Runtime(Sweeps):
         return [{"name": t.name, "event": t.event, "at": rfc3339(t.due_at)} for t in rows]
 
     def _instance_dict(self, conn: Connection, row: Row[Any]) -> dict[str, Any]:
-        return {"id": row.id, "workflow": row.workflow, "state": row.state, "context": row.context,
+        return {"id": row.id, "workflow": row.workflow, "state": row.state,
+                "context": redact_context(row.workflow, row.context),
                 "version": row.version, "clock": row.clock, "timers": self._timers_of(conn, row.id),
                 "created_at": rfc3339(row.created_at), "updated_at": rfc3339(row.updated_at)}
 
@@ -231,7 +243,8 @@ class Runtime(Sweeps):
         rows = reader.fetch("SELECT name, event, due_at FROM timers WHERE instance = ? ORDER BY due_at, name",
                             [record["id"]])
         return {"id": record["id"], "workflow": record["workflow"], "state": record["state"],
-                "context": record["context"], "version": record["version"], "clock": record["clock"],
+                "context": redact_context(record["workflow"], record["context"]),
+                "version": record["version"], "clock": record["clock"],
                 "timers": [{"name": name, "event": event, "at": rfc3339(reader.moment(due))}
                            for name, event, due in rows],
                 "created_at": rfc3339(reader.moment(record["created_at"])),
@@ -276,13 +289,18 @@ class Runtime(Sweeps):
                      "at": rfc3339(h.at), "rules_version": h.rules_version, "actor": h.actor}
                     for h in rows]
 
-    def notifications(self, instance_id: str | None = None) -> list[dict[str, Any]]:
-        query = select(notifications).order_by(notifications.c.id)
+    def notifications(self, instance_id: str | None = None, *,
+                      reveal: Callable[[str | None], bool] | None = None) -> list[dict[str, Any]]:
+        """The outbox; `reveal(clock of the instance)` False: secret payload fields redacted."""
+        query = (select(notifications, instances.c.clock)
+                 .join(instances, instances.c.id == notifications.c.instance).order_by(notifications.c.id))
         if instance_id:
             query = query.where(notifications.c.instance == instance_id)
         with self.db.read() as conn:
             return [{"id": n.id, "instance": n.instance, "template": n.template, "channel": n.channel,
-                     "recipient": n.recipient, "payload": n.payload, "created_at": rfc3339(n.created_at)}
+                     "recipient": n.recipient,
+                     "payload": n.payload if reveal is None or reveal(n.clock) else
+                     redact_payload(n.template, n.payload), "created_at": rfc3339(n.created_at)}
                     for n in conn.execute(query)]
 
     # ── creating ─────────────────────────────────────────────────────────────────────────────
@@ -431,11 +449,48 @@ class Runtime(Sweeps):
 
     # ── idempotency ──────────────────────────────────────────────────────────────────────────
 
+    def fingerprint(self, *parts: Any) -> str:
+        """The digest of a request (method, path, body) stored with its Idempotency-Key.
+
+        HMAC-SHA256 under a server key, not a bare hash: a body may carry a password, and an
+        unkeyed digest of it could be reversed by trying candidates. The whole request is keyed
+        (not a redacted body plus a digest of the secrets) so that a field nobody marked secret is
+        protected too, and two requests differing only in a secret still count as different.
+        """
+        canonical = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False).encode()
+        return hmac.new(self._idempotency_key(), canonical, hashlib.sha256).hexdigest()
+
+    def _idempotency_key(self) -> bytes:
+        """The fingerprint key: derived from `secret_key` when given, else from a random secret
+        stored once in `server_keys` (the first server to need it inserts it; every other server
+        and worker of the cluster reads the same row)."""
+        key = self._fingerprint_key
+        if key is None:
+            secret = self._secret_key or self._stored_secret(IDEMPOTENCY_SECRET)
+            key = hmac.new(secret.encode(), b"tollgate idempotency fingerprint", hashlib.sha256).digest()
+            self._fingerprint_key = key
+        return key
+
+    def _stored_secret(self, name: str) -> str:
+        query = select(server_keys.c.secret).where(server_keys.c.name == name)
+        with self.db.read() as conn:
+            found = conn.execute(query).scalar_one_or_none()
+        if found is not None:
+            return str(found)
+        try:
+            with self.db.transaction() as conn:
+                conn.execute(insert(server_keys).values(name=name, secret=secrets.token_hex(32),
+                                                        created_at=self.now()))
+        except IntegrityError:
+            pass  # another server stored it first: use theirs
+        with self.db.read() as conn:
+            return str(conn.execute(query).scalar_one())
+
     def _idempotent_replay(self, conn: Connection, key: str, fingerprint: str) -> Result | None:
         row = conn.execute(select(idempotency).where(idempotency.c.key == key)).first()
         if row is None:
             return None
-        if row.fingerprint != fingerprint:
+        if row.fingerprint != LEGACY_FINGERPRINT and not hmac.compare_digest(row.fingerprint, fingerprint):
             raise IdempotencyMismatch(f"The Idempotency-Key '{key}' was already used with a different "
                                       "request; use a new key for a new request.")
         return Result(row.status, orjson.loads(row.body), replayed=True)
@@ -460,11 +515,6 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         return datetime.fromisoformat(created), str(last_id)
     except (ValueError, TypeError):
         raise BadRequest(f"The cursor '{cursor}' is not one this service returned.") from None
-
-
-def fingerprint_of(*parts: Any) -> str:
-    """A stable digest of a request (method, path, body) for Idempotency-Key checks."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def count_instances(db: Database) -> int:

@@ -136,3 +136,10 @@ idempotency = Table(
     Column("headers", Json, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
 )
+
+server_keys = Table(
+    "server_keys", metadata,  # secrets every server and worker of a cluster shares (runtime.py)
+    Column("name", String(64), primary_key=True),
+    Column("secret", String(128), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)

@@ -31,6 +31,7 @@ from workflows.exceptions import (
     TollgateError,
 )
 from workflows.outcome import Outcome, Snapshot
+from workflows.secrets import redact
 
 if TYPE_CHECKING:
     from service.runtime import RulesVersion, Runtime
@@ -469,8 +470,7 @@ class UnitOfWork:
         now = self.now_of(record["clock"])
         secret = self.engine.definition(record["workflow"]).secret_fields
         self._history(record["id"], record["history_seq"] + 1, event, record["state"], record["state"],
-                      "denied", failure.reasons, (),
-                      {k: ("[redacted]" if k in secret else v) for k, v in data.items()}, now, actor)
+                      "denied", failure.reasons, (), redact(data, secret), now, actor)
         self._replace(dict(record, history_seq=record["history_seq"] + 1))
 
     def apply_effects(self, record: Mapping[str, Any], outcome: Outcome, now: datetime) -> None:

@@ -18,6 +18,7 @@ from jsonschema import Draft202012Validator
 from workflows.actions import ACTIONS
 from workflows.documents import Document, load_yaml_file, schema_problems, validator_for
 from workflows.exceptions import DefinitionError, Problem
+from workflows.secrets import write_only_fields
 
 DEFINITIONS = Path(__file__).resolve().parent / "definitions"
 WORKFLOWS = ("signup", "payment_method", "credit", "invoice")
@@ -67,7 +68,7 @@ class Definition:
     transitions: tuple[Transition, ...]
     facts: Mapping[str, tuple[str, ...]]  # fact name → events that need it
     fact_descriptions: Mapping[str, str]
-    secret_fields: frozenset[str]
+    secret_fields: frozenset[str]  # event-data properties marked `writeOnly: true`
     context_schema: Mapping[str, Any]
     context_validator: Draft202012Validator = field(compare=False, repr=False)
     file: str = ""
@@ -153,7 +154,8 @@ def _build(doc: Document) -> tuple[Definition | None, list[Problem]]:
         references_account=raw["references_account"], states=states, events=events,
         transitions=tuple(transitions), facts=facts,
         fact_descriptions={n: s["description"] for n, s in raw.get("facts", {}).items()},
-        secret_fields=frozenset(raw.get("secret_fields", [])), context_schema=raw["context"],
+        secret_fields=write_only_fields(spec["data"] for spec in raw["events"].values()),
+        context_schema=raw["context"],
         context_validator=validator_for(raw["context"]), file=doc.file)
     if not problems:
         problems.extend(_structure_problems(definition, doc))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -22,6 +22,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from workflows.calendar import parse_clock_time
 from workflows.exceptions import Problem
+from workflows.secrets import touches_secret, value_free_message
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 
@@ -275,9 +276,12 @@ def schema_problems(doc: Document, schema_name: str, instance: Any = None,
     return sorted(out, key=lambda p: (p.line or 0, p.column or 0))
 
 
-def data_problems(validator_: Draft202012Validator, data: Any, what: str) -> list[Problem]:
-    """Schema violations of request data, as problems with JSON paths (no file positions)."""
+def data_problems(validator_: Draft202012Validator, data: Any, what: str,
+                  secret: Collection[str] = ()) -> list[Problem]:
+    """Schema violations of request data, as problems with JSON paths (no file positions); an
+    error that could quote a `secret` field's value is told without it (`workflows/secrets.py`)."""
     out = []
     for error in sorted(validator_.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
-        out.append(Problem(json_path(tuple(error.absolute_path)), _message(error), file=what))
+        message = value_free_message(error) if secret and touches_secret(error, secret) else _message(error)
+        out.append(Problem(json_path(tuple(error.absolute_path)), message, file=what))
     return out

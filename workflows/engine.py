@@ -31,8 +31,9 @@ from workflows.guards import GuardSet, holds
 from workflows.machines import LeanMachine
 from workflows.outcome import Outcome, Snapshot, Step, TimerSpec
 from workflows.policy import Policy, TimerRule
+from workflows.secrets import REDACTED as REDACTED  # re-exported: tests and callers name it here
+from workflows.secrets import redact, redact_reasons
 
-REDACTED = "[redacted]"
 _system_random = secrets.SystemRandom()
 
 
@@ -47,7 +48,7 @@ _system_random = secrets.SystemRandom()
 Check = Callable[[Any], bool]
 _EXACT_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "boolean": (bool,),
                                              "number": (int, float), "null": (type(None),)}
-_IGNORED = frozenset({"description", "title", "examples", "$comment"})
+_IGNORED = frozenset({"description", "title", "examples", "$comment", "writeOnly", "readOnly"})
 
 
 def _number_bound(compare: Callable[[Any, Any], bool], bound: Any) -> Check:
@@ -310,12 +311,6 @@ class Engine:
                     params=self.policy.params, zone=self.policy.zone, rng=rng or _system_random)
 
     @staticmethod
-    def _redact(definition: Definition, data: Mapping[str, Any]) -> dict[str, Any]:
-        if not definition.secret_fields:
-            return dict(data)
-        return {k: (REDACTED if k in definition.secret_fields else v) for k, v in data.items()}
-
-    @staticmethod
     def _timer_changes(plan: _TimerPlan, inputs: Mapping[str, Any]
                        ) -> tuple[tuple[TimerSpec, ...], tuple[str, ...]]:
         armed: list[TimerSpec] = []
@@ -345,7 +340,7 @@ class Engine:
             raise BadRequest(f"The data of '{event}' must be a JSON object.")
         check = self.machines[workflow].data_checks[event]
         if (check is None or not check(data)) and not spec.validator.is_valid(data):
-            problems = data_problems(spec.validator, data, f"{event}.data")
+            problems = data_problems(spec.validator, data, f"{event}.data", definition.secret_fields)
             raise BadRequest(f"The data of '{event}' is not valid: {problems[0].path}: "
                              f"{problems[0].message}.", problems)
 
@@ -367,8 +362,10 @@ class Engine:
                                   "account": snapshot.account, "facts": snapshot.facts, "now": now}
         reasons = plan.guards.failures(inputs)
         step = self._step(snapshot, data, now, rng)
-        redacted = self._redact(definition, data)
+        redacted = redact(data, definition.secret_fields)
         if reasons:
+            if definition.secret_fields:  # a denial only: an error's text may quote a secret
+                reasons = redact_reasons(reasons, data, definition.secret_fields)
             for denied in plan.denied:
                 denied(step)
             return Outcome(workflow=workflow, event=event, source=source, target=source,

@@ -6,7 +6,6 @@ from flask import Blueprint, Response, request
 
 from service.api.routes import bind
 from service.api.support import actor, etag, flag, json_body, parse_if_match, reply, runtime
-from service.runtime import fingerprint_of
 from workflows.exceptions import BadRequest
 
 bp = Blueprint("instances", __name__)
@@ -67,7 +66,7 @@ def fire(id: str) -> Response:
     key = _idempotency_key()
     body = json_body("fire_event")
     data = body.get("data", {})
-    fingerprint = None if key is None else fingerprint_of(request.method, request.path, body)
+    fingerprint = None if key is None else runtime().fingerprint(request.method, request.path, body)
     result = runtime().fire(id, body["event"], data, actor=actor(), role=actor(), if_match=if_match,
                             dry_run=dry_run,
                             idempotency_key=key, fingerprint=fingerprint)

@@ -1,4 +1,5 @@
-"""A password sent to a real server is nowhere: responses, history, outbox, server output, database."""
+"""A password sent to a real server is nowhere: responses, history, outbox, server output, database
+(also when a guard errors on it or its schema refuses it); nor is an email code shown to a viewer."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.server import StartServer, TollgateServer
+import yaml
+from helpers.server import RULES_PATH, StartServer, TollgateServer
 from sqlalchemy import create_engine, inspect, text
 
 from service.db import normalise_url
@@ -17,6 +19,21 @@ pytestmark = pytest.mark.e2e
 PASSWORD = "Qx7#vTn2!wLp"  # the one that is set: 12 characters, letters, digits and specials
 MISMATCHED = "Jr4$mZk8@cYb"  # refused: the confirmation differs
 TOO_SHORT = "Wq3#e"  # refused by password_policy
+PROBE = "Hv5%kRw8#q"  # 10 characters: the guard of `probe_rules` errors on it, quoting it
+TOO_LONG = "Yf6&" * 70  # 280 characters: refused by the event's schema (maxLength 256)
+
+
+def probe_rules(directory: Path) -> Path:
+    """The bundled rules plus a guard that errors on a 10-character password (CEL's `||` absorbs
+    the error for any other length), like a policy editor's careless rule."""
+    rules = yaml.safe_load(RULES_PATH.read_text(encoding="utf-8"))
+    rules["rules"]["password_probe"] = {
+        "workflow": "signup", "events": ["set_password"],
+        "guard": "size(data.password) != 10 || ts(data.password) > now",
+        "message": {"ko": "비밀번호 검사 규칙입니다.", "en": "The password probe rule."}}
+    path = directory / "probe-rules.yaml"
+    path.write_text(yaml.safe_dump(rules, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
 
 
 def database_dump(url: str) -> str:
@@ -49,15 +66,21 @@ def set_password(server: TollgateServer, account: str, password: str, confirm: s
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_a_password_never_appears_in_responses_history_outbox_logs_or_the_database(
-        backend: str, start_server: StartServer) -> None:
-    server = start_server(backend)
-    op = server.client("operator")
+        backend: str, start_server: StartServer, tmp_path: Path) -> None:
+    server = start_server(backend, rules=probe_rules(tmp_path))
+    op, admin, viewer = server.client("operator"), server.client("admin"), server.client("viewer")
     account = op.create("signup")["id"]
     op.fire(account, "select_type", {"country": "KR", "member_type": "business"})
     op.fire(account, "submit_email", {"email": f"{account}@example.com"})
-    op.fire(account, "verify_email", {"code": op.notifications(account)[-1]["payload"]["code"]})
+    code = admin.notifications(account)[-1]["payload"]["code"]  # real time: only an admin reads it
+    outbox = f"/notifications?instance={account}"
+    codes_seen = [viewer.get(outbox), op.get(outbox), viewer.get(f"/instances/{account}")]
+    op.fire(account, "verify_email", {"code": code})
 
     responses = [
+        set_password(server, account, TOO_LONG, TOO_LONG),
+        set_password(server, account, PROBE, PROBE),
+        set_password(server, account, PROBE, PROBE, "?dry_run=true"),
         set_password(server, account, TOO_SHORT, TOO_SHORT),
         set_password(server, account, MISMATCHED, PASSWORD),
         set_password(server, account, PASSWORD, PASSWORD, "?dry_run=true"),
@@ -65,19 +88,24 @@ def test_a_password_never_appears_in_responses_history_outbox_logs_or_the_databa
         set_password(server, account, PASSWORD, PASSWORD, headers={"Idempotency-Key": f"pw-{account}"}),
         set_password(server, account, PASSWORD, PASSWORD),  # 409: already set
     ]
-    assert [r.status for r in responses] == [422, 422, 200, 200, 200, 409], responses
-    assert responses[4].headers.get("idempotent-replayed") == "true"
+    assert [r.status for r in responses] == [400, 422, 200, 422, 422, 200, 200, 200, 409], responses
+    assert [r["rule"] for r in responses[1].json()["reasons"]] == ["password_probe"]
+    assert responses[2].json()["allowed"] is False
+    assert responses[7].headers.get("idempotent-replayed") == "true"
     assert op.instance(account)["state"] == "payment_method_required"
     responses += [op.get(path) for path in (
         f"/instances/{account}", f"/instances/{account}/history", "/instances?workflow=signup",
         f"/notifications?instance={account}", "/notifications")]
     attempts = [r for r in op.history(account) if r["event"] == "set_password"]
-    assert [r["outcome"] for r in attempts] == ["denied", "denied", "applied"]
+    assert [r["outcome"] for r in attempts] == ["denied", "denied", "denied", "applied"]
     for attempt in attempts:
         assert set(attempt["data"].values()) == {"[redacted]"}, attempt
     server.stop()  # flush and close everything the server writes
 
-    secrets_ = (PASSWORD, MISMATCHED, TOO_SHORT, server.tokens["operator"], server.tokens["admin"])
+    for response in codes_seen:
+        assert response.status == 200 and code.encode() not in response.body, response
+    secrets_ = (PASSWORD, MISMATCHED, TOO_SHORT, PROBE, TOO_LONG[:12], server.tokens["operator"],
+                server.tokens["admin"])
     for response in responses:
         for secret in secrets_:
             assert secret.encode() not in response.body, (secret, response)
@@ -87,9 +115,9 @@ def test_a_password_never_appears_in_responses_history_outbox_logs_or_the_databa
         assert secret not in output, f"{secret!r} is in the server output"
     dump = database_dump(server.database_url)
     assert "$argon2" in dump  # stored as an argon2 hash, only
-    for secret in secrets_[:3]:
+    for secret in secrets_[:5]:
         assert secret not in dump, f"{secret!r} is in the database"
     for path in database_files(server.database_url) if backend == "sqlite" else ():
         raw = path.read_bytes()
-        for secret in secrets_[:3]:
+        for secret in secrets_[:5]:
             assert secret.encode() not in raw, f"{secret!r} is in {path.name}"
