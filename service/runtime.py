@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Row, and_, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from service import facts as fact_providers
+from service import rules_files
 from service.bulk import dumps
 from service.db import Database
 from service.problems import problem
@@ -47,7 +48,7 @@ from workflows.exceptions import (
     TollgateError,
     Unprocessable,
 )
-from workflows.policy import load_policy
+from workflows.policy import Policy, load_policy
 
 ID_PREFIX = {"signup": "acct", "payment_method": "pm", "credit": "cr", "invoice": "inv"}
 
@@ -114,7 +115,7 @@ class Runtime(Sweeps):
             with self._engines_lock:
                 engine = self._engines.get(version.sha256)
                 if engine is None:
-                    engine = Engine(load_policy(version.yaml, version.source))
+                    engine = Engine(load_policy(version.yaml, rules_files.display_name(version.source)))
                     self._engines[version.sha256] = engine
         return engine
 
@@ -165,35 +166,68 @@ class Runtime(Sweeps):
             return error.problems
         return []
 
-    def activate_rules(self, text: str, *, source: str = "rules.yaml", actor: str = "admin") -> RulesVersion:
-        """Validate and activate `text` as a new version; the old version stays on any problem."""
-        policy = load_policy(text, source)  # raises RulesError with every problem
+    def activate_rules(self, text: str, *, source: str = rules_files.API_SOURCE, actor: str = "admin",
+                       filename: str = "rules.yaml") -> RulesVersion:
+        """Validate and activate `text` as a new version; the old version stays on any problem.
+
+        `source` is recorded with the version ("api", or "file:" and a path); problems are
+        reported against `filename`."""
+        policy = load_policy(text, filename)  # raises RulesError with every problem
         with self.db.transaction() as conn:
-            now = self.now()
-            new_id = conn.execute(insert(rules_versions).values(
-                sha256=policy.sha256, yaml=text, source=source, activated_at=now,
-                activated_by=actor).returning(rules_versions.c.id)).scalar_one()
-            version = RulesVersion(new_id, policy.sha256, now, source, text)
-        with self._engines_lock:
-            self._engines.setdefault(policy.sha256, Engine(policy))
+            version = self._insert_version(conn, policy, source, actor)
+        self._keep_engine(policy)
+        rules_files.log.info("rules version %d activated (sha256 %s, source %s, by %s)", version.id,
+                             version.sha256, source, actor)
         return version
 
-    def bootstrap(self, rules_path: str | Path) -> RulesVersion:
-        """Migrate the schema; activate the rules file when it differs from the active version."""
-        self.db.migrate()
-        path = Path(rules_path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as error:
-            raise RulesError([Problem("$", f"The rules file cannot be read: {error.strerror}.",
-                                      str(path))]) from None
+    def _insert_version(self, conn: Connection, policy: Policy, source: str, actor: str) -> RulesVersion:
+        now = self.now()
+        new_id = conn.execute(insert(rules_versions).values(
+            sha256=policy.sha256, yaml=policy.text, source=source, activated_at=now,
+            activated_by=actor).returning(rules_versions.c.id)).scalar_one()
+        return RulesVersion(new_id, policy.sha256, now, source, policy.text)
+
+    def _keep_engine(self, policy: Policy) -> None:
+        with self._engines_lock:
+            self._engines.setdefault(policy.sha256, Engine(policy))
+
+    def import_rules_file(self, path: str | Path, *, force: bool = False,
+                          actor: str = rules_files.STARTUP) -> tuple[RulesVersion, bool]:
+        """Activate the rules file at `path` if it changed since its last import (or, with `force`,
+        unless it is the active version already); the active version, and whether it is new.
+
+        Decided and written under a cluster-wide lock, so that processes starting together import
+        a changed file once; compiling it (the slow part) happens before the lock when it can."""
+        rules = rules_files.read_rules_file(path)
         with self.db.read() as conn:
-            row = conn.execute(select(rules_versions.c.sha256).order_by(rules_versions.c.id.desc())
-                               .limit(1)).first()
-        if row is not None and row.sha256 == hashlib.sha256(text.encode()).hexdigest():
-            version = self.active_rules()
-        else:
-            version = self.activate_rules(text, source=path.name, actor="startup")
+            first = rules_files.plan(conn, rules, force=force)
+        policy = load_policy(rules.text, rules.path) if first.action == "import" else None
+        with self.db.transaction() as conn:
+            self.db.cluster_lock(conn, "rules_import")
+            plan = rules_files.plan(conn, rules, force=force)
+            if plan.action == "import":
+                policy = policy or load_policy(rules.text, rules.path)
+                imported = self._insert_version(conn, policy, rules.source, actor)
+                rules_files.record(conn, rules, imported.id, imported.activated_at)
+            elif plan.action == "record" and plan.version is not None:
+                rules_files.record(conn, rules, plan.version, self.now())
+        if policy is not None and plan.action == "import":
+            self._keep_engine(policy)
+        version = self.active_rules()
+        verb = "imported as" if plan.action == "import" else "not imported; kept"
+        rules_files.log.info("rules file %s (sha256 %s) %s rules version %d (sha256 %s, source %s): %s",
+                             rules.path, rules.sha256, verb, version.id, version.sha256, version.source,
+                             plan.reason)
+        return version, plan.action == "import"
+
+    def bootstrap(self, rules_path: str | Path, *, force: bool = False) -> RulesVersion:
+        """Migrate the schema; import the rules file if it changed since its last import (or, with
+        `force`, if it is not the active version); the active version.
+
+        A version activated over the API since the file's last import stays active: a restart
+        (of a server, a gunicorn worker or a `tollgate worker`) never reverts it."""
+        self.db.migrate()
+        version, _ = self.import_rules_file(rules_path, force=force)
         with self.db.read() as conn:  # build the active engine now, before the freeze
             self.engine_for(self._active(conn))
         # Everything alive now (modules, SQLAlchemy, the engine and its compiled rules) lives as
