@@ -151,6 +151,10 @@ class Runtime(Sweeps):
             self.engine_for(RulesVersion(row.id, row.sha256, row.activated_at, row.source, text))
         return version
 
+    def _has_version(self) -> bool:
+        with self.db.read() as conn:
+            return conn.execute(select(rules_versions.c.id).limit(1)).first() is not None
+
     def active_rules(self) -> RulesVersion:
         """The active version with its YAML text (GET /rules)."""
         with self.db.read() as conn:
@@ -174,60 +178,48 @@ class Runtime(Sweeps):
         reported against `filename`."""
         policy = load_policy(text, filename)  # raises RulesError with every problem
         with self.db.transaction() as conn:
-            version = self._insert_version(conn, policy, source, actor)
-        self._keep_engine(policy)
+            version = self.insert_version(conn, policy, source, actor)
+        self.keep_engine(policy)
         rules_files.log.info("rules version %d activated (sha256 %s, source %s, by %s)", version.id,
                              version.sha256, source, actor)
         return version
 
-    def _insert_version(self, conn: Connection, policy: Policy, source: str, actor: str) -> RulesVersion:
+    def insert_version(self, conn: Connection, policy: Policy, source: str, actor: str) -> RulesVersion:
         now = self.now()
         new_id = conn.execute(insert(rules_versions).values(
             sha256=policy.sha256, yaml=policy.text, source=source, activated_at=now,
             activated_by=actor).returning(rules_versions.c.id)).scalar_one()
         return RulesVersion(new_id, policy.sha256, now, source, policy.text)
 
-    def _keep_engine(self, policy: Policy) -> None:
+    def keep_engine(self, policy: Policy) -> None:
         with self._engines_lock:
             self._engines.setdefault(policy.sha256, Engine(policy))
 
     def import_rules_file(self, path: str | Path, *, force: bool = False,
                           actor: str = rules_files.STARTUP) -> tuple[RulesVersion, bool]:
         """Activate the rules file at `path` if it changed since its last import (or, with `force`,
-        unless it is the active version already); the active version, and whether it is new.
+        unless it is the active version already): the active version, and whether it is new."""
+        return rules_files.import_file(self, path, force=force, actor=actor)
 
-        Decided and written under a cluster-wide lock, so that processes starting together import
-        a changed file once; compiling it (the slow part) happens before the lock when it can."""
-        rules = rules_files.read_rules_file(path)
-        with self.db.read() as conn:
-            first = rules_files.plan(conn, rules, force=force)
-        policy = load_policy(rules.text, rules.path) if first.action == "import" else None
-        with self.db.transaction() as conn:
-            self.db.cluster_lock(conn, "rules_import")
-            plan = rules_files.plan(conn, rules, force=force)
-            if plan.action == "import":
-                policy = policy or load_policy(rules.text, rules.path)
-                imported = self._insert_version(conn, policy, rules.source, actor)
-                rules_files.record(conn, rules, imported.id, imported.activated_at)
-            elif plan.action == "record" and plan.version is not None:
-                rules_files.record(conn, rules, plan.version, self.now())
-        if policy is not None and plan.action == "import":
-            self._keep_engine(policy)
-        version = self.active_rules()
-        verb = "imported as" if plan.action == "import" else "not imported; kept"
-        rules_files.log.info("rules file %s (sha256 %s) %s rules version %d (sha256 %s, source %s): %s",
-                             rules.path, rules.sha256, verb, version.id, version.sha256, version.source,
-                             plan.reason)
-        return version, plan.action == "import"
-
-    def bootstrap(self, rules_path: str | Path, *, force: bool = False) -> RulesVersion:
+    def bootstrap(self, rules_path: str | Path, *, force: bool = False, strict: bool = True) -> RulesVersion:
         """Migrate the schema; import the rules file if it changed since its last import (or, with
         `force`, if it is not the active version); the active version.
 
         A version activated over the API since the file's last import stays active: a restart
-        (of a server, a gunicorn worker or a `tollgate worker`) never reverts it."""
+        (of a server, a gunicorn worker or a `tollgate worker`) never reverts it. A file with
+        problems raises RulesError, unless `strict` is false and a version is active: then the
+        problems are logged and that version keeps serving (a gunicorn worker respawned after a
+        crash must not fail to boot, and so stop the whole server, over a file being edited)."""
         self.db.migrate()
-        version, _ = self.import_rules_file(rules_path, force=force)
+        try:
+            version, _ = self.import_rules_file(rules_path, force=force)
+        except RulesError as error:
+            if strict or not self._has_version():
+                raise
+            rules_files.log.error("The rules file %s has %d problem(s) and was not imported; the active "
+                                  "version keeps serving. %s", rules_path, len(error.problems),
+                                  " ".join(str(problem) for problem in error.problems))
+            version = self.active_rules()
         with self.db.read() as conn:  # build the active engine now, before the freeze
             self.engine_for(self._active(conn))
         # Everything alive now (modules, SQLAlchemy, the engine and its compiled rules) lives as

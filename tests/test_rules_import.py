@@ -18,11 +18,13 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import make_app
 from sqlalchemy import select
 
 from service.db import Database
 from service.runtime import Runtime
 from service.tables import rules_file_imports, rules_versions
+from workflows.exceptions import RulesError
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTS = 4  # processes (here: runtimes on threads, each with its own connections) starting at once
@@ -208,3 +210,22 @@ def test_every_start_logs_whether_it_imported_or_kept_the_rules(start, rules_pat
     assert f"rules version 2 activated (sha256 {api.sha256}, source api, by policy_editor)" in activated
     assert f"not imported; kept rules version 2 (sha256 {api.sha256}, source api)" in kept
     assert "has not changed since its last import" in kept
+
+
+def test_a_worker_restarted_while_the_file_has_problems_keeps_serving_the_active_version(
+        database_url, start, rules_path, edited, caplog: pytest.LogCaptureFixture) -> None:
+    first = start(rules_path)
+    rules_path.write_text(edited(min_age="nineteen"), encoding="utf-8")  # an edit in progress
+    with pytest.raises(RulesError):  # `tollgate serve` and `tollgate worker` refuse to start on it
+        start(rules_path)
+
+    app = make_app(database_url, RULES=str(rules_path))  # a gunicorn worker respawned after a crash
+    try:
+        response = app.test_client().get("/healthz")
+        assert (response.status_code, response.get_json()["rules_version"]) == (200, 1)
+    finally:
+        app.extensions["tollgate"].db.dispose()
+    [logged] = [r for r in caplog.records if r.name == "tollgate.rules" and r.levelno == logging.ERROR]
+    assert "$.params.signup.min_age" in logged.getMessage()
+    assert "the active version keeps serving" in logged.getMessage()
+    assert len(versions(first)) == 1
