@@ -79,7 +79,7 @@ def _rules_activate(args: argparse.Namespace) -> int:
     runtime = Runtime(Database(args.database or os.environ.get("TOLLGATE_DATABASE_URL")))
     try:
         runtime.db.migrate()
-        version, imported = runtime.import_rules_file(args.path, force=True, actor="operator")
+        version, imported = runtime.import_rules_file(args.path, force=True, actor="cli")
     except RulesError as error:
         _print_problems(error.problems, args.path)
         return 1

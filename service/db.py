@@ -34,7 +34,7 @@ BULK_GC_THRESHOLD = (50_000, 20, 10)
 #: Critical sections that one process of the cluster (every server, gunicorn worker and `tollgate
 #: worker` on one database) enters at a time, until the transaction that entered it ends; the
 #: number is the PostgreSQL advisory lock key.
-CLUSTER_LOCKS = {"schema": 0x746F6C6C_0001, "rules_import": 0x746F6C6C_0002}
+CLUSTER_LOCKS = {"schema": 0x746F6C6C_0001, "rules_versions": 0x746F6C6C_0002}
 #: How each dialect takes such a lock inside a write transaction. SQLite needs no statement: its
 #: write transaction (BEGIN IMMEDIATE) already shuts out every other writer of the file.
 CLUSTER_LOCK_SQL = {"postgresql": "SELECT pg_advisory_xact_lock(:key)", "sqlite": None}

@@ -129,7 +129,7 @@ def import_file(runtime: Runtime, path: str | Path, *, force: bool, actor: str) 
         first = plan(conn, rules, force=force)
     policy = load_policy(rules.text, rules.path) if first.action == "import" else None
     with runtime.db.transaction() as conn:
-        runtime.db.cluster_lock(conn, "rules_import")
+        runtime.db.cluster_lock(conn, "rules_versions")
         chosen = plan(conn, rules, force=force)
         if chosen.action == "import":
             policy = policy or load_policy(rules.text, rules.path)

@@ -178,6 +178,7 @@ class Runtime(Sweeps):
         reported against `filename`."""
         policy = load_policy(text, filename)  # raises RulesError with every problem
         with self.db.transaction() as conn:
+            self.db.cluster_lock(conn, "rules_versions")  # versions commit in the order of their ids
             version = self.insert_version(conn, policy, source, actor)
         self.keep_engine(policy)
         rules_files.log.info("rules version %d activated (sha256 %s, source %s, by %s)", version.id,

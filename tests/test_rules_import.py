@@ -171,7 +171,7 @@ def test_operator_command_activates_the_file_even_when_unchanged(database_url, s
     active = first.active_rules()
     assert (active.id, active.sha256, active.source) == (3, file_version.sha256, f"file:{rules_path}")
     assert f"activated as rules version 3 ({file_version.sha256[:12]})" in done.stdout
-    assert versions(first)[-1][3] == "operator"
+    assert versions(first)[-1][3] == "cli"
 
     again = activate()  # already active: nothing new
     assert again.returncode == 0, again.stderr
