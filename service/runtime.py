@@ -202,9 +202,9 @@ class Runtime(Sweeps):
         unless it is the active version already): the active version, and whether it is new."""
         return rules_files.import_file(self, path, force=force, actor=actor)
 
-    def bootstrap(self, rules_path: str | Path, *, force: bool = False, strict: bool = True) -> RulesVersion:
-        """Migrate the schema; import the rules file if it changed since its last import (or, with
-        `force`, if it is not the active version); the active version.
+    def bootstrap(self, rules_path: str | Path, *, strict: bool = True) -> RulesVersion:
+        """Migrate the schema; import the rules file if it changed since its last import; the
+        active version.
 
         A version activated over the API since the file's last import stays active: a restart
         (of a server, a gunicorn worker or a `tollgate worker`) never reverts it. A file with
@@ -213,7 +213,7 @@ class Runtime(Sweeps):
         crash must not fail to boot, and so stop the whole server, over a file being edited)."""
         self.db.migrate()
         try:
-            version, _ = self.import_rules_file(rules_path, force=force)
+            version, _ = self.import_rules_file(rules_path)
         except RulesError as error:
             if strict or not self._has_version():
                 raise
