@@ -6,8 +6,8 @@ its absolute path), read by every server, gunicorn worker and `tollgate worker` 
 or on purpose by `tollgate rules activate PATH`. A start imports the file only when the file
 itself changed since its last import — a digest kept per path in `rules_file_imports` — so a
 version activated over the API since is never replaced behind the editor's back. `plan` decides;
-`Runtime.import_rules_file` runs it under a cluster-wide lock, so processes starting together
-import a changed file once.
+`import_file` (`Runtime.import_rules_file`) runs it under a cluster-wide lock, so processes
+starting together import a changed file once.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ log = logging.getLogger("tollgate.rules")
 
 API_SOURCE = "api"  # rules_versions.source of a version activated with PUT /rules
 FILE_SOURCE = "file:"  # … of a file import: this prefix and the file's absolute path
+MAX_SOURCE = 500  # characters of rules_versions.source
 STARTUP = "startup"  # rules_versions.activated_by of a file imported by a starting process
 
 Action = Literal["import", "record", "keep"]
@@ -64,6 +65,10 @@ class Plan:
 def read_rules_file(path: str | Path) -> RulesFile:
     """The file at `path`; RulesError (one problem naming the file) when it cannot be read."""
     absolute = os.path.abspath(path)  # symlinks stay: a deploy that swaps one keeps the key
+    if len(FILE_SOURCE + absolute) > MAX_SOURCE:
+        raise RulesError([Problem("$", f"The rules file's absolute path is longer than "
+                                  f"{MAX_SOURCE - len(FILE_SOURCE)} characters; move it to a shorter path.",
+                                  str(path))])
     try:
         text = Path(absolute).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:

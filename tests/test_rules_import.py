@@ -229,3 +229,12 @@ def test_a_worker_restarted_while_the_file_has_problems_keeps_serving_the_active
     assert "$.params.signup.min_age" in logged.getMessage()
     assert "the active version keeps serving" in logged.getMessage()
     assert len(versions(first)) == 1
+
+
+def test_a_rules_file_path_too_long_to_record_is_refused_by_name() -> None:
+    from service.rules_files import read_rules_file
+
+    with pytest.raises(RulesError) as refused:
+        read_rules_file("/" + "r" * 600 + ".yaml")
+    [problem] = refused.value.problems
+    assert "longer than 495 characters; move it to a shorter path" in problem.message
