@@ -35,7 +35,8 @@ DEFAULTS: dict[str, Any] = {
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app: migrate the database, activate the rules file if it changed, wire the API."""
+    """Build the app: migrate the database, import the rules file if it changed since its last
+    import, wire the API."""
     app = Flask(__name__, static_folder=None)  # every route is in ROUTES, behind auth
     app.config.from_mapping(DEFAULTS)
     app.config.from_mapping({key: os.environ[var] for var, key in ENVIRONMENT.items() if var in os.environ})
@@ -47,7 +48,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     runtime = Runtime(Database(app.config["DATABASE_URL"]), now=app.config["NOW"] or system_now,
                       workers=_batch_workers(app.config["BATCH_WORKERS"]),
                       secret_key=app.config.get("SECRET_KEY") or None)
-    runtime.bootstrap(app.config["RULES"])
+    # strict=False: a gunicorn worker (re)started while the rules file has problems keeps serving
+    # the active version; `tollgate serve` and `tollgate worker` refuse such a file before this.
+    runtime.bootstrap(app.config["RULES"], strict=False)
     app.extensions["tollgate"] = runtime
 
     errors.init_app(app)

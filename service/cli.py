@@ -66,6 +66,31 @@ def _rules_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# ── tollgate rules activate PATH [--database URL] ─────────────────────────────────────────────
+
+def _rules_activate(args: argparse.Namespace) -> int:
+    """Import a rules file on purpose: activate it as a new version unless it is active already.
+
+    Running servers and workers judge the next event by it (they read the active version from the
+    database); a restart does not import the file again unless it changes."""
+    from service.db import Database
+    from service.runtime import Runtime
+
+    runtime = Runtime(Database(args.database or os.environ.get("TOLLGATE_DATABASE_URL")))
+    try:
+        runtime.db.migrate()
+        version, imported = runtime.import_rules_file(args.path, force=True, actor="cli")
+    except RulesError as error:
+        _print_problems(error.problems, args.path)
+        return 1
+    finally:
+        runtime.db.dispose()
+    state = "activated as" if imported else "is already the active"
+    print(f"{args.path}: {state} rules version {version.id} ({version.sha256[:12]}) on database "
+          f"{runtime.db.url.split('@')[-1]}")
+    return 0
+
+
 def _register_rules(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("rules", help="work with rules files")
     actions = parser.add_subparsers(dest="rules_command", metavar="ACTION", required=True)
@@ -75,6 +100,16 @@ def _register_rules(subparsers: Subparsers) -> None:
     check.add_argument("path", nargs="?", metavar="PATH",
                        help="the rules file (default: $TOLLGATE_RULES or rules.yaml)")
     check.set_defaults(handler=_rules_check)
+    activate = actions.add_parser(
+        "activate", help="activate a rules file as a new version now",
+        description="Validate a rules file and activate it as a new rules version on the database "
+        "(unless it is the active version already), as PUT /rules does; running servers and workers "
+        "judge the next event by it. A start imports the file by itself only when it changed since "
+        "its last import.")
+    activate.add_argument("path", metavar="PATH", help="the rules file")
+    activate.add_argument("--database", metavar="URL",
+                          help="SQLAlchemy URL (default: $TOLLGATE_DATABASE_URL or sqlite:///tollgate.db)")
+    activate.set_defaults(handler=_rules_activate)
 
 
 # ── tollgate diagram WORKFLOW ────────────────────────────────────────────────────────────────
@@ -125,7 +160,8 @@ def _register_diagram(subparsers: Subparsers) -> None:
 # ── tollgate serve / worker / demo ───────────────────────────────────────────────────────────
 
 def _prepare(args: argparse.Namespace) -> Any:
-    """Point the environment at --database/--rules, migrate, activate the rules; the Runtime."""
+    """Point the environment at --database/--rules, migrate, import the rules file if it changed
+    since its last import; the Runtime."""
     from service.db import Database
     from service.runtime import Runtime
 
@@ -139,8 +175,8 @@ def _prepare(args: argparse.Namespace) -> Any:
     except RulesError as error:
         _print_problems(error.problems, rules)
         return None
-    print(f"tollgate: database {runtime.db.url.split('@')[-1]}, rules {rules} active as version "
-          f"{version.id} ({version.sha256[:12]})", flush=True)
+    print(f"tollgate: database {runtime.db.url.split('@')[-1]}, rules version {version.id} active "
+          f"({version.sha256[:12]}, source {version.source})", flush=True)
     return runtime
 
 

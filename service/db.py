@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.pool import StaticPool
 
 from service.bulk import dumps
@@ -30,6 +30,14 @@ BULK_AUTOCHECKPOINT_BYTES = 40 * 1024 * 1024  # inside bulk transactions (timer 
 #: gc.set_threshold while bulk work runs (CPython's default: 700, 10, 10).
 BULK_GC_THRESHOLD = (50_000, 20, 10)
 
+
+#: Critical sections that one process of the cluster (every server, gunicorn worker and `tollgate
+#: worker` on one database) enters at a time, until the transaction that entered it ends; the
+#: number is the PostgreSQL advisory lock key.
+CLUSTER_LOCKS = {"schema": 0x746F6C6C_0001, "rules_versions": 0x746F6C6C_0002}
+#: How each dialect takes such a lock inside a write transaction. SQLite needs no statement: its
+#: write transaction (BEGIN IMMEDIATE) already shuts out every other writer of the file.
+CLUSTER_LOCK_SQL = {"postgresql": "SELECT pg_advisory_xact_lock(:key)", "sqlite": None}
 
 _GC_LOCK = threading.Lock()
 _bulk_depth = 0
@@ -249,8 +257,16 @@ class Database:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as connection:
+            self.cluster_lock(connection, "schema")  # processes starting together migrate once
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+
+    def cluster_lock(self, connection: Connection, name: str) -> None:
+        """Enter the critical section `name` of `CLUSTER_LOCKS` for the rest of `connection`'s
+        write transaction: other processes on this database wait until it commits or rolls back."""
+        statement = CLUSTER_LOCK_SQL[connection.dialect.name]
+        if statement is not None:
+            connection.execute(text(statement), {"key": CLUSTER_LOCKS[name]})
 
     def for_update(self) -> bool:
         """Whether row locks are available (SQLite serialises writers with BEGIN IMMEDIATE)."""

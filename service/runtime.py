@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Row, and_, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from service import facts as fact_providers
+from service import rules_files
 from service.bulk import dumps
 from service.db import Database
 from service.problems import problem
@@ -48,7 +49,7 @@ from workflows.exceptions import (
     TollgateError,
     Unprocessable,
 )
-from workflows.policy import load_policy
+from workflows.policy import Policy, load_policy
 from workflows.secrets import redact_context, redact_payload
 
 #: The fingerprint of a key stored before fingerprints were keyed (migration 0007 erased the
@@ -125,7 +126,7 @@ class Runtime(Sweeps):
             with self._engines_lock:
                 engine = self._engines.get(version.sha256)
                 if engine is None:
-                    engine = Engine(load_policy(version.yaml, version.source))
+                    engine = Engine(load_policy(version.yaml, rules_files.display_name(version.source)))
                     self._engines[version.sha256] = engine
         return engine
 
@@ -161,6 +162,10 @@ class Runtime(Sweeps):
             self.engine_for(RulesVersion(row.id, row.sha256, row.activated_at, row.source, text))
         return version
 
+    def _has_version(self) -> bool:
+        with self.db.read() as conn:
+            return conn.execute(select(rules_versions.c.id).limit(1)).first() is not None
+
     def active_rules(self) -> RulesVersion:
         """The active version with its YAML text (GET /rules)."""
         with self.db.read() as conn:
@@ -176,35 +181,57 @@ class Runtime(Sweeps):
             return error.problems
         return []
 
-    def activate_rules(self, text: str, *, source: str = "rules.yaml", actor: str = "admin") -> RulesVersion:
-        """Validate and activate `text` as a new version; the old version stays on any problem."""
-        policy = load_policy(text, source)  # raises RulesError with every problem
+    def activate_rules(self, text: str, *, source: str = rules_files.API_SOURCE, actor: str = "admin",
+                       filename: str = "rules.yaml") -> RulesVersion:
+        """Validate and activate `text` as a new version; the old version stays on any problem.
+
+        `source` is recorded with the version ("api", or "file:" and a path); problems are
+        reported against `filename`."""
+        policy = load_policy(text, filename)  # raises RulesError with every problem
         with self.db.transaction() as conn:
-            now = self.now()
-            new_id = conn.execute(insert(rules_versions).values(
-                sha256=policy.sha256, yaml=text, source=source, activated_at=now,
-                activated_by=actor).returning(rules_versions.c.id)).scalar_one()
-            version = RulesVersion(new_id, policy.sha256, now, source, text)
-        with self._engines_lock:
-            self._engines.setdefault(policy.sha256, Engine(policy))
+            self.db.cluster_lock(conn, "rules_versions")  # versions commit in the order of their ids
+            version = self.insert_version(conn, policy, source, actor)
+        self.keep_engine(policy)
+        rules_files.log.info("rules version %d activated (sha256 %s, source %s, by %s)", version.id,
+                             version.sha256, source, actor)
         return version
 
-    def bootstrap(self, rules_path: str | Path) -> RulesVersion:
-        """Migrate the schema; activate the rules file when it differs from the active version."""
+    def insert_version(self, conn: Connection, policy: Policy, source: str, actor: str) -> RulesVersion:
+        now = self.now()
+        new_id = conn.execute(insert(rules_versions).values(
+            sha256=policy.sha256, yaml=policy.text, source=source, activated_at=now,
+            activated_by=actor).returning(rules_versions.c.id)).scalar_one()
+        return RulesVersion(new_id, policy.sha256, now, source, policy.text)
+
+    def keep_engine(self, policy: Policy) -> None:
+        with self._engines_lock:
+            self._engines.setdefault(policy.sha256, Engine(policy))
+
+    def import_rules_file(self, path: str | Path, *, force: bool = False,
+                          actor: str = rules_files.STARTUP) -> tuple[RulesVersion, bool]:
+        """Activate the rules file at `path` if it changed since its last import (or, with `force`,
+        unless it is the active version already): the active version, and whether it is new."""
+        return rules_files.import_file(self, path, force=force, actor=actor)
+
+    def bootstrap(self, rules_path: str | Path, *, strict: bool = True) -> RulesVersion:
+        """Migrate the schema; import the rules file if it changed since its last import; the
+        active version.
+
+        A version activated over the API since the file's last import stays active: a restart
+        (of a server, a gunicorn worker or a `tollgate worker`) never reverts it. A file with
+        problems raises RulesError, unless `strict` is false and a version is active: then the
+        problems are logged and that version keeps serving (a gunicorn worker respawned after a
+        crash must not fail to boot, and so stop the whole server, over a file being edited)."""
         self.db.migrate()
-        path = Path(rules_path)
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as error:
-            raise RulesError([Problem("$", f"The rules file cannot be read: {error.strerror}.",
-                                      str(path))]) from None
-        with self.db.read() as conn:
-            row = conn.execute(select(rules_versions.c.sha256).order_by(rules_versions.c.id.desc())
-                               .limit(1)).first()
-        if row is not None and row.sha256 == hashlib.sha256(text.encode()).hexdigest():
+            version, _ = self.import_rules_file(rules_path)
+        except RulesError as error:
+            if strict or not self._has_version():
+                raise
+            rules_files.log.error("The rules file %s has %d problem(s) and was not imported; the active "
+                                  "version keeps serving. %s", rules_path, len(error.problems),
+                                  " ".join(str(problem) for problem in error.problems))
             version = self.active_rules()
-        else:
-            version = self.activate_rules(text, source=path.name, actor="startup")
         with self.db.read() as conn:  # build the active engine now, before the freeze
             self.engine_for(self._active(conn))
         # Everything alive now (modules, SQLAlchemy, the engine and its compiled rules) lives as

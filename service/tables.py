@@ -58,6 +58,17 @@ rules_versions = Table(
     Column("activated_by", String(100), nullable=False),
 )
 
+#: The last import of each rules file (by absolute path): a server start imports the file again
+#: only when its digest differs from the one recorded here, never because the API activated
+#: another version since (`Runtime.bootstrap`).
+rules_file_imports = Table(
+    "rules_file_imports", metadata,
+    Column("path", String(500), primary_key=True),
+    Column("sha256", String(64), nullable=False),
+    Column("version", BigInteger, ForeignKey("rules_versions.id"), nullable=False),
+    Column("imported_at", UTCDateTime, nullable=False),
+)
+
 clocks = Table(
     "clocks", metadata,
     Column("id", String(64), primary_key=True),

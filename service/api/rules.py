@@ -8,6 +8,7 @@ from flask import Blueprint, Response
 
 from service.api.routes import bind
 from service.api.support import actor, reply, runtime, text_body
+from service.rules_files import API_SOURCE
 from workflows.exceptions import RulesError
 
 bp = Blueprint("rules", __name__)
@@ -31,5 +32,5 @@ def validate_rules() -> Response:
 @bind(bp)
 def put_rules() -> Response:
     """Activate as a new version; on any problem (422) the old version keeps serving."""
-    version = runtime().activate_rules(text_body(), source="rules.yaml", actor=actor())
+    version = runtime().activate_rules(text_body(), source=API_SOURCE, actor=actor())
     return reply(version.as_dict())

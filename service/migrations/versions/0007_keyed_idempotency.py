@@ -10,14 +10,14 @@ marked 'legacy' and a replay of it still answers its stored response (never a 50
 the check that the body is the same.
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0006
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0004"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
