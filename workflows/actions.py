@@ -131,7 +131,7 @@ def hold_payment_methods_of_new_partner(step: Step) -> None:
     each active one is sent `account_became_partner`, where `partner_not_payable` routes it back to
     support (`pending_support`). Setting the flag again, or clearing it, sends nothing."""
     if step.data["partner"] and not step.context.get("partner"):
-        for method in step.facts["active_payment_methods"]:
+        for method in step.facts.get("active_payment_methods", ()):  # absent: a snapshot without methods
             step.send(method, "account_became_partner", {})
 
 
