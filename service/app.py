@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +19,8 @@ from service.runtime import Runtime, system_now
 from workflows.exceptions import BadRequest
 
 log = logging.getLogger("tollgate.api")
+#: An `X-Request-Id` a client or proxy sends is kept if it looks like an id; otherwise one is made.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 #: Environment variables read by `create_app`, and the config key each one sets.
 ENVIRONMENT = {"TOLLGATE_DATABASE_URL": "DATABASE_URL", "TOLLGATE_RULES": "RULES",
@@ -53,11 +57,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     runtime.bootstrap(app.config["RULES"], strict=False)
     app.extensions["tollgate"] = runtime
 
+    app.before_request(_start_request)  # first: a refused request (401, 400) is logged too
     errors.init_app(app)
     auth.init_app(app)
     api.init_app(app)
     app.before_request(_refuse_nul)
-    app.before_request(_start_timer)
     app.after_request(_log_request)
     return app
 
@@ -84,15 +88,24 @@ def _refuse_nul() -> None:
                          "remove it and send the request again.")
 
 
-def _start_timer() -> None:
-    if log.isEnabledFor(logging.INFO):
-        g.started = time.perf_counter()
+def _start_request() -> None:
+    """The request's id (the client's `X-Request-Id` if it is a plain token) and start time."""
+    offered = request.headers.get("X-Request-Id")
+    g.request_id = offered if offered is not None and REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+    g.started = time.perf_counter()
 
 
 def _log_request(response: Response) -> Response:
-    """One line per request: method, path, status, role — never headers, query or body."""
-    if log.isEnabledFor(logging.INFO):  # skip the look-ups when nobody listens (gunicorn's default)
-        elapsed = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-        log.info("%s %s %s role=%s %.1fms", request.method, request.path, response.status_code,
-                 g.get("role", "-"), elapsed)
+    """One line per request: method, path, status, role, duration and request id — never headers,
+    the query string or the body (they may hold tokens, passwords or codes)."""
+    request_id = g.get("request_id") or uuid.uuid4().hex
+    response.headers["X-Request-Id"] = request_id
+    if log.isEnabledFor(logging.INFO):
+        elapsed = round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 1)
+        role = g.get("role", "-")
+        log.info("%s %s %s role=%s %.1fms request_id=%s", request.method, request.path,
+                 response.status_code, role, elapsed, request_id,
+                 extra={"fields": {"method": request.method, "path": request.path,
+                                   "status": response.status_code, "role": role, "duration_ms": elapsed,
+                                   "request_id": request_id}})
     return response

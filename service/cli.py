@@ -182,8 +182,10 @@ def _prepare(args: argparse.Namespace) -> Any:
 
 def _serve(args: argparse.Namespace) -> int:
     """Run the HTTP API on gunicorn with a timer scheduler in each worker."""
+    from service.logs import configure_logging
     from service.server import serve
 
+    configure_logging()
     if args.batch_workers is not None:
         if args.batch_workers < 1:
             print("tollgate serve: --batch-workers must be at least 1.", file=sys.stderr)
@@ -201,20 +203,24 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    """Fire due real-time timers until stopped (or once, with --once)."""
+    """Fire due real-time timers until SIGTERM or SIGINT (or once, with --once)."""
+    from service.logs import configure_logging
     from service.scheduler import Scheduler, sleep_until_stopped
 
+    configure_logging()
     runtime = _prepare(args)
     if runtime is None:
         return 1
     scheduler = Scheduler(runtime, interval=args.interval, batch=args.batch)
-    if args.once:
-        print(f"tollgate worker: {scheduler.tick()} timers handled")
-        return 0
-    if args.until_idle:
-        print(f"tollgate worker: {scheduler.run_until_idle()} timers handled")
-        return 0
-    sleep_until_stopped(scheduler)
+    try:
+        if args.once:
+            print(f"tollgate worker: {scheduler.tick()} timers handled")
+        elif args.until_idle:
+            print(f"tollgate worker: {scheduler.run_until_idle()} timers handled")
+        else:
+            sleep_until_stopped(scheduler)
+    finally:
+        runtime.close()
     return 0
 
 

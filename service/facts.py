@@ -52,11 +52,17 @@ def payable_methods(uow: UnitOfWork, record: Mapping[str, Any], data: Mapping[st
     return sum(1 for m in uow.related(_account_of(record), "payment_method") if m["state"] == "active")
 
 
+def active_payment_methods(uow: UnitOfWork, record: Mapping[str, Any], data: Mapping[str, Any]) -> list[str]:
+    """For a signup (the account itself): the ids of its active payment methods, sorted."""
+    return sorted(m["id"] for m in uow.related(record["id"], "payment_method") if m["state"] == "active")
+
+
 PROVIDERS: dict[str, FactProvider] = {
     "email_taken": email_taken,
     "credit_granted": credit_granted,
     "credits": credits,
     "payable_methods": payable_methods,
+    "active_payment_methods": active_payment_methods,
 }
 
 #: Which workflows' instances each fact reads, so a batch can prefetch them for many accounts.
@@ -64,6 +70,7 @@ RELATED_WORKFLOWS: dict[str, tuple[str, ...]] = {
     "credit_granted": ("credit",),
     "credits": ("credit",),
     "payable_methods": ("payment_method",),
+    "active_payment_methods": ("payment_method",),
 }
 
 

@@ -403,7 +403,7 @@ class Runtime(Sweeps):
         """
         data = {} if data is None else data
         if dry_run:
-            return self._dry_run(instance_id, event, data)
+            return self._dry_run(instance_id, event, data, role)
         try:
             return self._fire(instance_id, event, data, actor, if_match, idempotency_key, fingerprint or "",
                               role)
@@ -432,10 +432,7 @@ class Runtime(Sweeps):
         uow = UnitOfWork(self, conn, self._active(conn))
         record = uow.get(instance_id)  # row-locked on PostgreSQL from here on
         if role is not None:
-            spec = uow.engine.definition(record["workflow"]).events.get(event)
-            if spec is not None and spec.roles and role not in spec.roles:
-                raise Forbidden(f"The event '{event}' is a support action: only the role(s) "
-                                f"{', '.join(spec.roles)} may fire it, not {role}.")
+            _authorize(uow, record, event, role)
         if key is not None and not self.db.is_sqlite:
             # A twin request may have committed while this one waited for the row lock.
             stored = self._idempotent_replay(conn, key, fingerprint)
@@ -464,11 +461,15 @@ class Runtime(Sweeps):
                 raise _KeyTaken from None
         return result
 
-    def _dry_run(self, instance_id: str, event: str, data: Mapping[str, Any]) -> Result:
+    def _dry_run(self, instance_id: str, event: str, data: Mapping[str, Any], role: str | None) -> Result:
+        """What `fire` would answer, changing nothing: the same role checks (403), then the verdict."""
         with self.db.read() as conn:
             uow = UnitOfWork(self, conn, self._active(conn))
             uow.lock = False
-            outcome = uow.decide(uow.get(instance_id), event, data)
+            record = uow.get(instance_id)
+            if role is not None:
+                _authorize(uow, record, event, role)
+            outcome = uow.decide(record, event, data)
             return Result(200, {"allowed": outcome.applied, "to": outcome.target,
                                 "reasons": [r.as_dict() for r in outcome.reasons],
                                 "notes": [n.as_dict() for n in outcome.notes],
@@ -526,6 +527,24 @@ class Runtime(Sweeps):
         conn.execute(insert(idempotency).values(key=key, fingerprint=fingerprint, status=result.status,
                                                 body=dumps(result.body), headers={},
                                                 created_at=self.now()))
+
+
+def _authorize(uow: UnitOfWork, record: Mapping[str, Any], event: str, role: str) -> None:
+    """Raise Forbidden when the API caller's `role` may not fire `event` on this instance.
+
+    The decision is `service.auth.event_refusal`'s; the timer events come from the rules version
+    this unit judges under (its timer schedules) and the definition (`timed`).
+    """
+    from service.auth import event_refusal  # service.auth imports the API, which imports this module
+
+    workflow = record["workflow"]
+    spec = uow.engine.definition(workflow).events.get(event)
+    if spec is None:
+        return  # not an event of the workflow: judged (404/409) like any other call
+    timers = tuple(t.id for t in uow.engine.policy.timers_of(workflow) if t.event == event)
+    refusal = event_refusal(role, spec, timers)
+    if refusal is not None:
+        raise Forbidden(refusal)
 
 
 def _encode_cursor(row: Row[Any]) -> str:

@@ -8,8 +8,10 @@ fires twice and a crash before commit leaves it due.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
+from types import FrameType
 
 from service.runtime import Runtime
 
@@ -27,8 +29,8 @@ class Scheduler:
     def tick(self) -> int:
         """Fire what is due now; return how many timers were handled."""
         fired = self.runtime.run_due_timers(limit=self.batch)
-        for entry in fired:
-            log.info("timer %s fired %s on %s: %s → %s (%s)", entry.get("timer"), entry["event"],
+        for entry in fired:  # DEBUG: at INFO a worker's billing month would log every timer
+            log.debug("timer %s fired %s on %s: %s → %s (%s)", entry.get("timer"), entry["event"],
                      entry["instance"], entry["from"], entry["to"], entry.get("outcome"))
         return len(fired)
 
@@ -70,10 +72,46 @@ class Scheduler:
             self._thread.join(timeout)
 
 
+    def running(self) -> bool:
+        """Whether the thread started by `start` is still sweeping."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def sleep_until_stopped(scheduler: Scheduler) -> None:
-    """Run in the foreground until interrupted (used by `tollgate worker`)."""
+    """Sweep until SIGTERM or SIGINT, then return once the sweep in progress is over (`tollgate worker`).
+
+    The sweeps run in the scheduler's thread, so a signal never lands inside a transaction: the
+    main thread only waits. On the first signal the thread finishes its batch — which commits
+    whole — and stops; a second signal exits at once, abandoning the batch, whose transaction
+    is rolled back when the process ends, so its timers stay due for the next worker.
+    """
+    requests: list[str] = []
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        requests.append(name)
+        if len(requests) > 1:
+            log.warning("%s again: stopping now; the batch in progress is rolled back and its timers "
+                        "stay due.", name)
+            raise SystemExit(1)
+        log.info("%s received: stopping after the batch in progress.", name)
+        scheduler.stop(timeout=0)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
     try:
-        scheduler.run_forever()
-    except KeyboardInterrupt:
-        scheduler.stop()
-        time.sleep(0)
+        scheduler.start()
+        log.info("Worker started: firing due timers (every %.1f s when idle, %d per batch).",
+                 scheduler.interval, scheduler.batch)
+        while scheduler.running():
+            scheduler.join(0.5)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("Worker stopped (%s).", requests[0] if requests else "the scheduler ended")

@@ -31,6 +31,9 @@ class TollgateServer(BaseApplication):
 
     def load(self) -> Any:
         from service.app import create_app
+        from service.logs import configure_logging
+
+        configure_logging()  # each worker process; a no-op after the fork from `serve`
         return create_app()
 
 

@@ -263,7 +263,7 @@ from flask.testing import FlaskClient  # noqa: E402
 from werkzeug.test import TestResponse  # noqa: E402
 
 API_TOKENS = {"viewer": "tok-viewer", "operator": "tok-operator", "policy_editor": "tok-editor",
-              "admin": "tok-admin"}
+              "gateway": "tok-gateway", "admin": "tok-admin"}
 API_NOW = kst_instant(2025, 3, 5, 12)  # real time, pinned, for instances without a test clock
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"

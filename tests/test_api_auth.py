@@ -1,7 +1,8 @@
 """The auth matrix: every route × every role, from the route table, against SPEC §4's roles.
 
 viewer reads; operator reads and works instances, events and clocks; policy_editor reads and
-works the rules; admin does everything. No token → 401 with a Bearer challenge; a role without
+works the rules; gateway only reports events (which ones is checked per event, below); admin does
+everything. No token → 401 with a Bearer challenge; a role without
 the permission → 403. Requests carry no body, so the allowed ones are refused later (400/422)
 and nothing changes.
 """
@@ -28,6 +29,8 @@ def allowed_roles(route: Route) -> set[str]:
     """Who SPEC §4 lets call a route, derived from the method and path alone."""
     if route.method == "GET":
         return READERS
+    if route.path == "/instances/{id}/events":
+        return OPERATORS | {"gateway"}
     return EDITORS if route.path.startswith("/rules") else OPERATORS
 
 

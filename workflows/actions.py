@@ -126,6 +126,16 @@ def update_profile(step: Step) -> None:
 
 
 @action
+def hold_payment_methods_of_new_partner(step: Step) -> None:
+    """A member who becomes a partner cannot pay with the methods it registered before either:
+    each active one is sent `account_became_partner`, where `partner_not_payable` routes it back to
+    support (`pending_support`). Setting the flag again, or clearing it, sends nothing."""
+    if step.data["partner"] and not step.context.get("partner"):
+        for method in step.facts.get("active_payment_methods", ()):  # absent: a snapshot without methods
+            step.send(method, "account_became_partner", {})
+
+
+@action
 def store_partner(step: Step) -> None:
     step.context["partner"] = bool(step.data["partner"])
 

@@ -20,7 +20,7 @@ import jsonschema
 import yaml
 from jsonschema import Draft202012Validator, FormatChecker
 
-from workflows.calendar import parse_clock_time
+from workflows.calendar import as_utc, parse_clock_time, parse_instant
 from workflows.exceptions import Problem
 from workflows.secrets import touches_secret, value_free_message
 
@@ -202,6 +202,24 @@ def load_yaml_file(path: Path) -> tuple[Document | None, list[Problem]]:
 
 _format_checker = FormatChecker()
 
+#: RFC 3339 `date-time` (section 5.6) with ASCII digits: what `ts()` and the actions can parse.
+RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+                     r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
+
+
+@_format_checker.checks("date-time", raises=(ValueError, OverflowError))
+def _is_date_time(value: object) -> bool:
+    """RFC 3339 with an offset that the core can use, checked here rather than by jsonschema's own
+    check: that one needs the optional `rfc3339-validator` package and is silently skipped
+    without it (a malformed timestamp then reached the guards), and it accepts what the core
+    cannot parse (a leap second `23:59:60`) — anything this check passes, `ts()` can read."""
+    if not isinstance(value, str):
+        return True
+    if not RFC3339.fullmatch(value):
+        raise ValueError(f"'{value}' is not a date-time")
+    as_utc(parse_instant(value))
+    return True
+
 
 @_format_checker.checks("hh:mm", raises=ValueError)
 def _is_hhmm(value: object) -> bool:
@@ -232,6 +250,9 @@ def validator_for(sub_schema: Mapping[str, Any]) -> Draft202012Validator:
 def _message(error: jsonschema.ValidationError) -> str:
     if error.validator == "format" and error.validator_value == "hh:mm":
         return f"{error.instance!r} is not a time HH:MM"
+    if error.validator == "format" and error.validator_value == "date-time":
+        return (f"{error.instance!r} is not an RFC 3339 date-time with an offset; write it like "
+                "2025-03-05T12:00:00+09:00")
     if error.validator == "additionalProperties":
         return error.message.replace("Additional properties are not allowed", "Unknown key(s)") + \
             "; check the spelling against the schema"
