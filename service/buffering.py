@@ -130,13 +130,14 @@ class Worker(ThreadWorker):
             return
         except OSError:
             data = b""
-        if not data:  # the client closed or reset the connection
+        if not data and not conn.buffered:  # the client closed or reset the connection
             self._stop_reading(conn)
             self.nr_conns -= 1
             conn.close()
             return
         conn.buffered += data
-        if request_complete(conn.buffered, max_head=self.max_head, max_body=self.max_body):
+        # at the end of what the client sends, gunicorn's parser answers whatever it is
+        if not data or request_complete(conn.buffered, max_head=self.max_head, max_body=self.max_body):
             self._stop_reading(conn)
             conn.data_ready = True
             self.enqueue_req(conn)
