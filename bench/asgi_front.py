@@ -2,10 +2,12 @@
 requests on its event loop, then running the Flask app on a pool of threads.
 
 It holds against slow and idle clients like tollgate's buffered gthread worker (service/buffering.py),
-but the HTTP baseline (bench/echo.py) runs 1.5-1.8x as fast on it while tollgate's own figure
-does not move, so `tollgate bench --only http`'s throughput ratio fell from 0.46x to 0.24-0.30x
-(goal 0.4x); see bench/NOTES.md, "Slow and idle clients". `python -m bench.slow_clients --fronts
-asgi` still measures it: `install()` points `service.server` at it in that child process.
+but puts every request through a second HTTP stack (gunicorn's asyncio protocol) and a hop from
+the event loop to a thread and back, where the buffered gthread worker keeps gunicorn's own
+request path for the app; its one `tollgate bench --only http` run gave 0.24x throughput (goal
+0.4x) on a loaded machine; see bench/NOTES.md, "Slow and idle clients". `python -m
+bench.slow_clients --fronts asgi` still measures it: `install()` points `service.server` at it in
+that child process.
 
 - `Worker` is gunicorn's asyncio worker with `ProblemProtocol`: problem+json error answers and a
   `HEAD_TIMEOUT` for the request head.
