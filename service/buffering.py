@@ -135,12 +135,28 @@ class Worker(ThreadWorker):
             self.nr_conns -= 1
             conn.close()
             return
+        self._add(conn, data)
+
+    def _add(self, conn: TConn, data: bytes) -> None:
         conn.buffered += data
         # at the end of what the client sends, gunicorn's parser answers whatever it is
         if not data or request_complete(conn.buffered, max_head=self.max_head, max_body=self.max_body):
             self._stop_reading(conn)
             conn.data_ready = True
+            conn.complete = True
             self.enqueue_req(conn)
+
+    def enqueue_req(self, conn: TConn) -> None:
+        if getattr(conn, "complete", False):
+            conn.complete = False
+            super().enqueue_req(conn)
+            return
+        # gthread's finish_request gives back a connection whose thread read past its request (a
+        # pipelined next one, maybe partial): those bytes are buffered like any others
+        pending = conn.parser.unreader.take_buffered()
+        conn.sock.setblocking(False)
+        self._read(conn)
+        self._add(conn, pending)
 
     def _stop_reading(self, conn: TConn) -> None:
         self.reading.pop(conn, None)

@@ -15,15 +15,18 @@ from helpers.server import LOOPBACK, ROOT, RULES_PATH, Client, Response, StartSe
 
 pytestmark = pytest.mark.e2e
 
-SLOW, IDLE = 50, 200
+SLOW, IDLE, PIPELINED = 50, 200, 20
 
 
 @contextlib.contextmanager
 def hostile_sockets(port: int) -> Iterator[None]:
-    """SLOW sockets sending a request head one byte a second (never finished) and IDLE sockets
-    that send nothing, open for the duration of the block."""
-    slow = [socket.create_connection((LOOPBACK, port), timeout=5) for _ in range(SLOW)]
+    """SLOW sockets sending a request head one byte a second (never finished), IDLE sockets that
+    send nothing, and PIPELINED sockets that send a whole request with the start of a second one
+    behind it and then go on like the slow ones, open for the duration of the block."""
+    slow = [socket.create_connection((LOOPBACK, port), timeout=5) for _ in range(SLOW + PIPELINED)]
     idle = [socket.create_connection((LOOPBACK, port), timeout=5) for _ in range(IDLE)]
+    for sock in slow[SLOW:]:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: slow\r\n\r\nGET /healthz HTTP/1.1\r\n")
     stop = threading.Event()
     trickle = b"GET /healthz HTTP/1.1\r\nHost: slow\r\nX-Slow: " + b"a" * 1000
 
