@@ -1,8 +1,8 @@
 """The HTTP baseline: a trivial Flask JSON POST endpoint on tollgate's own server config.
 
 `POST /echo` parses the JSON body and answers a small JSON echo; `GET /healthz` says it is up.
-`python -m bench.echo --port P` serves it through `service.server.serve` itself (gthread worker
-class, workers, threads, timeouts, access log to stdout), with only the WSGI app swapped, so the
+`python -m bench.echo --port P` serves it through `service.server.serve` itself (worker class,
+workers, threads, timeouts, access log to stdout), with only the WSGI app swapped, so the
 baseline cannot drift from the production config when that changes.
 """
 
@@ -18,6 +18,7 @@ from flask import Flask, jsonify, request
 __all__ = ["app", "main"]
 
 app = Flask(__name__, static_folder=None)
+app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024  # tollgate's default body limit (service/app.py)
 
 
 @app.post("/echo")

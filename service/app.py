@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -25,7 +26,8 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 #: Environment variables read by `create_app`, and the config key each one sets.
 ENVIRONMENT = {"TOLLGATE_DATABASE_URL": "DATABASE_URL", "TOLLGATE_RULES": "RULES",
                "TOLLGATE_TOKENS": "TOKENS", "TOLLGATE_BATCH_WORKERS": "BATCH_WORKERS",
-               "TOLLGATE_SECRET_KEY": "SECRET_KEY"}  # keys idempotency fingerprints (Runtime.fingerprint)
+               "TOLLGATE_SECRET_KEY": "SECRET_KEY",  # keys idempotency fingerprints (Runtime.fingerprint)
+               "TOLLGATE_MAX_BODY_BYTES": "MAX_CONTENT_LENGTH"}
 DEFAULTS: dict[str, Any] = {
     "DATABASE_URL": DEFAULT_URL,
     "RULES": "rules.yaml",
@@ -34,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     # "auto" is one per core, at most 2 (`parallel.auto_workers`); 1 keeps it all in the server's process
     "BATCH_WORKERS": "auto",
     "NOW": None,  # a callable returning an aware datetime; tests pin real time with it
+    # the largest request body accepted (bytes); a longer one is refused with 413, chunked or not
     "MAX_CONTENT_LENGTH": 1024 * 1024,
 }
 
@@ -46,6 +49,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping({key: os.environ[var] for var, key in ENVIRONMENT.items() if var in os.environ})
     if test_config is not None:
         app.config.from_mapping(test_config)
+    app.config["MAX_CONTENT_LENGTH"] = max_body(app.config["MAX_CONTENT_LENGTH"])
     app.json.ensure_ascii = False  # type: ignore[attr-defined]  # Korean messages stay readable
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
@@ -61,6 +65,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     auth.init_app(app)
     api.init_app(app)
+    app.wsgi_app = _WholeBody(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])  # type: ignore[method-assign]
     app.before_request(_refuse_nul)
     app.after_request(_log_request)
     return app
@@ -77,6 +82,44 @@ def _batch_workers(value: Any) -> int:
         raise ValueError(f"TOLLGATE_BATCH_WORKERS must be \"auto\" or a whole number of at least 1, "
                          f"not {value!r}.")
     return workers
+
+
+def max_body(value: Any) -> int:
+    try:
+        limit = int(value)
+    except (TypeError, ValueError):
+        limit = 0
+    if limit < 1:
+        raise ValueError(f"TOLLGATE_MAX_BODY_BYTES must be a whole number of bytes, at least 1, not "
+                         f"{value!r}; the default is {DEFAULTS['MAX_CONTENT_LENGTH']} (1 MiB).")
+    return limit
+
+
+class _WholeBody:
+    """WSGI middleware: a body sent without Content-Length (chunked) is read here, at most `limit`
+    + 1 bytes, and passed on with its length, so Werkzeug answers an over-limit body with 413.
+
+    Werkzeug wraps such a stream in `LimitedStream(limit, is_max=True)`, whose `read()` stops at the
+    limit without a word: a 2 MiB chunked `rules.yaml` was cut at 1 MiB and activated. gunicorn's
+    workers and `service/buffering.py` both terminate the input stream (`wsgi.input_terminated`);
+    the latter de-chunks bodies itself, so this only acts under other servers.
+    """
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked":
+            stream, chunks, size = environ["wsgi.input"], [], 0
+            while size <= self.limit:
+                chunk = stream.read(min(65536, self.limit + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            environ = {k: v for k, v in environ.items() if k != "HTTP_TRANSFER_ENCODING"}
+            environ.update({"wsgi.input": io.BytesIO(b"".join(chunks)), "CONTENT_LENGTH": str(size)})
+        return self.app(environ, start_response)
 
 
 def _refuse_nul() -> None:

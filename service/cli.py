@@ -182,6 +182,7 @@ def _prepare(args: argparse.Namespace) -> Any:
 
 def _serve(args: argparse.Namespace) -> int:
     """Run the HTTP API on gunicorn with a timer scheduler in each worker."""
+    from service.app import max_body
     from service.logs import configure_logging
     from service.server import serve
 
@@ -191,6 +192,13 @@ def _serve(args: argparse.Namespace) -> int:
             print("tollgate serve: --batch-workers must be at least 1.", file=sys.stderr)
             return 2
         os.environ["TOLLGATE_BATCH_WORKERS"] = str(args.batch_workers)
+    if args.max_body_bytes is not None:
+        os.environ["TOLLGATE_MAX_BODY_BYTES"] = str(args.max_body_bytes)
+    try:
+        max_body(os.environ.get("TOLLGATE_MAX_BODY_BYTES", 1))
+    except ValueError as error:
+        print(f"tollgate serve: {error}", file=sys.stderr)
+        return 2
     runtime = _prepare(args)
     if runtime is None:
         return 1
@@ -254,6 +262,9 @@ def _register_serve(subparsers: Subparsers) -> None:
                         "at most 2; 1 keeps that work in the server's process)")
     parser.add_argument("--no-scheduler", action="store_true",
                         help="do not fire timers in this server (run `tollgate worker` instead)")
+    parser.add_argument("--max-body-bytes", type=int, default=None, metavar="N",
+                        help="largest request body accepted; longer ones get 413 (default: "
+                        "$TOLLGATE_MAX_BODY_BYTES, else 1048576)")
     _add_storage_options(parser)
     parser.set_defaults(handler=_serve)
 

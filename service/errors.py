@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 from sqlalchemy.exc import StatementError
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from service.api.support import reply
 from service.problems import TYPE_BASE, problem
@@ -28,6 +28,9 @@ def _detail(error: HTTPException) -> str:
     if isinstance(error, MethodNotAllowed):
         allowed = ", ".join(sorted(m for m in (error.valid_methods or []) if m not in ("HEAD", "OPTIONS")))
         return f"The route {request.path} does not accept {request.method}; it accepts {allowed}."
+    if isinstance(error, RequestEntityTooLarge):
+        return (f"The request body is larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes, the "
+                "most this server accepts (TOLLGATE_MAX_BODY_BYTES); send a smaller body.")
     return error.description or error.name
 
 

@@ -1,7 +1,9 @@
-"""`tollgate serve`: the Flask app on gunicorn (gthread workers) with the timer scheduler.
+"""`tollgate serve`: the Flask app on gunicorn with the timer scheduler.
 
-Each gunicorn worker runs one scheduler thread; claiming a timer deletes it in the transaction
-that fires it, so several schedulers never fire one twice.
+Each gunicorn worker reads every request whole in its poller before one of its `threads` threads
+runs the app (`service/buffering.py`: slow and idle clients hold no thread). Each worker runs one
+scheduler thread; claiming a timer deletes it in the transaction that fires it, so several
+schedulers never fire one twice.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+#: How the workers meet clients. "buffered" is tollgate's (service/buffering.py); the others are
+#: gunicorn's own worker classes, kept for `python -m bench.slow_clients`, which measures them all.
+FRONTS = {"buffered": "service.buffering.Worker", "gthread": "gthread", "gevent": "gevent"}
 
 
 class TollgateServer(BaseApplication):
@@ -46,7 +51,7 @@ def _start_scheduler(worker: Any) -> None:
 
 
 def serve(host: str, port: int, *, workers: int = 2, threads: int = 8, scheduler: bool = True,
-          access_log: bool = True) -> int:
+          access_log: bool = True, front: str = "buffered") -> int:
     """Run the API; without TOLLGATE_TOKENS, make an admin token and listen on loopback only."""
     if not os.environ.get("TOLLGATE_TOKENS"):
         token = secrets.token_urlsafe(24)
@@ -58,7 +63,8 @@ def serve(host: str, port: int, *, workers: int = 2, threads: int = 8, scheduler
         print(f"No TOLLGATE_TOKENS set: generated an admin token for this run (shown once):\n"
               f"  Authorization: Bearer {token}", flush=True)
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    options = {"bind": bind, "workers": workers, "threads": threads, "worker_class": "gthread",
+    options = {"bind": bind, "workers": workers, "worker_class": FRONTS[front],
+               "threads": threads if front in ("buffered", "gthread") else None,
                "timeout": 60, "graceful_timeout": 10, "accesslog": "-" if access_log else None,
                "preload_app": False,
                # gunicorn's runtime control socket is one fixed path per user; several servers

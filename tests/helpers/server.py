@@ -207,6 +207,8 @@ class TollgateServer:
     workers: int = 2
     threads: int = 8
     scheduler: bool = True
+    extra_args: tuple[str, ...] = ()  # more `tollgate serve` options
+    env: dict[str, str] = field(default_factory=dict)  # more environment variables (TOLLGATE_… too)
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
@@ -222,7 +224,7 @@ class TollgateServer:
     def command(self) -> list[str]:
         argv = [sys.executable, "-m", "service.cli", "serve", "--host", self.host, "--port", str(self.port),
                 "--database", self.database_url, "--rules", str(self.rules),
-                "--workers", str(self.workers), "--threads", str(self.threads)]
+                "--workers", str(self.workers), "--threads", str(self.threads), *self.extra_args]
         return argv if self.scheduler else [*argv, "--no-scheduler"]
 
     def environment(self) -> dict[str, str]:
@@ -230,6 +232,7 @@ class TollgateServer:
         if self.tokens:
             env["TOLLGATE_TOKENS"] = ",".join(f"{role}={token}" for role, token in self.tokens.items())
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.env)
         return env
 
     def start(self) -> TollgateServer:
