@@ -279,5 +279,14 @@ def data_problems(validator_: Draft202012Validator, data: Any, what: str) -> lis
     """Schema violations of request data, as problems with JSON paths (no file positions)."""
     out = []
     for error in sorted(validator_.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
-        out.append(Problem(json_path(tuple(error.absolute_path)), _message(error), file=what))
+        out.append(Problem(json_path(tuple(error.absolute_path)), _data_message(error), file=what))
     return out
+
+
+def _data_message(error: jsonschema.ValidationError) -> str:
+    """A pattern whose schema has a `description` (a noun phrase: "a month YYYY-MM in …") is
+    explained by it rather than by the regular expression."""
+    described = error.schema.get("description") if isinstance(error.schema, Mapping) else None
+    if error.validator == "pattern" and isinstance(described, str):
+        return f"{error.instance!r} is not {described}"
+    return _message(error)
