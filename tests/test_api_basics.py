@@ -171,7 +171,45 @@ def test_openapi_is_self_contained_and_embeds_the_validating_schemas(api: Api) -
         del on_disk["$schema"], on_disk["$id"]
         assert schemas[name] == on_disk
     body = doc["paths"]["/workflows/{wf}/instances"]["post"]["requestBody"]
-    assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/create_instance"}
+    assert body["content"]["application/json"]["schema"]["allOf"][0] == {
+        "$ref": "#/components/schemas/create_instance"}
+
+
+def test_openapi_names_the_workflows_their_events_and_data_and_links_create_to_fire(api: Api) -> None:
+    from service.api.routes import JSON
+    from workflows.definitions import definitions
+
+    doc = api.get("/openapi.json").get_json()
+    schemas = doc["components"]["schemas"]
+    names = list(definitions())
+    for path in ("/workflows/{wf}", "/workflows/{wf}/instances", "/workflows/{wf}/diagram"):
+        operation = next(iter(doc["paths"][path].values()))
+        wf = next(p for p in operation["parameters"] if p["name"] == "wf")
+        assert wf["schema"]["enum"] == names
+    listing = doc["paths"]["/instances"]["get"]["parameters"]
+    assert next(p for p in listing if p["name"] == "workflow")["schema"]["enum"] == names
+    assert "suspended" in next(p for p in listing if p["name"] == "state")["schema"]["enum"]
+    fire = doc["paths"]["/instances/{id}/events"]["post"]["requestBody"]["content"][JSON]["schema"]
+    assert fire["allOf"][0] == {"$ref": "#/components/schemas/fire_event"}
+    choices = {c["title"]: c for c in fire["allOf"][1]["anyOf"]}
+    assert set(choices) == {f"{w}.{e}" for w, d in definitions().items() for e in d.events}
+    add_usage = choices["invoice.add_usage"]
+    assert add_usage["properties"]["event"] == {"const": "add_usage"}
+    assert add_usage["required"] == ["event", "data"]
+    data = schemas[add_usage["properties"]["data"]["$ref"].rsplit("/", 1)[1]]
+    assert data == definitions()["invoice"].events["add_usage"].data_schema
+    assert schemas["context.invoice"] == definitions()["invoice"].context_schema
+    created = doc["paths"]["/workflows/{wf}/instances"]["post"]["responses"]["201"]["links"]
+    assert created["FireEvent"] == {"operationId": "instances_fire",
+                                    "parameters": {"path.id": "$response.body#/id"}}
+    assert {link["operationId"] for link in created.values()} >= {
+        "instances_fire", "instances_get_instance", "instances_history"}
+    operation_ids = {op["operationId"] for item in doc["paths"].values() for op in item.values()}
+    for item in doc["paths"].values():
+        for op in item.values():
+            for response in op["responses"].values():
+                for link in response.get("links", {}).values():
+                    assert link["operationId"] in operation_ids
 
 
 def test_openapi_document_is_valid_openapi_3_1(api: Api) -> None:
