@@ -229,6 +229,11 @@ def validator_for(sub_schema: Mapping[str, Any]) -> Draft202012Validator:
 
 
 def _message(error: jsonschema.ValidationError) -> str:
+    described = error.schema.get("description") if isinstance(error.schema, Mapping) else None
+    if error.validator == "pattern" and isinstance(described, str):
+        # a pattern is explained by its schema's description (a noun phrase: "a month YYYY-MM in
+        # the supported years 2000-2199"), not by the regular expression
+        return f"{error.instance!r} is not {described}"
     if error.validator == "format" and error.validator_value == "hh:mm":
         return f"{error.instance!r} is not a time HH:MM"
     if error.validator == "additionalProperties":
@@ -279,14 +284,5 @@ def data_problems(validator_: Draft202012Validator, data: Any, what: str) -> lis
     """Schema violations of request data, as problems with JSON paths (no file positions)."""
     out = []
     for error in sorted(validator_.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
-        out.append(Problem(json_path(tuple(error.absolute_path)), _data_message(error), file=what))
+        out.append(Problem(json_path(tuple(error.absolute_path)), _message(error), file=what))
     return out
-
-
-def _data_message(error: jsonschema.ValidationError) -> str:
-    """A pattern whose schema has a `description` (a noun phrase: "a month YYYY-MM in …") is
-    explained by it rather than by the regular expression."""
-    described = error.schema.get("description") if isinstance(error.schema, Mapping) else None
-    if error.validator == "pattern" and isinstance(described, str):
-        return f"{error.instance!r} is not {described}"
-    return _message(error)
