@@ -39,7 +39,7 @@ pytestmark = pytest.mark.e2e
 EXAMPLES_PER_OPERATION = 40
 STATEFUL_SCENARIOS = 40
 STATEFUL_STEPS = 10
-EVENT_EXAMPLES = 300
+EVENT_EXAMPLES = 500
 INPUT_EXAMPLES = 120
 
 #: backend → (fuzzer, status class) → responses: printed at the end of the module.
@@ -228,13 +228,20 @@ def _instances(client: Client) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def targets(fuzz_server: TollgateServer) -> list[tuple[str, str, dict[str, Any]]]:
-    """(instance, event, data schema): every declared event of each workflow on each of its instances."""
+    """(instance, event, data schema): every declared event of each workflow on each of its
+    instances, those valid in the instance's state at the start three times over (so that more
+    events get past the state check to the guards, actions and timers)."""
     admin = fuzz_server.client("admin")
     by_workflow = _instances(admin)
     found = []
     for workflow, ids in by_workflow.items():
-        events = admin.ok("GET", f"/workflows/{workflow}")["events"]
-        found += [(instance, event["name"], event["data"]) for instance in ids for event in events]
+        described = admin.ok("GET", f"/workflows/{workflow}")
+        for instance in ids:
+            state = admin.instance(instance)["state"]
+            valid = {t["event"] for t in described["transitions"]
+                     if state in (t["from"] if isinstance(t["from"], list) else [t["from"]])}
+            for event in described["events"]:
+                found += [(instance, event["name"], event["data"])] * (3 if event["name"] in valid else 1)
     assert len(found) > 30
     return found
 
