@@ -249,3 +249,15 @@ def test_a_surrogate_pair_is_an_ordinary_character(api: Api) -> None:
     body = assert_problem(api.post("/workflows/signup/instances", data=raw, content_type="application/json"),
                           400, "bad_request")
     assert "c😀lour" in body["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("path", ["/rules", "/rules/validate"])
+def test_a_rules_text_whose_escapes_make_lone_surrogates_is_answered_not_a_500(api: Api, path: str) -> None:
+    # PyYAML turns the escaped pair "\ud80b\ude42" into two lone surrogates, which the 422 echoes
+    # in its errors; a reply must still be JSON (found by schemathesis on PUT /rules).
+    method = "PUT" if path == "/rules" else "POST"
+    response = api.call(method, path, data='{"\\ud80b\\ude42": 1, "\\ud800": 2}', content_type="text/plain")
+    assert response.status_code == 422 and response.mimetype == "application/problem+json"
+    body = response.get_json()
+    assert body["type"].endswith("/invalid_rules")
+    assert any("\ud800" in e["message"] or "\ud800" in e["path"] for e in body["errors"]), body["errors"]

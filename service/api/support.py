@@ -215,13 +215,17 @@ def flag(name: str) -> bool:
 
 #: json.dumps(body, ensure_ascii=False, separators=(",", ":")) without building an encoder per call.
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encode_ascii = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def reply(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A JSON reply; bodies of 4xx/5xx statuses are problem documents."""
     media = "application/problem+json" if status >= 400 else "application/json"
-    text = _encode(body)
-    return Response(text, status=status, mimetype=media, headers=headers or {})
+    try:
+        data = _encode(body).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (PyYAML makes them of "\ud800" escapes) has no
+        data = _encode_ascii(body).encode("ascii")  # UTF-8 form: escape it as JSON does
+    return Response(data, status=status, mimetype=media, headers=headers or {})
 
 
 def etag(version: int) -> str:
