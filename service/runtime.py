@@ -12,6 +12,7 @@ import gc
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import threading
 from collections import Counter
@@ -553,14 +554,30 @@ def _encode_cursor(row: Row[Any]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+#: What `_encode_cursor` writes, base64-decoded: ["<created_at, RFC 3339 in UTC>", "<instance id>"].
+_CURSOR = re.compile(r'\["(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?\+00:00)", '
+                     r'("(?:[^"\\\x00-\x1f]|\\u[0-9a-fA-F]{4}|\\["\\/bfnrt]){1,256}")\]')
+
+
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The position a cursor of `_encode_cursor` holds. A cursor is opaque: anything but that exact
+    shape (another JSON value, a naive or impossible time, deep nesting) is refused unparsed."""
     import base64
+    import binascii
+    refused = BadRequest("The cursor is not one this server issued; send the next_cursor of the "
+                         "previous page unchanged, or leave cursor out to start from the first page.",
+                         [Problem("cursor", "not a cursor this server issued", file="query")])
+    if len(cursor) > 400:
+        raise refused
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, last_id = json.loads(raw)
-        return datetime.fromisoformat(created), str(last_id)
-    except (ValueError, TypeError):
-        raise BadRequest(f"The cursor '{cursor}' is not one this service returned.") from None
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        match = _CURSOR.fullmatch(raw)
+        if match is None:
+            raise refused
+        created = datetime.fromisoformat(match.group(1))
+    except (ValueError, binascii.Error):  # UnicodeDecodeError is a ValueError
+        raise refused from None
+    return created, str(json.loads(match.group(2)))  # a flat JSON string: no nesting to recurse into
 
 
 def count_instances(db: Database) -> int:

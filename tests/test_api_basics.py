@@ -171,7 +171,45 @@ def test_openapi_is_self_contained_and_embeds_the_validating_schemas(api: Api) -
         del on_disk["$schema"], on_disk["$id"]
         assert schemas[name] == on_disk
     body = doc["paths"]["/workflows/{wf}/instances"]["post"]["requestBody"]
-    assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/create_instance"}
+    assert body["content"]["application/json"]["schema"]["allOf"][0] == {
+        "$ref": "#/components/schemas/create_instance"}
+
+
+def test_openapi_names_the_workflows_their_events_and_data_and_links_create_to_fire(api: Api) -> None:
+    from service.api.routes import JSON
+    from workflows.definitions import definitions
+
+    doc = api.get("/openapi.json").get_json()
+    schemas = doc["components"]["schemas"]
+    names = list(definitions())
+    for path in ("/workflows/{wf}", "/workflows/{wf}/instances", "/workflows/{wf}/diagram"):
+        operation = next(iter(doc["paths"][path].values()))
+        wf = next(p for p in operation["parameters"] if p["name"] == "wf")
+        assert wf["schema"]["enum"] == names
+    listing = doc["paths"]["/instances"]["get"]["parameters"]
+    assert next(p for p in listing if p["name"] == "workflow")["schema"]["enum"] == names
+    assert "suspended" in next(p for p in listing if p["name"] == "state")["schema"]["enum"]
+    fire = doc["paths"]["/instances/{id}/events"]["post"]["requestBody"]["content"][JSON]["schema"]
+    assert fire["allOf"][0] == {"$ref": "#/components/schemas/fire_event"}
+    choices = {c["title"]: c for c in fire["allOf"][1]["anyOf"]}
+    assert set(choices) == {f"{w}.{e}" for w, d in definitions().items() for e in d.events}
+    add_usage = choices["invoice.add_usage"]
+    assert add_usage["properties"]["event"] == {"const": "add_usage"}
+    assert add_usage["required"] == ["event", "data"]
+    data = schemas[add_usage["properties"]["data"]["$ref"].rsplit("/", 1)[1]]
+    assert data == definitions()["invoice"].events["add_usage"].data_schema
+    assert schemas["context.invoice"] == definitions()["invoice"].context_schema
+    created = doc["paths"]["/workflows/{wf}/instances"]["post"]["responses"]["201"]["links"]
+    assert created["FireEvent"] == {"operationId": "instances_fire",
+                                    "parameters": {"path.id": "$response.body#/id"}}
+    assert {link["operationId"] for link in created.values()} >= {
+        "instances_fire", "instances_get_instance", "instances_history"}
+    operation_ids = {op["operationId"] for item in doc["paths"].values() for op in item.values()}
+    for item in doc["paths"].values():
+        for op in item.values():
+            for response in op["responses"].values():
+                for link in response.get("links", {}).values():
+                    assert link["operationId"] in operation_ids
 
 
 def test_openapi_document_is_valid_openapi_3_1(api: Api) -> None:
@@ -211,3 +249,15 @@ def test_a_surrogate_pair_is_an_ordinary_character(api: Api) -> None:
     body = assert_problem(api.post("/workflows/signup/instances", data=raw, content_type="application/json"),
                           400, "bad_request")
     assert "c😀lour" in body["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("path", ["/rules", "/rules/validate"])
+def test_a_rules_text_whose_escapes_make_lone_surrogates_is_answered_not_a_500(api: Api, path: str) -> None:
+    # PyYAML turns the escaped pair "\ud80b\ude42" into two lone surrogates, which the 422 echoes
+    # in its errors; a reply must still be JSON (found by schemathesis on PUT /rules).
+    method = "PUT" if path == "/rules" else "POST"
+    response = api.call(method, path, data='{"\\ud80b\\ude42": 1, "\\ud800": 2}', content_type="text/plain")
+    assert response.status_code == 422 and response.mimetype == "application/problem+json"
+    body = response.get_json()
+    assert body["type"].endswith("/invalid_rules")
+    assert any("\ud800" in e["message"] or "\ud800" in e["path"] for e in body["errors"]), body["errors"]

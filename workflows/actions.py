@@ -16,6 +16,8 @@ from types import CodeType
 from argon2 import PasswordHasher
 
 from workflows import calendar
+from workflows.exceptions import BadRequest, Problem
+from workflows.limits import MAX_AMOUNT
 from workflows.outcome import Step
 
 Action = Callable[[Step], None]
@@ -213,7 +215,13 @@ def revoke_credit(step: Step) -> None:
 
 @action
 def add_usage(step: Step) -> None:
-    step.context["usage"] = int(step.context.get("usage", 0)) + int(step.data["amount"])
+    usage = int(step.context.get("usage", 0)) + int(step.data["amount"])
+    if usage > MAX_AMOUNT:  # each amount is bounded by its schema; their sum is bounded here
+        raise BadRequest(f"The amount {step.data['amount']} would bring the invoice's usage to {usage:,} "
+                         f"KRW, over the {MAX_AMOUNT:,} KRW one invoice may hold; check the amount.",
+                         [Problem("$.amount", f"the usage total {usage} would exceed {MAX_AMOUNT}",
+                                  file="add_usage.data")])
+    step.context["usage"] = usage
 
 
 def _expiry_order(credit: dict) -> tuple[datetime, str]:

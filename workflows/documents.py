@@ -248,6 +248,11 @@ def validator_for(sub_schema: Mapping[str, Any]) -> Draft202012Validator:
 
 
 def _message(error: jsonschema.ValidationError) -> str:
+    described = error.schema.get("description") if isinstance(error.schema, Mapping) else None
+    if error.validator == "pattern" and isinstance(described, str):
+        # a pattern is explained by its schema's description (a noun phrase: "a month YYYY-MM in
+        # the supported years 2000-2199"), not by the regular expression
+        return f"{error.instance!r} is not {described}"
     if error.validator == "format" and error.validator_value == "hh:mm":
         return f"{error.instance!r} is not a time HH:MM"
     if error.validator == "format" and error.validator_value == "date-time":

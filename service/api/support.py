@@ -18,7 +18,8 @@ from jsonschema import Draft202012Validator, FormatChecker
 from werkzeug.exceptions import UnsupportedMediaType
 
 from service.runtime import Runtime
-from workflows.documents import data_problems
+from workflows import limits
+from workflows.documents import data_problems, json_path
 from workflows.engine import fast_check
 from workflows.exceptions import BadRequest, Problem
 
@@ -28,8 +29,19 @@ FLAGS = {"true": True, "1": True, "false": False, "0": False}
 _formats = FormatChecker(formats=())
 
 
-def parse_timestamp(value: str, where: str = "timestamp") -> datetime:
-    """An aware datetime from RFC 3339 text; a missing offset is refused, not guessed."""
+def parse_timestamp(value: str, where: str) -> datetime:
+    """An aware datetime from the RFC 3339 text of the body field `where`, in the supported years;
+    a missing offset is refused, not guessed."""
+    moment = _rfc3339(value, where)
+    if not limits.year_in_range(moment):
+        span = f"{limits.FIRST_YEAR}-{limits.LAST_YEAR}"
+        raise BadRequest(f"The {where} '{value}' is outside the supported years {span}; give a time in "
+                         "that range.", [Problem(f"$.{where}", f"{value!r} is outside the supported years "
+                                                 f"{span}", file="body")])
+    return moment
+
+
+def _rfc3339(value: str, where: str) -> datetime:
     if not RFC3339.fullmatch(value):
         raise BadRequest(f"The {where} '{value}' is not an RFC 3339 timestamp with an offset; write it "
                          "like 2025-03-05T12:00:00+09:00.")
@@ -42,7 +54,7 @@ def parse_timestamp(value: str, where: str = "timestamp") -> datetime:
 @_formats.checks("date-time", raises=BadRequest)
 def _is_date_time(value: object) -> bool:
     if isinstance(value, str):
-        parse_timestamp(value)
+        _rfc3339(value, "timestamp")  # the shape only: the years are the schema's `pattern`
     return True
 
 
@@ -120,6 +132,10 @@ def json_body(schema_name: str) -> dict[str, Any]:
             # JSON encoder or CEL string can hold, as well as NaN and Infinity.
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as error:
+            if "depth" in error.msg:  # orjson stops at 1,024 levels, before MAX_JSON_DEPTH is checked
+                raise BadRequest(f"The request body is nested deeper than {limits.MAX_JSON_DEPTH} levels "
+                                 f"(line {error.lineno}, column {error.colno}); no request needs that, "
+                                 "send flatter JSON.") from None
             if "UTF-8" in error.msg:
                 raise BadRequest("The request body is not UTF-8 text; send JSON encoded as UTF-8 "
                                  f"without a byte order mark ({error.msg}).") from None
@@ -128,6 +144,8 @@ def json_body(schema_name: str) -> dict[str, Any]:
     if data is None:
         raise BadRequest("The request body is missing; send a JSON object "
                          f"(see {schema(schema_name)['title']} in /openapi.json).")
+    if raw.count(b"[") + raw.count(b"{") > limits.MAX_JSON_DEPTH or _LONG_NUMBER.search(raw):
+        _check_bounds(data)
     problems = [] if body_check(schema_name)(data) else \
         [_explained(p) for p in data_problems(validator(schema_name), data, "body")]
     if problems:
@@ -136,6 +154,34 @@ def json_body(schema_name: str) -> dict[str, Any]:
                          problems)
     body: dict[str, Any] = data
     return body
+
+
+#: A run of digits that may be an integer beyond MAX_JSON_INTEGER (16 digits); only bodies that
+#: have one, or more brackets than the depth limit, are walked by `_check_bounds`.
+_LONG_NUMBER = re.compile(rb"[0-9]{%d}" % len(str(limits.MAX_JSON_INTEGER)))
+
+
+def _check_bounds(data: Any) -> None:
+    """Refuse a body nested deeper than MAX_JSON_DEPTH or holding an integer beyond
+    MAX_JSON_INTEGER, naming the first such place by its JSON path (walked without recursion)."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        if type(value) is int and abs(value) > limits.MAX_JSON_INTEGER:
+            where = json_path(path)
+            raise BadRequest(f"The request body does not match its schema: {where}: the number {value} is "
+                             f"beyond ±{limits.MAX_JSON_INTEGER:,} (2^53 - 1, RFC 7493); send a smaller "
+                             "number.", [Problem(where, f"{value} is beyond ±{limits.MAX_JSON_INTEGER} "
+                                                 "(2^53 - 1)", file="body")])
+        if isinstance(value, dict | list):
+            if len(path) >= limits.MAX_JSON_DEPTH:
+                where = json_path(path)
+                raise BadRequest(f"The request body is nested deeper than {limits.MAX_JSON_DEPTH} levels "
+                                 f"at {where}; no request needs that, send flatter JSON.",
+                                 [Problem(where, f"nested deeper than {limits.MAX_JSON_DEPTH} levels",
+                                          file="body")])
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend((item, (*path, key)) for key, item in items)
 
 
 def _explained(problem: Problem) -> Problem:
@@ -169,13 +215,17 @@ def flag(name: str) -> bool:
 
 #: json.dumps(body, ensure_ascii=False, separators=(",", ":")) without building an encoder per call.
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encode_ascii = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def reply(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A JSON reply; bodies of 4xx/5xx statuses are problem documents."""
     media = "application/problem+json" if status >= 400 else "application/json"
-    text = _encode(body)
-    return Response(text, status=status, mimetype=media, headers=headers or {})
+    try:
+        data = _encode(body).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (PyYAML makes them of "\ud800" escapes) has no
+        data = _encode_ascii(body).encode("ascii")  # UTF-8 form: escape it as JSON does
+    return Response(data, status=status, mimetype=media, headers=headers or {})
 
 
 def etag(version: int) -> str:
