@@ -51,8 +51,11 @@ def _start_scheduler(worker: Any) -> None:
 
 
 def serve(host: str, port: int, *, workers: int = 2, threads: int = 8, scheduler: bool = True,
-          access_log: bool = True, front: str = "buffered") -> int:
-    """Run the API; without TOLLGATE_TOKENS, make an admin token and listen on loopback only."""
+          access_log: bool = False, front: str = "buffered") -> int:
+    """Run the API; without TOLLGATE_TOKENS, make an admin token and listen on loopback only.
+
+    gunicorn's own access log is off by default: the app logs every request itself (`tollgate.api`,
+    with its role and request id), and a second line per request would double the log volume."""
     if not os.environ.get("TOLLGATE_TOKENS"):
         token = secrets.token_urlsafe(24)
         os.environ["TOLLGATE_TOKENS"] = f"admin={token}"
