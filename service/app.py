@@ -74,25 +74,24 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 def _batch_workers(value: Any) -> int:
     if value == "auto":
         return auto_workers()
-    try:
-        workers = int(value)
-    except (TypeError, ValueError):
-        workers = 0
-    if workers < 1:
-        raise ValueError(f"TOLLGATE_BATCH_WORKERS must be \"auto\" or a whole number of at least 1, "
-                         f"not {value!r}.")
-    return workers
+    return _positive_int(value, f"TOLLGATE_BATCH_WORKERS must be \"auto\" or a whole number of at least 1, "
+                                f"not {value!r}.")
 
 
 def max_body(value: Any) -> int:
+    return _positive_int(value, f"TOLLGATE_MAX_BODY_BYTES must be a whole number of bytes, at least 1, not "
+                                f"{value!r}; the default is {DEFAULTS['MAX_CONTENT_LENGTH']} (1 MiB).")
+
+
+def _positive_int(value: Any, refusal: str) -> int:
+    """`value` as a whole number of at least 1; otherwise ValueError(`refusal`)."""
     try:
-        limit = int(value)
+        number = int(value)
     except (TypeError, ValueError):
-        limit = 0
-    if limit < 1:
-        raise ValueError(f"TOLLGATE_MAX_BODY_BYTES must be a whole number of bytes, at least 1, not "
-                         f"{value!r}; the default is {DEFAULTS['MAX_CONTENT_LENGTH']} (1 MiB).")
-    return limit
+        number = 0
+    if number < 1:
+        raise ValueError(refusal)
+    return number
 
 
 class _WholeBody:
