@@ -53,7 +53,8 @@ class Month:
         self.clock = f"sweep_{self.tag}"
         runtime.create_clock(START, self.clock)
 
-    def invoice(self, n: int, *, card: bool = False, usage: int = 1_000, credit: int = 0) -> str:
+    def invoice(self, n: int, *, card: bool = False, usage: int = 1_000, credit: int = 0,
+                usage_month: str = "2026-10") -> str:
         """Account n (with an active card, and a credit of `credit` KRW if given) and its open
         invoice with the issue timer; returns the invoice id."""
         account, invoice = f"acct_{self.tag}_{n}", f"inv_{self.tag}_{n}"
@@ -67,8 +68,8 @@ class Month:
 
             rows = [row(account, "signup", "active", {"country": "KR", "member_type": "business",
                                                        "email": f"{account}@example.com"}, None),
-                    row(invoice, "invoice", "open", {"account": account, "usage_month": "2026-10",
-                                                     "usage": usage}, account, "2026-10")]
+                    row(invoice, "invoice", "open", {"account": account, "usage_month": usage_month,
+                                                     "usage": usage}, account, usage_month)]
             if card:
                 rows.append(row(f"pm_{self.tag}_{n}", "payment_method", "active",
                                 {"account": account, "channel": "web", "method": "credit_card"}, account))
