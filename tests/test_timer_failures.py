@@ -148,3 +148,20 @@ def test_the_scheduler_backs_off_while_its_sweep_keeps_failing(monkeypatch: pyte
     monkeypatch.setattr(scheduler._stop, "wait", wait)
     scheduler.run_forever()
     assert pauses == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, MAX_BACKOFF, MAX_BACKOFF]
+
+
+def test_creating_an_instance_whose_timer_the_rules_fail_on_is_a_422_problem(
+        api: Api, rules_data: Any) -> None:
+    account = api.signup(clock=api.clock(kst_instant(2026, 10, 15, 10)), member_type="business")
+    data = rules_data()
+    data["timers"]["invoice_issue"]["at"] = "ts(context.nosuch_field)"
+    response = api.put("/rules", data=yaml.safe_dump(data, allow_unicode=True, sort_keys=False),
+                       headers={"Content-Type": "application/yaml"}, role="policy_editor")
+    assert response.status_code == 200, response.get_json()
+    created = api.post("/workflows/invoice/instances",
+                       json={"context": {"account": account, "usage_month": "2026-10"}})
+    assert created.status_code == 422
+    assert created.get_json()["type"].endswith("/rules_failed")
+    assert created.get_json()["event"] == "create"
+    invoices = api.get(f"/instances?workflow=invoice&account={account}").get_json()["items"]
+    assert invoices == []  # nothing half-created
