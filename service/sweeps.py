@@ -8,10 +8,11 @@ PostgreSQL), fires them against in-memory records and writes them in bulk; a tes
 Ordering under concurrency: the advances of one test clock take turns, by a lease on the clock's
 row (`_take_lease`) that every batch of the advance renews and checks, so one advance runs its
 instants in time order while another waits (then goes on from where the clock is). A clock only
-moves forward. Real-time sweeps (scheduler threads, `tollgate worker` processes) take turns per
-transaction: SQLite's write lock, PostgreSQL's advisory lock `REALTIME_SWEEP_LOCK`. An event the
-rules fail on (an expression that errs at run time) is recorded as `failed` and its timer parked
-in `failed_timers`; the rest of the batch goes on (`_attempt`).
+moves forward. Real-time sweeps (scheduler threads, `tollgate worker` processes) never share an
+account: on SQLite they take turns (the write lock), on PostgreSQL each batch keeps only the
+timers of accounts whose advisory lock it gets (`_take_accounts`), so they still run side by side.
+An event the rules fail on (an expression that errs at run time) is recorded as `failed` and its
+timer parked in `failed_timers`; the rest of the batch goes on (`_attempt`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from functools import partial
 from itertools import chain, islice
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
-from sqlalchemy import Connection, insert, or_, select, text, update
+from sqlalchemy import Connection, insert, or_, select, update
 
 from service import facts as fact_providers
 from service.bulk import BulkWriter, parse_sqlite_timestamp
@@ -53,10 +54,9 @@ if TYPE_CHECKING:
     from service.runtime import RulesVersion, Runtime
 
 TIMER_ACTOR = "timer"
-#: The PostgreSQL advisory lock each real-time sweep holds for its transaction: several scheduler
-#: threads and `tollgate worker` processes sweep in turn, so one instance's timers fire in due order
-#: and a transition never waits on rows another sweep locked (no deadlock between sweeps).
-REALTIME_SWEEP_LOCK = 0x746F6C6C67617465 >> 1  # "tollgate", as a positive bigint
+#: The first key of the PostgreSQL advisory locks a real-time sweep takes per account (the second
+#: is `hashtext` of the account id) for its transaction: see `Sweeps._take_accounts`.
+ACCOUNT_LOCKS = 0x746F6C6C  # "toll"
 _T = TypeVar("_T")
 
 
@@ -329,13 +329,12 @@ class Sweeps:
         leaves it due.
 
         `lease`: the advance's lease on the clock, renewed (or found lost: ClockBusy) in the
-        transaction. Real-time sweeps take turns on PostgreSQL (`REALTIME_SWEEP_LOCK`).
+        transaction. Real-time sweeps on PostgreSQL fire only timers of accounts no other sweep
+        holds (`_take_accounts`).
         """
         with self.db.transaction(bulk=True) as conn:
             if lease is not None and clock_id is not None:
                 self._hold_lease(conn, clock_id, lease)
-            elif clock_id is None and not self.db.is_sqlite:
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REALTIME_SWEEP_LOCK})
             uow = UnitOfWork(cast("Runtime", self), conn, self._active(conn))
             handled, entries = self._fire_due(uow, clock_id, until, batch, actor, collect)
             if handled:
@@ -406,6 +405,8 @@ class Sweeps:
         entries (if `collect`)."""
         entries: list[dict[str, Any]] = []
         claimed, instant = self._claim(uow, clock_id, until, batch, span)
+        if claimed and clock_id is None and uow.lock:
+            claimed = self._take_accounts(uow, claimed)
         if not claimed:
             return 0, entries
         if clock_id is not None and instant is not None:
@@ -436,6 +437,39 @@ class Sweeps:
             self._attempt(uow, instance, event, {}, actor, entry, timer)
             entries.append(entry)
         return len(claimed), entries
+
+    @staticmethod
+    def _take_accounts(uow: UnitOfWork, claimed: list[_Timer]) -> list[_Timer]:
+        """Of the real-time timers a PostgreSQL sweep claimed, those it may fire now.
+
+        Several sweepers claim with SKIP LOCKED, so one instance's timers can be split between
+        two of them. A sweep keeps only the timers of accounts (an instance's `account`, or its
+        own id for an account) whose transaction-scoped advisory lock it gets — tried, never
+        waited for — and of each instance only those due before any timer of it that another
+        sweep holds. So no two sweeps fire events of one account at once (no deadlock on its
+        rows; the events it sends stay inside it), an instance's timers fire in due order, and
+        sweeps of different accounts still run side by side. The timers left out stay due (their
+        rows are unlocked at commit); the sweep holding their account or earlier timer fires them.
+        """
+        fetch = uow.reader.fetch
+        ids = list(dict.fromkeys(t.instance for t in claimed))
+        keys: dict[str, str] = dict(fetch("SELECT id, coalesce(account, id) FROM instances WHERE id = ANY(?)",
+                                          [ids]))
+        got = {row[0] for row in fetch(
+            "SELECT k FROM unnest(?::text[]) AS k WHERE pg_try_advisory_xact_lock(?, hashtext(k))",
+            [sorted(set(keys.values())), ACCOUNT_LOCKS])}
+        mine = [t for t in claimed if t.instance not in keys or keys[t.instance] in got]
+        if not mine:
+            return mine
+        held = {(t.instance, t.name) for t in mine}
+        first_other: dict[str, tuple[Any, str]] = {}
+        for instance, name, due_at in fetch(
+                "SELECT instance, name, due_at FROM timers WHERE instance = ANY(?) AND clock IS NULL "
+                "ORDER BY due_at, name", [list(dict.fromkeys(t.instance for t in mine))]):
+            if (instance, name) not in held and instance not in first_other:
+                first_other[instance] = (due_at, name)
+        return [t for t in mine
+                if t.instance not in first_other or (t.due_at, t.name) < first_other[t.instance]]
 
     def _claim(self, uow: UnitOfWork, clock_id: str | None, until: datetime, batch: int,
                span: Span | None = None) -> tuple[list[_Timer], datetime | None]:
