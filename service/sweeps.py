@@ -10,7 +10,7 @@ row (`_take_lease`) that every batch of the advance renews and checks, so one ad
 instants in time order while another waits (then goes on from where the clock is). A clock only
 moves forward. Real-time sweeps (scheduler threads, `tollgate worker` processes) never share an
 account: on SQLite they take turns (the write lock), on PostgreSQL each batch keeps only the
-timers of accounts whose advisory lock it gets (`_take_accounts`), so they still run side by side.
+timers of accounts whose row it can lock (`_take_accounts`), so they still run side by side.
 An event the rules fail on (an expression that errs at run time) is recorded as `failed` and its
 timer parked in `failed_timers`; the rest of the batch goes on (`_attempt`).
 """
@@ -54,9 +54,6 @@ if TYPE_CHECKING:
     from service.runtime import RulesVersion, Runtime
 
 TIMER_ACTOR = "timer"
-#: The first key of the PostgreSQL advisory locks a real-time sweep takes per account (the second
-#: is `hashtext` of the account id) for its transaction: see `Sweeps._take_accounts`.
-ACCOUNT_LOCKS = 0x746F6C6C  # "toll"
 _T = TypeVar("_T")
 
 
@@ -444,9 +441,10 @@ class Sweeps:
 
         Several sweepers claim with SKIP LOCKED, so one instance's timers can be split between
         two of them. A sweep keeps only the timers of accounts (an instance's `account`, or its
-        own id for an account) whose transaction-scoped advisory lock it gets — tried, never
-        waited for — and of each instance only those due before any timer of it that another
-        sweep holds. So no two sweeps fire events of one account at once (no deadlock on its
+        own id for an account) whose row it can lock (`FOR UPDATE SKIP LOCKED`: tried, never
+        waited for; a row lock, so no entry in PostgreSQL's shared lock table whatever the
+        batch), and of each instance only those due before any timer of it that another sweep
+        holds. So no two sweeps fire events of one account at once (no deadlock on its
         rows; the events it sends stay inside it), an instance's timers fire in due order, and
         sweeps of different accounts still run side by side. The timers left out stay due (their
         rows are unlocked at commit); the sweep holding their account or earlier timer fires them.
@@ -455,9 +453,8 @@ class Sweeps:
         ids = list(dict.fromkeys(t.instance for t in claimed))
         keys: dict[str, str] = dict(fetch("SELECT id, coalesce(account, id) FROM instances WHERE id = ANY(?)",
                                           [ids]))
-        got = {row[0] for row in fetch(
-            "SELECT k FROM unnest(?::text[]) AS k WHERE pg_try_advisory_xact_lock(?, hashtext(k))",
-            [sorted(set(keys.values())), ACCOUNT_LOCKS])}
+        got = {row[0] for row in fetch("SELECT id FROM instances WHERE id = ANY(?) ORDER BY id "
+                                       "FOR UPDATE SKIP LOCKED", [sorted(set(keys.values()))])}
         mine = [t for t in claimed if t.instance not in keys or keys[t.instance] in got]
         if not mine:
             return mine

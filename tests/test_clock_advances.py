@@ -23,7 +23,7 @@ from sqlalchemy import text, update
 from service.bulk import BulkWriter
 from service.db import Database
 from service.runtime import Runtime
-from service.sweeps import ACCOUNT_LOCKS, Sweeps, rfc3339
+from service.sweeps import Sweeps, rfc3339
 from service.tables import clocks
 from service.unit_of_work import INSTANCE_COLUMNS
 from tests.conftest import KST, RULES_PATH
@@ -239,8 +239,8 @@ def test_real_time_sweepers_fire_each_timer_once_in_due_order(runtime: Runtime) 
 
 
 def test_a_real_time_sweep_leaves_alone_the_accounts_another_sweep_holds(runtime: Runtime) -> None:
-    """PostgreSQL: a sweep fires only timers of accounts whose advisory lock it gets; the timers
-    of an account another sweep holds stay due and fire once it lets go."""
+    """PostgreSQL: a sweep fires only timers of accounts whose row it can lock; the timers of an
+    account another sweep (or request) holds stay due and fire once it lets go."""
     if runtime.db.is_sqlite:
         pytest.skip("SQLite sweeps take turns on the write lock")
     tag = Month(runtime).tag
@@ -248,8 +248,8 @@ def test_a_real_time_sweep_leaves_alone_the_accounts_another_sweep_holds(runtime
     sweeper = Runtime(Database(runtime.db.url), now=lambda: datetime(2026, 11, 5, 10, tzinfo=KST))
     try:
         with runtime.db.transaction() as conn:  # another sweep, firing the first account's events
-            conn.execute(text("SELECT pg_advisory_xact_lock(:space, hashtext(:account))"),
-                         {"space": ACCOUNT_LOCKS, "account": f"acct_{tag}_0"})
+            conn.execute(text("SELECT id FROM instances WHERE id = :account FOR UPDATE"),
+                         {"account": f"acct_{tag}_0"})
             assert sorted(e["instance"] for e in sweeper.run_due_timers(limit=100)) == sorted(invoices[1:])
         assert [e["instance"] for e in sweeper.run_due_timers(limit=100)] == invoices[:1]
     finally:
