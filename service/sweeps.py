@@ -451,18 +451,21 @@ class Sweeps:
         """
         fetch = uow.reader.fetch
         ids = list(dict.fromkeys(t.instance for t in claimed))
-        keys: dict[str, str] = dict(fetch("SELECT id, coalesce(account, id) FROM instances WHERE id = ANY(?)",
-                                          [ids]))
-        got = {row[0] for row in fetch("SELECT id FROM instances WHERE id = ANY(?) ORDER BY id "
-                                       "FOR UPDATE SKIP LOCKED", [sorted(set(keys.values()))])}
-        mine = [t for t in claimed if t.instance not in keys or keys[t.instance] in got]
+        # the claimed instances whose account row this transaction could lock (an instance whose
+        # account another transaction holds is left out)
+        got = {row[0] for row in fetch(
+            "SELECT i.id FROM instances i JOIN instances a ON a.id = coalesce(i.account, i.id) "
+            "WHERE i.id = ANY(?) FOR UPDATE OF a SKIP LOCKED", [ids])}
+        mine = [t for t in claimed if t.instance in got]
         if not mine:
             return mine
         held = {(t.instance, t.name) for t in mine}
         first_other: dict[str, tuple[Any, str]] = {}
+        # (only timers due by the last one kept can come before one of them)
         for instance, name, due_at in fetch(
                 "SELECT instance, name, due_at FROM timers WHERE instance = ANY(?) AND clock IS NULL "
-                "ORDER BY due_at, name", [list(dict.fromkeys(t.instance for t in mine))]):
+                "AND due_at <= ? ORDER BY due_at, name",
+                [list(dict.fromkeys(t.instance for t in mine)), max(t.due_at for t in mine)]):
             if (instance, name) not in held and instance not in first_other:
                 first_other[instance] = (due_at, name)
         return [t for t in mine
