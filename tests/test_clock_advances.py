@@ -245,7 +245,9 @@ def test_a_real_time_sweep_leaves_alone_the_accounts_another_sweep_holds(runtime
         pytest.skip("SQLite sweeps take turns on the write lock")
     tag = Month(runtime).tag
     invoices = _real_time_invoices(runtime, tag, 4)
-    sweeper = Runtime(Database(runtime.db.url), now=lambda: datetime(2026, 11, 5, 10, tzinfo=KST))
+    # (a sweep that waited for the held account instead would fail after 10 s rather than hang)
+    sweeper = Runtime(Database(runtime.db.url + "?options=-c%20lock_timeout%3D10000"),
+                      now=lambda: datetime(2026, 11, 5, 10, tzinfo=KST))
     try:
         with runtime.db.transaction() as conn:  # another sweep, firing the first account's events
             conn.execute(text("SELECT id FROM instances WHERE id = :account FOR UPDATE"),
