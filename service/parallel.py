@@ -22,6 +22,9 @@ Each batch is judged outside the write lock and written only if every row it rea
 same (`Sweeps._judge_then_write`); otherwise it is judged again under the lock. The workers also
 share a lock around their write transactions, so they hand the file to each other at once rather
 than through SQLite's sleeping busy handler. Workers use the system clock for real time.
+
+Two advances of one clock never share an instant: the second waits for the first's lease on the
+clock (`Sweeps._take_lease`), and every batch a worker writes renews and checks that lease.
 """
 
 from __future__ import annotations
@@ -88,14 +91,15 @@ def _ready() -> int:
     return os.getpid()
 
 
-def _sweep_span(clock_id: str, span: Span, batch: int, actor: str,
-                collect: bool) -> tuple[int, list[dict[str, Any]], Counter[str]]:
+def _sweep_span(clock_id: str, span: Span, batch: int, actor: str, collect: bool,
+                lease: str | None = None) -> tuple[int, list[dict[str, Any]], Counter[str]]:
     runtime = _worker()
     before = Counter(runtime.optimistic_counts)
     handled, entries = 0, []
     with runtime.db.bulk_work():
         while True:
-            count, more = runtime.sweep_span(clock_id, span, batch=batch, actor=actor, collect=collect)
+            count, more = runtime.sweep_span(clock_id, span, batch=batch, actor=actor, collect=collect,
+                                             lease=lease)
             if not count:
                 break
             handled += count
@@ -135,10 +139,12 @@ class WorkerPool:
             future.result()
 
     def sweep(self, clock_id: str, spans: list[Span], *, batch: int, actor: str,
-              collect: bool) -> tuple[int, list[dict[str, Any]]]:
+              collect: bool, lease: str | None = None) -> tuple[int, list[dict[str, Any]]]:
         """Fire every timer of `spans`, each span by the next free worker; returns the number
-        handled and the entries in span order. A worker's error is raised once every span is done."""
-        futures = [self.executor.submit(_sweep_span, clock_id, span, batch, actor, collect) for span in spans]
+        handled and the entries in span order. A worker's error is raised once every span is done.
+        `lease`: the advance's lease on the clock, renewed and checked by every batch's write."""
+        futures = [self.executor.submit(_sweep_span, clock_id, span, batch, actor, collect, lease)
+                   for span in spans]
         wait(futures)  # all of them, even when one fails: nothing goes on writing behind the caller
         handled, entries = 0, []
         for future in futures:

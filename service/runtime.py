@@ -32,7 +32,16 @@ from service.bulk import dumps
 from service.db import Database
 from service.problems import problem
 from service.sweeps import Sweeps, rfc3339
-from service.tables import history, idempotency, instances, notifications, rules_versions, server_keys, timers
+from service.tables import (
+    failed_timers,
+    history,
+    idempotency,
+    instances,
+    notifications,
+    rules_versions,
+    server_keys,
+    timers,
+)
 from service.unit_of_work import UnitOfWork, account_view
 from workflows.definitions import CREATE_EVENT, definitions
 from workflows.engine import Engine
@@ -45,6 +54,7 @@ from workflows.exceptions import (
     NotFound,
     Problem,
     RulesError,
+    RulesFailed,
     SendFailed,
     StaleVersion,
     TollgateError,
@@ -255,9 +265,14 @@ class Runtime(Sweeps):
         return row
 
     def _timers_of(self, conn: Connection, instance_id: str) -> list[dict[str, Any]]:
+        """Armed timers, then parked ones (their event failed: `status`, `error`, `failed_at`)."""
         rows = conn.execute(select(timers).where(timers.c.instance == instance_id)
                             .order_by(timers.c.due_at, timers.c.name))
-        return [{"name": t.name, "event": t.event, "at": rfc3339(t.due_at)} for t in rows]
+        armed = [{"name": t.name, "event": t.event, "at": rfc3339(t.due_at)} for t in rows]
+        parked = conn.execute(select(failed_timers).where(failed_timers.c.instance == instance_id)
+                              .order_by(failed_timers.c.id))
+        return armed + [_parked(t.name, t.event, rfc3339(t.due_at), rfc3339(t.failed_at), t.error)
+                        for t in parked]
 
     def _instance_dict(self, conn: Connection, row: Row[Any]) -> dict[str, Any]:
         return {"id": row.id, "workflow": row.workflow, "state": row.state,
@@ -268,13 +283,17 @@ class Runtime(Sweeps):
     def _record_dict(self, uow: UnitOfWork, record: Mapping[str, Any]) -> dict[str, Any]:
         """`_instance_dict` from a flushed record of the unit (no re-read of the instance row)."""
         reader = uow.reader
-        rows = reader.fetch("SELECT name, event, due_at FROM timers WHERE instance = ? ORDER BY due_at, name",
-                            [record["id"]])
+        rows = reader.fetch("SELECT name, event, due_at, NULL, NULL, 0, 0 FROM timers WHERE instance = ? "
+                            "UNION ALL SELECT name, event, due_at, failed_at, error, 1, id "
+                            "FROM failed_timers WHERE instance = ? ORDER BY 6, 7, 3, 1",
+                            [record["id"], record["id"]])
+        moment = reader.moment
         return {"id": record["id"], "workflow": record["workflow"], "state": record["state"],
                 "context": redact_context(record["workflow"], record["context"]),
                 "version": record["version"], "clock": record["clock"],
-                "timers": [{"name": name, "event": event, "at": rfc3339(reader.moment(due))}
-                           for name, event, due in rows],
+                "timers": [{"name": name, "event": event, "at": rfc3339(moment(due))} if not parked
+                           else _parked(name, event, rfc3339(moment(due)), rfc3339(moment(failed)), error)
+                           for name, event, due, failed, error, parked, _ in rows],
                 "created_at": rfc3339(reader.moment(record["created_at"])),
                 "updated_at": rfc3339(reader.moment(record["updated_at"]))}
 
@@ -365,8 +384,13 @@ class Runtime(Sweeps):
                 "usage_month": None,
                 "created_at": now, "updated_at": now}
             facts = fact_providers.gather(uow, definition, CREATE_EVENT, record, {})
-            outcome = uow.engine.create(workflow, context, now, instance_id=instance_id, account=account,
-                                        facts=facts)
+            try:
+                outcome = uow.engine.create(workflow, context, now, instance_id=instance_id, account=account,
+                                            facts=facts)
+            except TollgateError:
+                raise
+            except Exception as error:  # the rules failed (e.g. a timer's `at` on a missing field)
+                raise RulesFailed(workflow, instance_id, CREATE_EVENT, error) from error
             if not outcome.applied:
                 raise GuardDenied(CREATE_EVENT, list(outcome.reasons))
             if workflow == "invoice":
@@ -546,6 +570,12 @@ def _authorize(uow: UnitOfWork, record: Mapping[str, Any], event: str, role: str
     refusal = event_refusal(role, spec, timers)
     if refusal is not None:
         raise Forbidden(refusal)
+
+
+def _parked(name: str, event: str, at: str | None, failed_at: str | None, error: str) -> dict[str, Any]:
+    """A parked timer as `timers` lists it: its event failed, so it will not fire by itself."""
+    return {"name": name, "event": event, "at": at, "status": "failed", "failed_at": failed_at,
+            "error": error}
 
 
 def _encode_cursor(row: Row[Any]) -> str:

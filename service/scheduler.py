@@ -2,7 +2,11 @@
 
 Claiming is safe with several schedulers at once: a timer row is deleted in the transaction that
 fires it, with `FOR UPDATE SKIP LOCKED` on PostgreSQL and `BEGIN IMMEDIATE` on SQLite, so no timer
-fires twice and a crash before commit leaves it due.
+fires twice and a crash before commit leaves it due. Two sweeps never fire events of one account
+at once (SQLite's write lock; on PostgreSQL a lock on the account's row, `Sweeps._take_accounts`),
+so one instance's timers fire in due order. A timer whose event the rules fail on is parked, not retried
+(`Sweeps._attempt`); a sweep that fails as a whole (the database is down) is retried with a
+back-off that doubles up to `MAX_BACKOFF` seconds, so a failing batch never spins the loop.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from types import FrameType
 from service.runtime import Runtime
 
 log = logging.getLogger("tollgate.scheduler")
+
+#: The longest pause between retries of a sweep that keeps failing, in seconds.
+MAX_BACKOFF = 60.0
 
 
 class Scheduler:
@@ -35,14 +42,24 @@ class Scheduler:
         return len(fired)
 
     def run_forever(self) -> None:
+        failures = 0
         while not self._stop.is_set():
             try:
                 handled = self.tick()
-            except Exception:  # keep the loop alive; the next tick retries what did not commit
-                log.exception("The timer sweep failed; retrying in %.1f s.", self.interval)
-                handled = 0
+            except Exception:  # keep the loop alive; a later tick retries what did not commit
+                failures += 1
+                pause = self.backoff(failures)
+                log.exception("The timer sweep failed (%d time(s) in a row); retrying in %.1f s.",
+                              failures, pause)
+                self._stop.wait(pause)
+                continue
+            failures = 0
             if handled < self.batch:
                 self._stop.wait(self.interval)
+
+    def backoff(self, failures: int) -> float:
+        """The pause after `failures` failed sweeps in a row: `interval`, doubled each time."""
+        return float(min(self.interval * 2 ** min(failures - 1, 16), max(MAX_BACKOFF, self.interval)))
 
     def run_until_idle(self) -> int:
         """Sweep until two sweeps `interval` apart find nothing due; return how many were handled.

@@ -74,6 +74,10 @@ clocks = Table(
     Column("id", String(64), primary_key=True),
     Column("now", UTCDateTime, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # The advance that holds the clock (service/sweeps.py): one at a time, each batch renews it,
+    # and a lease whose holder died lapses at `lease_expires` (migration 0005).
+    Column("lease_owner", String(32), nullable=True),
+    Column("lease_expires", UTCDateTime, nullable=True),
 )
 
 instances = Table(
@@ -124,6 +128,22 @@ timers = Table(
     Column("due_at", UTCDateTime, nullable=False),
     Column("clock", String(64), nullable=True),
     Index("ix_timers_due", "clock", "due_at", "instance", "name"),
+)
+
+#: Timers whose event failed to be judged (a rules expression that errs at run time): taken out of
+#: `timers` so that the others go on firing, kept here for operators (migration 0005).
+failed_timers = Table(
+    "failed_timers", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("instance", String(128), ForeignKey("instances.id"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("event", String(64), nullable=False),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("clock", String(64), nullable=True),
+    Column("error", Text, nullable=False),
+    Column("failed_at", UTCDateTime, nullable=False),
+    Column("rules_version", BigInteger, nullable=False),
+    Index("ix_failed_timers_instance", "instance", "id"),
 )
 
 notifications = Table(

@@ -9,12 +9,16 @@ A single API event is a unit of one; the timer sweep fires thousands of timers p
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
+import psycopg
 from sqlalchemy import Connection, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from service import facts
 from service.bulk import BulkWriter, aware_utc, parse_sqlite_timestamp
@@ -26,6 +30,8 @@ from workflows.exceptions import (
     GuardDenied,
     InvalidTransition,
     NotFound,
+    Reason,
+    RulesFailed,
     SendFailed,
     StaleBatch,
     TollgateError,
@@ -41,10 +47,18 @@ _MISSING = object()
 HISTORY_COLUMNS = ("instance", "seq", "event", "from_state", "to_state", "outcome", "reasons", "notes",
                    "data", "at", "rules_version", "actor")
 TIMER_COLUMNS = ("instance", "name", "event", "due_at", "clock")
+FAILED_TIMER_COLUMNS = ("instance", "name", "event", "due_at", "clock", "error", "failed_at", "rules_version")
 NOTIFICATION_COLUMNS = ("instance", "template", "channel", "recipient", "payload", "created_at")
 INSTANCE_COLUMNS = ("id", "workflow", "state", "context", "secrets", "version", "history_seq", "clock",
                     "account", "email", "usage_month", "created_at", "updated_at")
 
+
+log = logging.getLogger("tollgate.timers")
+events_log = logging.getLogger("tollgate.events")
+
+#: Errors of the database or its driver: raised through a judgement as they are (the batch is
+#: rolled back and retried), never taken for a failure of the rules.
+_INFRASTRUCTURE_ERRORS = (SQLAlchemyError, sqlite3.Error, psycopg.Error)
 
 _CHUNK = 10_000
 _HISTORY = ("history", None, None)  # journal entries that carry nothing (one shared tuple each)
@@ -69,6 +83,8 @@ class Pending(NamedTuple):
     timers_armed: list[TimerRow]
     notifications: list[tuple[Any, ...]]
     clocks: dict[str, datetime]
+    #: Timers whose event failed (`record_rules_failure`), as `failed_timers` rows.
+    parked: list[tuple[Any, ...]]
     #: Optimistic: each UPDATE row ends with the version and history_seq the unit read, and
     #: `write` raises StaleBatch unless every one of them still matched.
     checked: bool = False
@@ -184,6 +200,9 @@ class UnitOfWork:
         self.clock_times: dict[str, datetime] = {}
         self.real_now: datetime | None = None
         self.moved_clocks: set[str] = set()
+        #: Events the rules failed on (`record_rules_failure`): parked timer rows, and what to log.
+        self.parked_rows: list[tuple[Any, ...]] = []
+        self.failures: list[tuple[str, str, str | None, str]] = []
         self.journal: list[tuple[str, Any, Any]] = []
 
     # ── loading ──────────────────────────────────────────────────────────────────────────────
@@ -403,7 +422,13 @@ class UnitOfWork:
         now = self.real_now if clock is None else self.clock_times.get(clock)
         if now is None:
             now = self.now_of(clock)
-        return self.engine.decide(snapshot, event, data, now), now
+        try:
+            outcome = self.engine.decide(snapshot, event, data, now)
+        except (TollgateError, *_INFRASTRUCTURE_ERRORS):
+            raise
+        except Exception as error:  # the rules themselves failed (e.g. an expression on a missing field)
+            raise RulesFailed(record["workflow"], record["id"], event, error) from error
+        return outcome, now
 
     def record_attempt(self, record: Mapping[str, Any], outcome: Outcome, actor: str, at: datetime) -> None:
         self._history(record["id"], record["history_seq"] + 1, outcome.event, outcome.source, outcome.target,
@@ -472,6 +497,28 @@ class UnitOfWork:
         self._history(record["id"], record["history_seq"] + 1, event, record["state"], record["state"],
                       "denied", failure.reasons, (), redact(data, secret), now, actor)
         self._replace(dict(record, history_seq=record["history_seq"] + 1))
+
+    def record_rules_failure(self, instance_id: str, event: str, data: Mapping[str, Any], actor: str,
+                             failure: RulesFailed, timer: tuple[str, str, str, Any] | None = None) -> None:
+        """After `rollback_to`, keep an attempt the rules failed on in the history as `failed`
+        (state unchanged, the error in its reason's detail); the timer that fired it, if any
+        (instance, name, event, due_at as read), is parked in `failed_timers` by `write`."""
+        record = self.get(instance_id)
+        now = self.now_of(record["clock"])
+        secret = self.engine.definition(record["workflow"]).secret_fields
+        reason = Reason("rules_failed", "정책 규칙을 평가하는 중 오류가 발생하여 적용하지 않았습니다.",
+                        "The rules failed while judging this event; nothing was applied.",
+                        failure.message)
+        self._history(record["id"], record["history_seq"] + 1, event, record["state"], record["state"],
+                      "failed", (reason,), (),
+                      {k: ("[redacted]" if k in secret else v) for k, v in data.items()}, now, actor)
+        self._replace(dict(record, history_seq=record["history_seq"] + 1))
+        name = None
+        if timer is not None:
+            name, due_at = timer[1], timer[3]
+            self.parked_rows.append((instance_id, name, timer[2], self._ts(due_at),
+                                     record["clock"], failure.error, self._ts(now), self.version.id))
+        self.failures.append((instance_id, event, name, failure.error))
 
     def apply_effects(self, record: Mapping[str, Any], outcome: Outcome, now: datetime) -> None:
         """Timer changes and outbox rows of an applied (or created) outcome."""
@@ -564,7 +611,7 @@ class UnitOfWork:
         armed = [t for t in ops.values() if t is not None]
         return Pending(inserted, signups, others, self.history_rows, deleted, armed,
                        self.notification_rows, {c: self.clock_times[c] for c in self.moved_clocks},
-                       marks is not None)
+                       self.parked_rows, marks is not None)
 
     def write(self, rows: Pending) -> None:
         """Write `rows` (from `pending`) on this unit's connection; the unit is empty afterwards."""
@@ -584,8 +631,20 @@ class UnitOfWork:
                     " ON CONFLICT (instance, name) DO UPDATE SET event = excluded.event, "
                     "due_at = excluded.due_at, clock = excluded.clock")
         bulk.insert("notifications", NOTIFICATION_COLUMNS, rows.notifications)
-        for clock, moment in rows.clocks.items():
-            self.conn.execute(update(clocks).where(clocks.c.id == clock).values(now=moment))
+        if rows.parked:
+            bulk.insert("failed_timers", FAILED_TIMER_COLUMNS, rows.parked)
+        for clock, moment in rows.clocks.items():  # forward only, whoever else moved it
+            self.conn.execute(update(clocks).where(clocks.c.id == clock, clocks.c.now < moment)
+                              .values(now=moment))
+        for instance_id, event, timer, error in self.failures:
+            if timer is None:
+                events_log.error("The rules failed on the event %s of the instance %s; recorded as "
+                                 "failed: %s", event, instance_id, error)
+            else:
+                log.error("The timer %s (event %s) of the instance %s failed and was parked: %s",
+                          timer, event, instance_id, error)
+        self.failures = []
+        self.parked_rows = []
         self.moved_clocks.clear()
         self.new_ids.clear()
         self.dirty.clear()

@@ -241,9 +241,11 @@ def test_fire_many_goes_to_the_workers_from_parallel_min_timers_events_on(pooled
     def deposits(ids: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
         return [(i, "deposit", {"amount": 1_000, "deposited_at": ISSUE_AT.isoformat()}) for i in ids]
 
-    assert runtime.fire_many(deposits(invoices[:19])) == {"applied": 19, "denied": 0, "dropped": 0}
+    assert runtime.fire_many(deposits(invoices[:19])) == {"applied": 19, "denied": 0, "dropped": 0,
+                                                          "failed": 0}
     assert runtime._pool is None  # 19 events: fired here
-    assert runtime.fire_many(deposits(invoices[19:])) == {"applied": 20, "denied": 0, "dropped": 0}
+    assert runtime.fire_many(deposits(invoices[19:])) == {"applied": 20, "denied": 0, "dropped": 0,
+                                                          "failed": 0}
     assert runtime._pool is not None and runtime._pool.counts["written"] > 0  # 20: by the workers
     assert {month.state(i) for i in invoices} == {"paid"}
     runtime.close()
@@ -275,7 +277,7 @@ def test_a_parallel_fire_many_holds_one_window_of_events_at_a_time(
 
     monkeypatch.setattr(Sweeps, "_fire_window", counting)
     window = 1 * runtime.workers * WINDOW_BATCHES  # batch=1: 32 events a window
-    assert runtime.fire_many(report(), batch=1) == {"applied": 100, "denied": 0, "dropped": 0}
+    assert runtime.fire_many(report(), batch=1) == {"applied": 100, "denied": 0, "dropped": 0, "failed": 0}
     assert len(held) == 4 and held[0] == window  # 32, 32, 32 and 4
     assert max(held[1:]) < 2 * window  # the window before is gone (bar one worker's part in flight)
     assert {month.state(i) for i in invoices} == {"paid"}

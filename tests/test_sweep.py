@@ -53,32 +53,43 @@ class Month:
         self.clock = f"sweep_{self.tag}"
         runtime.create_clock(START, self.clock)
 
-    def invoice(self, n: int, *, card: bool = False, usage: int = 1_000, credit: int = 0) -> str:
+    def invoice(self, n: int, *, card: bool = False, usage: int = 1_000, credit: int = 0,
+                usage_month: str = "2026-10") -> str:
         """Account n (with an active card, and a credit of `credit` KRW if given) and its open
         invoice with the issue timer; returns the invoice id."""
-        account, invoice = f"acct_{self.tag}_{n}", f"inv_{self.tag}_{n}"
+        with self.runtime.db.transaction() as conn:
+            return self._seed(BulkWriter(conn), n, card=card, usage=usage, credit=credit,
+                              usage_month=usage_month)
+
+    def card_payers(self, count: int) -> list[str]:
+        """`invoice(n, card=True)` for n in 0..count-1, in one transaction."""
         with self.runtime.db.transaction() as conn:
             bulk = BulkWriter(conn)
-            js, t0 = bulk.js, bulk.ts(START)
+            return [self._seed(bulk, n, card=True) for n in range(count)]
 
-            def row(id_: str, workflow: str, state: str, context: dict[str, Any], ref: str | None,
-                    month: str | None = None) -> tuple[Any, ...]:
-                return (id_, workflow, state, js(context), js({}), 1, 0, self.clock, ref, None, month, t0, t0)
+    def _seed(self, bulk: BulkWriter, n: int, *, card: bool = False, usage: int = 1_000, credit: int = 0,
+              usage_month: str = "2026-10") -> str:
+        account, invoice = f"acct_{self.tag}_{n}", f"inv_{self.tag}_{n}"
+        js, t0 = bulk.js, bulk.ts(START)
 
-            rows = [row(account, "signup", "active", {"country": "KR", "member_type": "business",
-                                                       "email": f"{account}@example.com"}, None),
-                    row(invoice, "invoice", "open", {"account": account, "usage_month": "2026-10",
-                                                     "usage": usage}, account, "2026-10")]
-            if card:
-                rows.append(row(f"pm_{self.tag}_{n}", "payment_method", "active",
-                                {"account": account, "channel": "web", "method": "credit_card"}, account))
-            if credit:
-                rows.append(row(f"cr_{self.tag}_{n}", "credit", "active",
-                                {"account": account, "amount": credit, "balance": credit,
-                                 "expires_at": "2027-06-30T15:00:00+00:00"}, account))
-            bulk.insert("instances", INSTANCE_COLUMNS, rows)
-            bulk.insert("timers", ("instance", "name", "event", "due_at", "clock"),
-                        [(invoice, "invoice_issue", "issue", bulk.ts(ISSUE_AT), self.clock)])
+        def row(id_: str, workflow: str, state: str, context: dict[str, Any], ref: str | None,
+                month: str | None = None) -> tuple[Any, ...]:
+            return (id_, workflow, state, js(context), js({}), 1, 0, self.clock, ref, None, month, t0, t0)
+
+        rows = [row(account, "signup", "active", {"country": "KR", "member_type": "business",
+                                                   "email": f"{account}@example.com"}, None),
+                row(invoice, "invoice", "open", {"account": account, "usage_month": usage_month,
+                                                 "usage": usage}, account, usage_month)]
+        if card:
+            rows.append(row(f"pm_{self.tag}_{n}", "payment_method", "active",
+                            {"account": account, "channel": "web", "method": "credit_card"}, account))
+        if credit:
+            rows.append(row(f"cr_{self.tag}_{n}", "credit", "active",
+                            {"account": account, "amount": credit, "balance": credit,
+                             "expires_at": "2027-06-30T15:00:00+00:00"}, account))
+        bulk.insert("instances", INSTANCE_COLUMNS, rows)
+        bulk.insert("timers", ("instance", "name", "event", "due_at", "clock"),
+                    [(invoice, "invoice_issue", "issue", bulk.ts(ISSUE_AT), self.clock)])
         return invoice
 
     def state(self, instance: str) -> str:

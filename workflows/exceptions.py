@@ -185,6 +185,34 @@ class ClockError(TollgateError):
     title = "Clock cannot move"
 
 
+class ClockBusy(TollgateError):
+    """Another advance holds the test clock (one advance of a clock runs at a time)."""
+
+    status = 409
+    type_slug = "clock_busy"
+    title = "Clock busy"
+
+
+class RulesFailed(TollgateError):
+    """The active rules raised an error while judging an event (e.g. a timer's `at` expression
+    on a field the instance does not have): nothing of the event is applied. A timer that fails
+    so is recorded in the history as `failed` and parked (service/sweeps.py)."""
+
+    status = 422
+    type_slug = "rules_failed"
+    title = "The rules failed on this event"
+
+    def __init__(self, workflow: str, instance: str, event: str, error: BaseException) -> None:
+        self.workflow, self.instance, self.event = workflow, instance, event
+        self.error = f"{type(error).__name__}: {error}"
+        super().__init__(f"The active rules failed while judging '{event}' on the {workflow} instance "
+                         f"'{instance}' ({self.error}); nothing was applied. Fix the rules (PUT /rules) "
+                         "and fire the event again.")
+
+    def extra(self) -> dict[str, Any]:
+        return {"instance": self.instance, "event": self.event, "error": self.error}
+
+
 class Unprocessable(TollgateError):
     """A well-formed request that refers to something unusable (unknown account, wrong clock)."""
 

@@ -116,7 +116,7 @@ ROUTES: tuple[Route, ...] = (
           (Reply(200, "The clock.", "clock"),), (404,)),
     Route("clocks.advance_clock", "POST", "/clocks/{id}/advance", "clocks",
           "Advance a test clock, firing every due timer in time order.",
-          (Reply(200, "The clock and the timers fired.", "clock"),), (400, 404, 422),
+          (Reply(200, "The clock and the timers fired.", "clock"),), (400, 404, 409, 422),
           body="advance_clock"),
     Route("rules.get_rules", "GET", "/rules", "read", "The active rules version.",
           (Reply(200, "The active rules.", "rules_version"),)),

@@ -10,6 +10,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -114,3 +115,42 @@ def test_ten_replays_of_one_idempotency_key_apply_once(backend: str, start_serve
     other = add_usage(op, invoice, 1, key)  # the same key with another body is refused
     assert (other.status, other.json()["type"].rsplit("/", 1)[-1]) == (409, "idempotency_key_reused")
     assert applied_amounts(op, invoice) == [4242]
+
+
+def test_four_concurrent_advances_of_one_clock_fire_every_timer_once_in_time_order(
+        server: TollgateServer) -> None:
+    """Issue 11, item 1, over HTTP: four `POST /clocks/{id}/advance` at once on one clock (on
+    two gunicorn workers), to different targets. Every invoice records exactly what a lone
+    advance records, each firing once and at its instant, and the clock ends at the latest target.
+    The invoices are seeded straight into the server's database (as tests/test_sweep.py does):
+    1,500, so that an instant takes two batches of the sweep (1,000 a transaction)."""
+    from service.db import Database
+    from service.runtime import Runtime
+    from tests.test_clock_advances import END, TARGETS, TIMELINE, written
+    from tests.test_sweep import Month
+
+    seeder = Runtime(Database(server.database_url))
+    try:
+        reference = Month(seeder)
+        alone = reference.invoice(0, card=True)
+        month = Month(seeder)
+        invoices = month.card_payers(1_500)
+        op = server.client("operator")
+        assert op.post(f"/clocks/{reference.clock}/advance", {"to": END.isoformat()}).status == 200
+        want = [(e, o, at) for _, e, o, at in written(seeder, alone)]
+        assert [e for e, _, _ in want] == TIMELINE
+        responses = together(len(TARGETS), lambda i: op.post(f"/clocks/{month.clock}/advance",
+                                                             {"to": TARGETS[i].isoformat()}))
+        assert [r.status for r in responses] == [200] * len(TARGETS), responses
+        rows = written(seeder, f"inv_{month.tag}_")
+    finally:
+        seeder.db.dispose()
+    assert Counter(e for _, e, _, _ in rows) == Counter(TIMELINE * len(invoices))
+    assert sum(len(r.json()["fired"]) for r in responses) == len(rows)
+    per_invoice: dict[str, list[tuple[str, str, datetime]]] = {i: [] for i in invoices}
+    for instance, event, outcome, at in rows:
+        per_invoice[instance].append((event, outcome, at))
+    wrong = [i for i, timeline in per_invoice.items() if timeline != want]
+    assert not wrong, f"{len(wrong)} of {len(invoices)} invoices differ from a lone advance"
+    assert [at for _, _, _, at in rows] == sorted(at for _, _, _, at in rows)
+    assert op.get(f"/clocks/{month.clock}").json()["now"] == END.astimezone(UTC).isoformat()

@@ -5,14 +5,14 @@ undoing any version activated over the API since. It now imports the file only w
 itself changed since its last import, and this table remembers that digest per path.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
