@@ -88,7 +88,6 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout)
 
-
     def running(self) -> bool:
         """Whether the thread started by `start` is still sweeping."""
         return self._thread is not None and self._thread.is_alive()
