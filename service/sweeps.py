@@ -451,23 +451,28 @@ class Sweeps:
         """
         fetch = uow.reader.fetch
         ids = list(dict.fromkeys(t.instance for t in claimed))
-        # the claimed instances whose account row this transaction could lock (an instance whose
-        # account another transaction holds is left out)
-        got = {row[0] for row in fetch(
-            "SELECT i.id FROM instances i JOIN instances a ON a.id = coalesce(i.account, i.id) "
-            "WHERE i.id = ANY(?) FOR UPDATE OF a SKIP LOCKED", [ids])}
-        mine = [t for t in claimed if t.instance in got]
+        # Every query here is a primary-key look-up of the batch's own rows: a join on
+        # coalesce(account, id), or a filter on due_at, made PostgreSQL scan every instance or
+        # every due timer per batch (O(N) a batch; bench.workers fell from 5,321 to 1,750 /s).
+        account_of = dict(fetch("SELECT id, coalesce(account, id) FROM instances WHERE id = ANY(?)", [ids]))
+        # the account rows this transaction could lock (an instance whose account another
+        # transaction holds is left out)
+        locked = {row[0] for row in fetch("SELECT id FROM instances WHERE id = ANY(?) FOR UPDATE SKIP LOCKED",
+                                          [sorted(set(account_of.values()))])}
+        mine = [t for t in claimed if account_of.get(t.instance) in locked]
         if not mine:
             return mine
         held = {(t.instance, t.name) for t in mine}
+        last = max(t.due_at for t in mine)
         first_other: dict[str, tuple[Any, str]] = {}
-        # (only timers due by the last one kept can come before one of them)
-        for instance, name, due_at in fetch(
-                "SELECT instance, name, due_at FROM timers WHERE instance = ANY(?) AND clock IS NULL "
-                "AND due_at <= ? ORDER BY due_at, name",
-                [list(dict.fromkeys(t.instance for t in mine)), max(t.due_at for t in mine)]):
-            if (instance, name) not in held and instance not in first_other:
-                first_other[instance] = (due_at, name)
+        # (only real-time timers due by the last one kept can come before one of them)
+        for instance, name, clock, due_at in fetch(
+                "SELECT instance, name, clock, due_at FROM timers WHERE instance = ANY(?)",
+                [list(dict.fromkeys(t.instance for t in mine))]):
+            if clock is None and due_at <= last and (instance, name) not in held:
+                other = first_other.get(instance)
+                if other is None or (due_at, name) < other:
+                    first_other[instance] = (due_at, name)
         return [t for t in mine
                 if t.instance not in first_other or (t.due_at, t.name) < first_other[t.instance]]
 
