@@ -350,6 +350,22 @@ class Runtime(Sweeps):
                      redact_payload(n.template, n.payload), "created_at": rfc3339(n.created_at)}
                     for n in conn.execute(query)]
 
+    def failed_timers(self, *, instance_id: str | None = None,
+                      clock_id: str | None = None) -> list[dict[str, Any]]:
+        """Timers parked because the rules failed on their event (oldest failure first), for
+        operators: each with its instance, workflow, due instant, clock, error and rules version."""
+        query = (select(failed_timers, instances.c.workflow)
+                 .join(instances, instances.c.id == failed_timers.c.instance).order_by(failed_timers.c.id))
+        if instance_id is not None:
+            query = query.where(failed_timers.c.instance == instance_id)
+        if clock_id is not None:
+            query = query.where(failed_timers.c.clock == clock_id)
+        with self.db.read() as conn:
+            return [{"id": t.id, "instance": t.instance, "workflow": t.workflow, "name": t.name,
+                     "event": t.event, "at": rfc3339(t.due_at), "clock": t.clock,
+                     "failed_at": rfc3339(t.failed_at), "error": t.error, "rules_version": t.rules_version}
+                    for t in conn.execute(query)]
+
     # ── creating ─────────────────────────────────────────────────────────────────────────────
 
     def create_instance(self, workflow: str, context: Mapping[str, Any], *, instance_id: str | None = None,

@@ -131,6 +131,35 @@ def test_the_same_failure_fired_over_the_api_is_a_422_problem_and_changes_nothin
     assert len(api.get(f"/instances/{invoice['id']}/history").get_json()["items"]) == 3
 
 
+def test_operators_list_every_parked_timer_with_its_instance_and_error(api: Api) -> None:
+    """`GET /timers/failed`: the parked timers of every instance in one place (oldest failure
+    first), readable by every reading role, narrowed by `instance` or `clock`."""
+    clock = api.clock(kst_instant(2026, 10, 15, 10))
+    account = api.signup(clock=clock, member_type="business")
+    broken = api.create("invoice", {"account": account, "usage_month": "2026-10"})["id"]
+    healthy = api.create("invoice", {"account": account, "usage_month": "2026-09"})["id"]
+    api.fire(broken, "add_usage", {"amount": BROKEN_USAGE})
+    assert api.get("/timers/failed").get_json() == {"items": []}
+    response = api.put("/rules", data=broken_rules(), headers={"Content-Type": "application/yaml"},
+                       role="policy_editor")
+    assert response.status_code == 200, response.get_json()
+    api.post(f"/clocks/{clock}/advance", json={"to": "2026-11-03T00:00:00+09:00"})
+    listed = api.get("/timers/failed", role="viewer")
+    assert listed.status_code == 200
+    body = listed.get_json()
+    assert_conforms(body, "failed_timer_list")
+    assert [(t["instance"], t["workflow"], t["event"], t["clock"]) for t in body["items"]] == [
+        (broken, "invoice", "issue", clock)]
+    parked = body["items"][0]
+    assert "ts" in parked["error"] and parked["at"] == "2026-11-02T15:00:00+00:00"
+    assert parked["rules_version"] == api.get("/rules").get_json()["version"]
+    assert api.get(f"/timers/failed?instance={broken}").get_json() == body
+    assert api.get(f"/timers/failed?clock={clock}").get_json() == body
+    assert api.get(f"/timers/failed?instance={healthy}").get_json() == {"items": []}
+    assert api.get("/timers/failed?clock=another").get_json() == {"items": []}
+    assert api.get("/timers/failed", role=None).status_code == 401
+
+
 def test_the_scheduler_backs_off_while_its_sweep_keeps_failing(monkeypatch: pytest.MonkeyPatch) -> None:
     class Down:
         def run_due_timers(self, **_: Any) -> list[dict[str, Any]]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask
 
-from service.api import clocks, health, instances, notifications, openapi, rules, workflows
+from service.api import clocks, health, instances, notifications, openapi, rules, timers, workflows
 from service.api.routes import ROUTES
 
 BLUEPRINTS: tuple[Blueprint, ...] = (health.bp, workflows.bp, instances.bp, notifications.bp, clocks.bp,
-                                     rules.bp, openapi.bp)
+                                     timers.bp, rules.bp, openapi.bp)
 
 
 def init_app(app: Flask) -> None:
