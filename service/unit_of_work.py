@@ -510,8 +510,7 @@ class UnitOfWork:
                         "The rules failed while judging this event; nothing was applied.",
                         failure.message)
         self._history(record["id"], record["history_seq"] + 1, event, record["state"], record["state"],
-                      "failed", (reason,), (),
-                      {k: ("[redacted]" if k in secret else v) for k, v in data.items()}, now, actor)
+                      "failed", (reason,), (), redact(data, secret), now, actor)
         self._replace(dict(record, history_seq=record["history_seq"] + 1))
         name = None
         if timer is not None:
