@@ -29,7 +29,7 @@ from urllib.parse import unquote_to_bytes
 from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers import gasgi
 
-from service.problems import TYPE_BASE
+from tollgate.service.problems import TYPE_BASE
 
 #: Seconds a connection may take to send a whole request head (request line and headers); then it
 #: is closed. nginx's `client_header_timeout` is 60 s; a real client sends its head at once.
@@ -218,15 +218,15 @@ def _run(app: WSGIApp, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, 
 
 def install() -> None:
     """Make `service.server.serve(..., front="asgi")` run this design (bench.slow_clients' child)."""
-    from service import server
+    from tollgate.service import server
 
     def load(self: Any) -> Any:
-        from service.app import create_app
+        from tollgate.service.app import create_app
         app = create_app()
         return BufferedWSGI(app, threads=8, max_body=app.config["MAX_CONTENT_LENGTH"])
 
     def start_scheduler(worker: Any) -> None:
-        from service.scheduler import Scheduler
+        from tollgate.service.scheduler import Scheduler
         Scheduler(worker.asgi.app.extensions["tollgate"]).start()
 
     server.FRONTS["asgi"] = "bench.asgi_front.Worker"

@@ -29,10 +29,10 @@ from zoneinfo import ZoneInfo
 from transitions import EventData, Machine
 
 from bench.report import Figure, print_table, write_json
-from workflows.definitions import Definition
-from workflows.engine import Engine
-from workflows.outcome import Snapshot
-from workflows.policy import Policy, load_policy_file
+from tollgate.workflows.definitions import Definition
+from tollgate.workflows.engine import Engine
+from tollgate.workflows.outcome import Snapshot
+from tollgate.workflows.policy import Policy, load_policy_file
 
 __all__ = ["CASES", "CoreCase", "bare_trigger", "core_figures", "engine_call", "main"]
 

@@ -33,7 +33,7 @@ def healthz() -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from service import server
+    from tollgate.service import server
 
     parser = argparse.ArgumentParser(prog="python -m bench.echo", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")

@@ -154,14 +154,14 @@ def _free_port() -> int:
 
 def default_threads() -> int:
     """`tollgate serve`'s default --threads."""
-    from service.cli import build_parser
+    from tollgate.service.cli import build_parser
 
     threads: int = build_parser().parse_args(["serve"]).threads
     return threads
 
 
 def _rules_path() -> str:
-    from service.cli import default_rules_path
+    from tollgate.bundled import default_rules_path
 
     path = default_rules_path()
     return path if Path(path).exists() else str(REPO / "rules.yaml")
@@ -323,7 +323,7 @@ def http_figures(*, quick: bool = False, progress: Callable[[str], None] | None 
         database = directory / "bench.db"
         script = directory / "post.lua"
         script.write_text(LUA, encoding="utf-8")
-        tollgate_argv = [sys.executable, "-m", "service.cli", "serve", "--database",
+        tollgate_argv = [sys.executable, "-m", "tollgate", "serve", "--database",
                          f"sqlite:///{database}", "--rules", _rules_path(),
                          "--workers", str(SQLITE_WORKERS), "--threads", str(threads)]
         echo_argv = [sys.executable, "-m", "bench.echo", "--workers", str(SQLITE_WORKERS),

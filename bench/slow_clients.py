@@ -94,8 +94,8 @@ def _serve_waitress(host: str, port: int, *, workers: int = 1, threads: int = 8,
     """`service.server.serve`'s stand-in for the waitress front: one process, `threads` threads."""
     import waitress
 
-    from service.app import create_app
-    from service.scheduler import Scheduler
+    from tollgate.service.app import create_app
+    from tollgate.service.scheduler import Scheduler
 
     app = create_app()
     if scheduler:
@@ -107,7 +107,7 @@ def _serve_waitress(host: str, port: int, *, workers: int = 1, threads: int = 8,
 
 def _run_front(front: str, argv: list[str]) -> int:
     """The child process: `tollgate serve ARGV` with the serving design `front`."""
-    from service import cli, server
+    from tollgate.service import cli, server
 
     if front == "waitress":
         server.serve = _serve_waitress  # type: ignore[assignment]

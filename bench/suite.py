@@ -34,8 +34,8 @@ Measure = Callable[[bool, Progress], list[Any]]
 
 def _core(quick: bool, progress: Progress) -> list[Any]:
     from bench.core import core_figures
-    from service.cli import default_rules_path
-    from workflows.policy import load_policy_file
+    from tollgate.bundled import default_rules_path
+    from tollgate.workflows.policy import load_policy_file
 
     rules = default_rules_path()
     policy = load_policy_file(rules if Path(rules).exists() else REPO / "rules.yaml")
@@ -196,6 +196,6 @@ def parse_only(text: str | None) -> list[str]:
 
 
 if __name__ == "__main__":
-    from service.cli import main
+    from tollgate.service.cli import main
 
     sys.exit(main(["bench", *sys.argv[1:]]))

@@ -82,8 +82,8 @@ def run_workers(n: int, workers: int, progress: Progress, *, admin_url: str = PO
     import psycopg
     from sqlalchemy import text
 
-    from service.db import Database
-    from service.runtime import Runtime
+    from tollgate.service.db import Database
+    from tollgate.service.runtime import Runtime
 
     name, url = _database(admin_url)
     with psycopg.connect(admin_url, autocommit=True) as admin:
@@ -93,7 +93,7 @@ def run_workers(n: int, workers: int, progress: Progress, *, admin_url: str = PO
         seed_month(url, n, clock=None, usage_month="2026-09", issue_at=datetime(2026, 10, 3, tzinfo=KST),
                    usage_of=_usage)
         progress(f"workers: {workers} × tollgate worker --until-idle")
-        command = [sys.executable, "-m", "service.cli", "worker", "--until-idle", "--batch", "1000",
+        command = [sys.executable, "-m", "tollgate", "worker", "--until-idle", "--batch", "1000",
                    "--interval", "0.5", "--database", url, "--rules", str(ROOT / "rules.yaml")]
         start, children = time.perf_counter(), _children_cpu()
         processes = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)

@@ -13,11 +13,12 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from service import api, auth, errors
-from service.db import DEFAULT_URL, Database
-from service.parallel import auto_workers
-from service.runtime import Runtime, system_now
-from workflows.exceptions import BadRequest
+from tollgate.bundled import default_rules_path
+from tollgate.service import api, auth, errors
+from tollgate.service.db import DEFAULT_URL, Database
+from tollgate.service.parallel import auto_workers
+from tollgate.service.runtime import Runtime, system_now
+from tollgate.workflows.exceptions import BadRequest
 
 log = logging.getLogger("tollgate.api")
 #: An `X-Request-Id` a client or proxy sends is kept if it looks like an id; otherwise one is made.
@@ -30,7 +31,7 @@ ENVIRONMENT = {"TOLLGATE_DATABASE_URL": "DATABASE_URL", "TOLLGATE_RULES": "RULES
                "TOLLGATE_MAX_BODY_BYTES": "MAX_CONTENT_LENGTH"}
 DEFAULTS: dict[str, Any] = {
     "DATABASE_URL": DEFAULT_URL,
-    "RULES": "rules.yaml",
+    "RULES": None,  # None: ./rules.yaml if there is one, else the bundled policy (tollgate.bundled)
     "TOKENS": "",
     # processes that judge a big clock advance or batch of events on a SQLite file (service/parallel.py):
     # "auto" is one per core, at most 2 (`parallel.auto_workers`); 1 keeps it all in the server's process
@@ -58,7 +59,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
                       secret_key=app.config.get("SECRET_KEY") or None)
     # strict=False: a gunicorn worker (re)started while the rules file has problems keeps serving
     # the active version; `tollgate serve` and `tollgate worker` refuse such a file before this.
-    runtime.bootstrap(app.config["RULES"], strict=False)
+    runtime.bootstrap(app.config["RULES"] or default_rules_path(), strict=False)
     app.extensions["tollgate"] = runtime
 
     app.before_request(_start_request)  # first: a refused request (401, 400) is logged too

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app, g, request
 
-from service.api.routes import BY_ENDPOINT, PERMISSIONS
-from workflows.definitions import Event
-from workflows.exceptions import TollgateError
+from tollgate.service.api.routes import BY_ENDPOINT, PERMISSIONS
+from tollgate.workflows.definitions import Event
+from tollgate.workflows.exceptions import TollgateError
 
 ROLES: Mapping[str, frozenset[str]] = {
     "viewer": frozenset({"read"}),

@@ -15,9 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from workflows.diagrams import RENDERERS, render, workflow_diagram
-from workflows.exceptions import NotFound, Problem, RulesError, TollgateError
-from workflows.policy import Policy, load_policy_file
+from tollgate import __version__
+from tollgate.bundled import default_rules_path
+from tollgate.workflows.diagrams import RENDERERS, render, workflow_diagram
+from tollgate.workflows.exceptions import NotFound, Problem, RulesError, TollgateError
+from tollgate.workflows.policy import Policy, load_policy_file
 
 Handler = Callable[[argparse.Namespace], int]
 Subparsers = Any  # argparse's _SubParsersAction is private; its API is add_parser().
@@ -28,11 +30,6 @@ EXIT_CODES: dict[type[TollgateError], int] = {NotFound: 2}
 DIAGRAM_FORMATS = (*RENDERERS, "svg")
 SUFFIX_FORMATS = {".mmd": "mermaid", ".mermaid": "mermaid", ".dot": "dot", ".gv": "dot",
                   ".svg": "svg"}
-
-
-def default_rules_path() -> str:
-    """`$TOLLGATE_RULES`, else `rules.yaml` in the working directory (SPEC §5)."""
-    return os.environ.get("TOLLGATE_RULES") or "rules.yaml"
 
 
 def _print_problems(problems: list[Problem], path: str) -> None:
@@ -73,8 +70,8 @@ def _rules_activate(args: argparse.Namespace) -> int:
 
     Running servers and workers judge the next event by it (they read the active version from the
     database); a restart does not import the file again unless it changes."""
-    from service.db import Database
-    from service.runtime import Runtime
+    from tollgate.service.db import Database
+    from tollgate.service.runtime import Runtime
 
     runtime = Runtime(Database(args.database or os.environ.get("TOLLGATE_DATABASE_URL")))
     try:
@@ -91,6 +88,26 @@ def _rules_activate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ── tollgate rules init [PATH] ───────────────────────────────────────────────────────────────
+
+def _rules_init(args: argparse.Namespace) -> int:
+    """Write an editable copy of the bundled policy whose `$schema` line points at the installed schema."""
+    from tollgate.bundled import editable_rules
+
+    target = Path(args.path)
+    if target.exists() and not args.force:
+        print(f"tollgate: {target} exists already; pass --force to replace it with the bundled policy.",
+              file=sys.stderr)
+        return 1
+    try:
+        target.write_text(editable_rules(), encoding="utf-8")
+    except OSError as error:
+        print(f"tollgate: The file {target} cannot be written: {error.strerror}.", file=sys.stderr)
+        return 1
+    print(f"{target}: the bundled policy, ready to edit; check it with `tollgate rules check {target}`.")
+    return 0
+
+
 def _register_rules(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("rules", help="work with rules files")
     actions = parser.add_subparsers(dest="rules_command", metavar="ACTION", required=True)
@@ -98,7 +115,7 @@ def _register_rules(subparsers: Subparsers) -> None:
                                description="Validate a rules file; print every problem with file, "
                                "line, column and path, and exit 1 if there is any.")
     check.add_argument("path", nargs="?", metavar="PATH",
-                       help="the rules file (default: $TOLLGATE_RULES or rules.yaml)")
+                       help="the rules file (default: $TOLLGATE_RULES, ./rules.yaml or the bundled one)")
     check.set_defaults(handler=_rules_check)
     activate = actions.add_parser(
         "activate", help="activate a rules file as a new version now",
@@ -110,6 +127,14 @@ def _register_rules(subparsers: Subparsers) -> None:
     activate.add_argument("--database", metavar="URL",
                           help="SQLAlchemy URL (default: $TOLLGATE_DATABASE_URL or sqlite:///tollgate.db)")
     activate.set_defaults(handler=_rules_activate)
+    init = actions.add_parser(
+        "init", help="write an editable copy of the bundled rules",
+        description="Write the bundled policy to PATH (default rules.yaml) with a `$schema` line that "
+        "points at the installed JSON Schema, so editors complete and check it outside a checkout.")
+    init.add_argument("path", nargs="?", default="rules.yaml", metavar="PATH",
+                      help="where to write it (default: rules.yaml)")
+    init.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    init.set_defaults(handler=_rules_init)
 
 
 # ── tollgate diagram WORKFLOW ────────────────────────────────────────────────────────────────
@@ -123,7 +148,7 @@ def _diagram(args: argparse.Namespace) -> int:
     fmt = args.format or SUFFIX_FORMATS.get(Path(args.output or "").suffix.lower(), "mermaid")
     diagram = workflow_diagram(policy, args.workflow, highlight=args.state)
     if fmt == "svg":
-        from service.svg import render_svg  # runs a subprocess; only needed for this format
+        from tollgate.service.svg import render_svg  # runs a subprocess; only needed for this format
 
         output = render_svg(render(diagram, "dot"))
     else:
@@ -153,7 +178,7 @@ def _register_diagram(subparsers: Subparsers) -> None:
     parser.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     parser.add_argument("--state", metavar="S", help="highlight the state S")
     parser.add_argument("--rules", metavar="PATH",
-                        help="the rules file (default: $TOLLGATE_RULES or rules.yaml)")
+                        help="the rules file (default: $TOLLGATE_RULES, ./rules.yaml or the bundled one)")
     parser.set_defaults(handler=_diagram)
 
 
@@ -162,13 +187,15 @@ def _register_diagram(subparsers: Subparsers) -> None:
 def _prepare(args: argparse.Namespace) -> Any:
     """Point the environment at --database/--rules, migrate, import the rules file if it changed
     since its last import; the Runtime."""
-    from service.db import Database
-    from service.runtime import Runtime
+    from tollgate.service.db import Database
+    from tollgate.service.runtime import Runtime
 
     if args.database:
         os.environ["TOLLGATE_DATABASE_URL"] = args.database
     rules = args.rules or default_rules_path()
     os.environ["TOLLGATE_RULES"] = rules
+    if _load_rules(rules) is None:  # before the database is touched: a bad file leaves nothing behind
+        return None
     runtime = Runtime(Database(os.environ.get("TOLLGATE_DATABASE_URL")))
     try:
         version = runtime.bootstrap(rules)
@@ -182,9 +209,9 @@ def _prepare(args: argparse.Namespace) -> Any:
 
 def _serve(args: argparse.Namespace) -> int:
     """Run the HTTP API on gunicorn with a timer scheduler in each worker."""
-    from service.app import max_body
-    from service.logs import configure_logging
-    from service.server import serve
+    from tollgate.service.app import max_body
+    from tollgate.service.logs import configure_logging
+    from tollgate.service.server import serve
 
     configure_logging()
     if args.batch_workers is not None:
@@ -212,8 +239,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     """Fire due real-time timers until SIGTERM or SIGINT (or once, with --once)."""
-    from service.logs import configure_logging
-    from service.scheduler import Scheduler, sleep_until_stopped
+    from tollgate.service.logs import configure_logging
+    from tollgate.service.scheduler import Scheduler, sleep_until_stopped
 
     configure_logging()
     runtime = _prepare(args)
@@ -234,7 +261,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     """Walk one account through signup, payment, credit and two billing months."""
-    from service.demo import run
+    from tollgate.service.demo import run
 
     return run(sys.stdout, rules=args.rules or default_rules_path())
 
@@ -243,7 +270,7 @@ def _add_storage_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database", metavar="URL",
                         help="SQLAlchemy URL (default: $TOLLGATE_DATABASE_URL or sqlite:///tollgate.db)")
     parser.add_argument("--rules", metavar="PATH",
-                        help="the rules file (default: $TOLLGATE_RULES or rules.yaml)")
+                        help="the rules file (default: $TOLLGATE_RULES, ./rules.yaml or the bundled one)")
 
 
 def _register_serve(subparsers: Subparsers) -> None:
@@ -288,14 +315,26 @@ def _register_demo(subparsers: Subparsers) -> None:
                                    "accepted payment registration, the discount credit and two billing "
                                    "months on a test clock (in-memory SQLite), and print the timeline.")
     parser.add_argument("--rules", metavar="PATH",
-                        help="the rules file (default: $TOLLGATE_RULES or rules.yaml)")
+                        help="the rules file (default: $TOLLGATE_RULES, ./rules.yaml or the bundled one)")
     parser.set_defaults(handler=_demo)
 
 
 # ── tollgate bench ───────────────────────────────────────────────────────────────────────────
 
 def _bench(args: argparse.Namespace) -> int:
-    """Run the benchmark suites (bench/suite.py): a table on stdout, progress on stderr."""
+    """Run the benchmark suites (bench/suite.py): a table on stdout, progress on stderr.
+
+    `bench/` is not part of the installed package: it runs from a source checkout only."""
+    from tollgate.bundled import checkout
+
+    root = checkout()
+    if root is None:
+        print("tollgate bench: the benchmarks run from a source checkout of tollgate (bench/ is not "
+              "installed with the package); clone the repository and run `make bench` there.",
+              file=sys.stderr)
+        return 1
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
     from bench.suite import parse_only, run
 
     try:
@@ -336,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
     parser = argparse.ArgumentParser(
         prog="tollgate", description="Account-lifecycle workflows driven by rules.yaml.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in COMMANDS.values():
         register(subparsers)

@@ -13,9 +13,9 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
-from service.db import Database
-from service.runtime import Runtime
-from service.tables import history, instances
+from tollgate.service.db import Database
+from tollgate.service.runtime import Runtime
+from tollgate.service.tables import history, instances
 
 KST = ZoneInfo("Asia/Seoul")
 

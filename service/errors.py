@@ -8,9 +8,9 @@ from flask import Flask, Response, current_app, request
 from sqlalchemy.exc import StatementError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
-from service.api.support import reply
-from service.problems import TYPE_BASE, problem
-from workflows.exceptions import TollgateError
+from tollgate.service.api.support import reply
+from tollgate.service.problems import TYPE_BASE, problem
+from tollgate.workflows.exceptions import TollgateError
 
 log = logging.getLogger("tollgate.api")
 

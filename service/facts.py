@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from workflows.definitions import Definition
+from tollgate.workflows.definitions import Definition
 
 if TYPE_CHECKING:
-    from service.unit_of_work import UnitOfWork
+    from tollgate.service.unit_of_work import UnitOfWork
 
 FactProvider = Callable[["UnitOfWork", Mapping[str, Any], Mapping[str, Any]], Any]
 """(unit of work, the instance record, the event data) → the fact's value."""

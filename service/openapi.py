@@ -18,9 +18,9 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from service.api.routes import JSON, ROUTES, Reply, Route
-from service.api.support import API_SCHEMAS, schema
-from workflows.definitions import Definition, definitions
+from tollgate.service.api.routes import JSON, ROUTES, Reply, Route
+from tollgate.service.api.support import API_SCHEMAS, schema
+from tollgate.workflows.definitions import Definition, definitions
 
 PROBLEM = "application/problem+json"
 ERROR_TEXT = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workflows.exceptions import TollgateError
+from tollgate.workflows.exceptions import TollgateError
 
 TYPE_BASE = "https://tollgate.dev/problems/"
 

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import Connection, insert, select, update
 
-from service.tables import rules_file_imports, rules_versions
-from workflows.exceptions import Problem, RulesError
-from workflows.policy import load_policy
+from tollgate.service.tables import rules_file_imports, rules_versions
+from tollgate.workflows.exceptions import Problem, RulesError
+from tollgate.workflows.policy import load_policy
 
 if TYPE_CHECKING:
-    from service.runtime import RulesVersion, Runtime
+    from tollgate.service.runtime import RulesVersion, Runtime
 
 log = logging.getLogger("tollgate.rules")
 

@@ -26,13 +26,13 @@ import orjson
 from sqlalchemy import Connection, Row, and_, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
-from service import facts as fact_providers
-from service import rules_files
-from service.bulk import dumps
-from service.db import Database
-from service.problems import problem
-from service.sweeps import Sweeps, rfc3339
-from service.tables import (
+from tollgate.service import facts as fact_providers
+from tollgate.service import rules_files
+from tollgate.service.bulk import dumps
+from tollgate.service.db import Database
+from tollgate.service.problems import problem
+from tollgate.service.sweeps import Sweeps, rfc3339
+from tollgate.service.tables import (
     failed_timers,
     history,
     idempotency,
@@ -42,10 +42,10 @@ from service.tables import (
     server_keys,
     timers,
 )
-from service.unit_of_work import UnitOfWork, account_view
-from workflows.definitions import CREATE_EVENT, definitions
-from workflows.engine import Engine
-from workflows.exceptions import (
+from tollgate.service.unit_of_work import UnitOfWork, account_view
+from tollgate.workflows.definitions import CREATE_EVENT, definitions
+from tollgate.workflows.engine import Engine
+from tollgate.workflows.exceptions import (
     BadRequest,
     Conflict,
     Forbidden,
@@ -60,8 +60,8 @@ from workflows.exceptions import (
     TollgateError,
     Unprocessable,
 )
-from workflows.policy import Policy, load_policy
-from workflows.secrets import redact_context, redact_payload
+from tollgate.workflows.policy import Policy, load_policy
+from tollgate.workflows.secrets import redact_context, redact_payload
 
 #: The fingerprint of a key stored before fingerprints were keyed (migration 0007 erased the
 #: old digest): a replay answers its stored response without comparing the request.
@@ -576,7 +576,7 @@ def _authorize(uow: UnitOfWork, record: Mapping[str, Any], event: str, role: str
     The decision is `service.auth.event_refusal`'s; the timer events come from the rules version
     this unit judges under (its timer schedules) and the definition (`timed`).
     """
-    from service.auth import event_refusal  # service.auth imports the API, which imports this module
+    from tollgate.service.auth import event_refusal  # service.auth imports the API, which imports this module
 
     workflow = record["workflow"]
     spec = uow.engine.definition(workflow).events.get(event)

@@ -17,7 +17,7 @@ import threading
 import time
 from types import FrameType
 
-from service.runtime import Runtime
+from tollgate.service.runtime import Runtime
 
 log = logging.getLogger("tollgate.scheduler")
 

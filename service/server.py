@@ -18,7 +18,7 @@ from gunicorn.app.base import BaseApplication
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 #: How the workers meet clients. "buffered" is tollgate's (service/buffering.py); the others are
 #: gunicorn's own worker classes, kept for `python -m bench.slow_clients`, which measures them all.
-FRONTS = {"buffered": "service.buffering.Worker", "gthread": "gthread", "gevent": "gevent"}
+FRONTS = {"buffered": "tollgate.service.buffering.Worker", "gthread": "gthread", "gevent": "gevent"}
 
 
 class TollgateServer(BaseApplication):
@@ -35,15 +35,15 @@ class TollgateServer(BaseApplication):
             self.cfg.set("post_worker_init", _start_scheduler)
 
     def load(self) -> Any:
-        from service.app import create_app
-        from service.logs import configure_logging
+        from tollgate.service.app import create_app
+        from tollgate.service.logs import configure_logging
 
         configure_logging()  # each worker process; a no-op after the fork from `serve`
         return create_app()
 
 
 def _start_scheduler(worker: Any) -> None:
-    from service.scheduler import Scheduler
+    from tollgate.service.scheduler import Scheduler
     runtime = worker.wsgi.extensions["tollgate"]
     scheduler = Scheduler(runtime)
     scheduler.start()

@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from sqlalchemy import Connection, insert, or_, select, update
 
-from service import facts as fact_providers
-from service.bulk import BulkWriter, parse_sqlite_timestamp
-from service.parallel import SPANS_PER_WORKER, WINDOW_BATCHES, WorkerPool
-from service.tables import clocks
-from service.unit_of_work import UnitOfWork
-from workflows.exceptions import (
+from tollgate.service import facts as fact_providers
+from tollgate.service.bulk import BulkWriter, parse_sqlite_timestamp
+from tollgate.service.parallel import SPANS_PER_WORKER, WINDOW_BATCHES, WorkerPool
+from tollgate.service.tables import clocks
+from tollgate.service.unit_of_work import UnitOfWork
+from tollgate.workflows.exceptions import (
     BadRequest,
     ClockBusy,
     ClockError,
@@ -50,8 +50,8 @@ from workflows.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from service.db import Database
-    from service.runtime import RulesVersion, Runtime
+    from tollgate.service.db import Database
+    from tollgate.service.runtime import RulesVersion, Runtime
 
 TIMER_ACTOR = "timer"
 _T = TypeVar("_T")

@@ -20,12 +20,12 @@ import psycopg
 from sqlalchemy import Connection, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from service import facts
-from service.bulk import BulkWriter, aware_utc, parse_sqlite_timestamp
-from service.tables import clocks
-from workflows.definitions import Definition
-from workflows.engine import Engine
-from workflows.exceptions import (
+from tollgate.service import facts
+from tollgate.service.bulk import BulkWriter, aware_utc, parse_sqlite_timestamp
+from tollgate.service.tables import clocks
+from tollgate.workflows.definitions import Definition
+from tollgate.workflows.engine import Engine
+from tollgate.workflows.exceptions import (
     BadRequest,
     GuardDenied,
     InvalidTransition,
@@ -36,11 +36,11 @@ from workflows.exceptions import (
     StaleBatch,
     TollgateError,
 )
-from workflows.outcome import Outcome, Snapshot
-from workflows.secrets import redact
+from tollgate.workflows.outcome import Outcome, Snapshot
+from tollgate.workflows.secrets import redact
 
 if TYPE_CHECKING:
-    from service.runtime import RulesVersion, Runtime
+    from tollgate.service.runtime import RulesVersion, Runtime
 
 MAX_SEND_DEPTH = 4
 _MISSING = object()

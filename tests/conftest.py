@@ -20,9 +20,9 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from workflows.engine import Engine
-from workflows.outcome import Outcome, Snapshot
-from workflows.policy import Policy, load_policy
+from tollgate.workflows.engine import Engine
+from tollgate.workflows.outcome import Outcome, Snapshot
+from tollgate.workflows.policy import Policy, load_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_PATH = ROOT / "rules.yaml"
@@ -310,7 +310,7 @@ def _database_url(request: pytest.FixtureRequest, directory: Path) -> str:
 
 def make_app(database_url: str, **overrides: Any) -> Flask:
     """An app over `database_url` with the bundled rules, the four test tokens and pinned real time."""
-    from service.app import create_app
+    from tollgate.service.app import create_app
 
     config = {"TESTING": True, "DATABASE_URL": database_url, "RULES": str(RULES_PATH),
               "TOKENS": ",".join(f"{role}={token}" for role, token in API_TOKENS.items()),

@@ -17,8 +17,8 @@ import pytest
 from conftest import API_TOKENS, Api, kst_instant, make_app
 from flask import Flask
 
-from service.api.routes import ROUTES, Route
-from service.auth import parse_tokens, role_of
+from tollgate.service.api.routes import ROUTES, Route
+from tollgate.service.auth import parse_tokens, role_of
 
 READERS = {"viewer", "operator", "policy_editor", "admin"}
 OPERATORS = {"operator", "admin"}

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from conftest import Api, assert_conforms
 
-from service.api.routes import ROUTES
+from tollgate.service.api.routes import ROUTES
 
 
 def assert_problem(response: Any, status: int, slug: str) -> dict[str, Any]:
@@ -159,7 +159,7 @@ def test_openapi_describes_every_route_status_and_the_bearer_scheme(api: Api) ->
 def test_openapi_is_self_contained_and_embeds_the_validating_schemas(api: Api) -> None:
     import json
 
-    from service.api.support import API_SCHEMAS
+    from tollgate.service.api.support import API_SCHEMAS
 
     doc = api.get("/openapi.json").get_json()
     schemas = doc["components"]["schemas"]
@@ -176,8 +176,8 @@ def test_openapi_is_self_contained_and_embeds_the_validating_schemas(api: Api) -
 
 
 def test_openapi_names_the_workflows_their_events_and_data_and_links_create_to_fire(api: Api) -> None:
-    from service.api.routes import JSON
-    from workflows.definitions import definitions
+    from tollgate.service.api.routes import JSON
+    from tollgate.workflows.definitions import definitions
 
     doc = api.get("/openapi.json").get_json()
     schemas = doc["components"]["schemas"]

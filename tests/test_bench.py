@@ -10,7 +10,7 @@ import pytest
 from bench import suite
 from bench.echo import app as echo_app
 from bench.http import LUA, TOKEN, WrkResult, parse_wrk
-from service.cli import main
+from tollgate.service.cli import main
 
 REQUIRED = {"name", "value", "unit", "baseline", "ratio", "goal", "met"}
 

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from workflows import calendar
+from tollgate.workflows import calendar
 
 KST = ZoneInfo("Asia/Seoul")
 

@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 from sqlalchemy import text, update
 
-from service.bulk import BulkWriter
-from service.db import Database
-from service.runtime import Runtime
-from service.sweeps import Sweeps, rfc3339
-from service.tables import clocks
-from service.unit_of_work import INSTANCE_COLUMNS
 from tests.conftest import KST, RULES_PATH
 from tests.test_sweep import START, Month
-from workflows.exceptions import ClockBusy, ClockError
+from tollgate.service.bulk import BulkWriter
+from tollgate.service.db import Database
+from tollgate.service.runtime import Runtime
+from tollgate.service.sweeps import Sweeps, rfc3339
+from tollgate.service.tables import clocks
+from tollgate.service.unit_of_work import INSTANCE_COLUMNS
+from tollgate.workflows.exceptions import ClockBusy, ClockError
 
 END = datetime(2026, 11, 15, tzinfo=KST)
 #: Four advances at once, to different targets: the clock must end at the latest.

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from workflows.calendar import parse_instant
-from workflows.exceptions import InvalidTransition
+from tollgate.workflows.calendar import parse_instant
+from tollgate.workflows.exceptions import InvalidTransition
 
 APPLY = {"service_area": "web_service", "signup_path": "search", "marketing_consent": True}
 

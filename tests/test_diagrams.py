@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
-from service.svg import MISSING, render_svg
-from workflows.definitions import Transition
-from workflows.diagrams import (
+from tollgate.service.cli import main
+from tollgate.service.svg import MISSING, render_svg
+from tollgate.workflows.definitions import Transition
+from tollgate.workflows.diagrams import (
     Diagram,
     Edge,
     StateNode,
@@ -24,8 +24,8 @@ from workflows.diagrams import (
     to_mermaid,
     workflow_diagram,
 )
-from workflows.exceptions import DiagramUnavailable, NotFound
-from workflows.policy import Policy, load_policy_file
+from tollgate.workflows.exceptions import DiagramUnavailable, NotFound
+from tollgate.workflows.policy import Policy, load_policy_file
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "rules.yaml"

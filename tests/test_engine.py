@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workflows.actions import code_digest
-from workflows.definitions import definitions
-from workflows.engine import REDACTED, fast_check
-from workflows.exceptions import BadRequest, InvalidTransition
-from workflows.outcome import Snapshot
+from tollgate.workflows.actions import code_digest
+from tollgate.workflows.definitions import definitions
+from tollgate.workflows.engine import REDACTED, fast_check
+from tollgate.workflows.exceptions import BadRequest, InvalidTransition
+from tollgate.workflows.outcome import Snapshot
 
 ISSUED = {"usage_month": "2026-10", "usage": 7000, "amount_due": 5000, "paid_amount": 0,
           "payer": "autopay", "credit_applied": []}

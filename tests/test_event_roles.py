@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from conftest import RULES_PATH, Api, kst_instant
 
-from workflows.definitions import definitions
-from workflows.policy import load_policy_file
+from tollgate.workflows.definitions import definitions
+from tollgate.workflows.policy import load_policy_file
 
 #: (workflow, event) of every timer event: marked `timed` in its definition or fired by a timer.
 TIMER_EVENTS = sorted({(wf, name) for wf, d in definitions().items() for name, e in d.events.items()

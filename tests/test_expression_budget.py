@@ -18,18 +18,18 @@ import cel
 import pytest
 from conftest import Api
 
-from workflows.definitions import definitions
-from workflows.exceptions import ExpressionError, Problem, RulesError
-from workflows.expression_budget import (
+from tollgate.workflows.definitions import definitions
+from tollgate.workflows.exceptions import ExpressionError, Problem, RulesError
+from tollgate.workflows.expression_budget import (
     MAX_AST_NODES,
     MAX_COMPREHENSION_NESTING,
     MAX_ESTIMATED_COST,
     MAX_EXPRESSION_CHARS,
     MAX_NESTING_DEPTH,
 )
-from workflows.expressions import combine, compile_expression
-from workflows.guards import GuardSet, Rule
-from workflows.policy import check, load_policy
+from tollgate.workflows.expressions import combine, compile_expression
+from tollgate.workflows.guards import GuardSet, Rule
+from tollgate.workflows.policy import check, load_policy
 
 TESTS = Path(__file__).resolve().parent
 RULES = TESTS.parent / "rules.yaml"

@@ -7,9 +7,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from workflows import calendar
-from workflows.expressions import ExpressionError, combine, compile_expression
-from workflows.guards import helper_functions
+from tollgate.workflows import calendar
+from tollgate.workflows.expressions import ExpressionError, combine, compile_expression
+from tollgate.workflows.guards import helper_functions
 
 PARAMS = {"billing": {"issue_day": 3, "pay_now_from": "14:00"}, "countries": ["KR", "US"]}
 SEOUL = ZoneInfo("Asia/Seoul")

@@ -14,9 +14,9 @@ import pytest
 import yaml
 from conftest import Api, kst_instant
 
-from service.api.support import API_SCHEMAS
-from workflows import limits
-from workflows.definitions import definitions
+from tollgate.service.api.support import API_SCHEMAS
+from tollgate.workflows import limits
+from tollgate.workflows.definitions import definitions
 
 DEFINITIONS = Path(__file__).resolve().parent.parent / "workflows" / "definitions"
 

@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from workflows.calendar import add_months, at_local, parse_instant
-from workflows.exceptions import InvalidTransition
+from tollgate.workflows.calendar import add_months, at_local, parse_instant
+from tollgate.workflows.exceptions import InvalidTransition
 
 KST = ZoneInfo("Asia/Seoul")
 

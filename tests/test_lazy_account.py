@@ -14,15 +14,15 @@ from typing import Any
 
 import pytest
 
-from service.db import Database
-from service.runtime import Runtime
-from service.unit_of_work import LazyAccount, UnitOfWork, account_view
 from tests.conftest import KST, RULES_PATH
 from tests.test_sweep import ISSUE_AT, Month
-from workflows.actions import ACTIONS, reads_account
-from workflows.engine import Engine
-from workflows.outcome import Step
-from workflows.policy import load_policy_file
+from tollgate.service.db import Database
+from tollgate.service.runtime import Runtime
+from tollgate.service.unit_of_work import LazyAccount, UnitOfWork, account_view
+from tollgate.workflows.actions import ACTIONS, reads_account
+from tollgate.workflows.engine import Engine
+from tollgate.workflows.outcome import Step
+from tollgate.workflows.policy import load_policy_file
 
 AUTOPAY_DAY = datetime(2026, 11, 10, 0, 0, tzinfo=KST)
 

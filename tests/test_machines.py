@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from transitions import Machine
 
-from workflows.machines import LeanMachine
+from tollgate.workflows.machines import LeanMachine
 
 
 class _Model:

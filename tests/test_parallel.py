@@ -25,14 +25,14 @@ import pytest
 from sqlalchemy import text
 
 from bench.billing import run_month, seed_month
-from service.bulk import BulkWriter
-from service.db import Database
-from service.parallel import MAX_AUTO_WORKERS, WINDOW_BATCHES, auto_workers
-from service.runtime import Runtime
-from service.sweeps import Span, Sweeps, _Event
-from service.unit_of_work import INSTANCE_COLUMNS, UnitOfWork
 from tests.conftest import RULES_PATH
 from tests.test_sweep import ISSUE_AT, START, Month
+from tollgate.service.bulk import BulkWriter
+from tollgate.service.db import Database
+from tollgate.service.parallel import MAX_AUTO_WORKERS, WINDOW_BATCHES, auto_workers
+from tollgate.service.runtime import Runtime
+from tollgate.service.sweeps import Span, Sweeps, _Event
+from tollgate.service.unit_of_work import INSTANCE_COLUMNS, UnitOfWork
 
 
 @pytest.fixture
@@ -302,7 +302,7 @@ def test_a_pool_that_lost_a_process_is_replaced(pooled: Runtime) -> None:
 
 
 def test_the_server_takes_its_batch_workers_from_the_environment() -> None:
-    from service.app import _batch_workers
+    from tollgate.service.app import _batch_workers
 
     assert _batch_workers("2") == 2 and _batch_workers(1) == 1 and _batch_workers("auto") == auto_workers()
     for wrong in ("two", "0", None, "Auto"):
@@ -330,7 +330,7 @@ def test_threads_that_need_the_workers_at_once_start_one_pool(
         def close(self) -> None:
             pass
 
-    monkeypatch.setattr("service.sweeps.WorkerPool", SlowPool)
+    monkeypatch.setattr("tollgate.service.sweeps.WorkerPool", SlowPool)
     with ThreadPoolExecutor(4) as threads:
         pools = list(threads.map(lambda _: runtime._on_workers(lambda pool: pool), range(4)))
     assert len(started) == 1 and all(pool is started[0] for pool in pools)

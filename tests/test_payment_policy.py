@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from workflows.exceptions import BadRequest, InvalidTransition
+from tollgate.workflows.exceptions import BadRequest, InvalidTransition
 
 CONSENT = {"agree_payment_info": True, "agree_recurring": True}
 PERSONAL_CREDIT = {"method": "credit_card", "card_type": "personal", "card_owner": "person"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from workflows.calendar import parse_instant
+from tollgate.workflows.calendar import parse_instant
 
 CONSENT = {"agree_payment_info": True, "agree_recurring": True}
 APPLY = {"service_area": "web_service", "signup_path": "search", "marketing_consent": True}

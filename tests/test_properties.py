@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as note_event
 from hypothesis import strategies as st
 
-from workflows import calendar
-from workflows.exceptions import InvalidTransition
-from workflows.outcome import Snapshot
+from tollgate.workflows import calendar
+from tollgate.workflows.exceptions import InvalidTransition
+from tollgate.workflows.outcome import Snapshot
 
 KST = ZoneInfo("Asia/Seoul")
 KST_OFFSET = timedelta(hours=9)  # Korea has kept UTC+9 without daylight saving since 1988

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from jsonschema import Draft202012Validator
 
-from workflows.definitions import definitions
-from workflows.documents import data_problems
-from workflows.exceptions import Reason
-from workflows.secrets import REDACTED, redact_payload, redact_reasons, write_only_fields
+from tollgate.workflows.definitions import definitions
+from tollgate.workflows.documents import data_problems
+from tollgate.workflows.exceptions import Reason
+from tollgate.workflows.secrets import REDACTED, redact_payload, redact_reasons, write_only_fields
 
 SECRET = "Tr0ub4dor&3"
 

@@ -55,7 +55,7 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 LOG_EVERY_LEVEL = """
 import logging
-from service.logs import configure_logging
+from tollgate.service.logs import configure_logging
 configure_logging()
 configure_logging()  # a gunicorn worker after `serve`: still one handler
 logging.getLogger("tollgate.timers").error("timer grace_deadline on inv_1 failed: %s", "boom")

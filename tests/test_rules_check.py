@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
-from workflows.definitions import DEFINITIONS, load_definition
-from workflows.exceptions import DefinitionError, Problem
-from workflows.policy import check
+from tollgate.service.cli import main
+from tollgate.workflows.definitions import DEFINITIONS, load_definition
+from tollgate.workflows.exceptions import DefinitionError, Problem
+from tollgate.workflows.policy import check
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "rules.yaml"

@@ -21,10 +21,10 @@ import yaml
 from conftest import make_app
 from sqlalchemy import select
 
-from service.db import Database
-from service.runtime import Runtime
-from service.tables import rules_file_imports, rules_versions
-from workflows.exceptions import RulesError
+from tollgate.service.db import Database
+from tollgate.service.runtime import Runtime
+from tollgate.service.tables import rules_file_imports, rules_versions
+from tollgate.workflows.exceptions import RulesError
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTS = 4  # processes (here: runtimes on threads, each with its own connections) starting at once
@@ -162,7 +162,7 @@ def test_operator_command_activates_the_file_even_when_unchanged(database_url, s
     first.activate_rules(edited(min_age=20), source="api", actor="policy_editor")
 
     def activate() -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "service.cli", "rules", "activate", str(rules_path),
+        return subprocess.run([sys.executable, "-m", "tollgate", "rules", "activate", str(rules_path),
                                "--database", database_url], cwd=ROOT, capture_output=True, text=True,
                               timeout=120, check=False)
 
@@ -185,7 +185,7 @@ def test_operator_command_refuses_broken_rules_with_every_problem(database_url, 
     first = start(rules_path)
     broken = tmp_path / "broken.yaml"
     broken.write_text(edited(min_age="nineteen", email_code_ttl_minutes=-5), encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", "service.cli", "rules", "activate", str(broken),
+    done = subprocess.run([sys.executable, "-m", "tollgate", "rules", "activate", str(broken),
                            "--database", database_url], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, check=False)
     assert done.returncode == 1
@@ -232,7 +232,7 @@ def test_a_worker_restarted_while_the_file_has_problems_keeps_serving_the_active
 
 
 def test_a_rules_file_path_too_long_to_record_is_refused_by_name() -> None:
-    from service.rules_files import read_rules_file
+    from tollgate.service.rules_files import read_rules_file
 
     with pytest.raises(RulesError) as refused:
         read_rules_file("/" + "r" * 600 + ".yaml")

@@ -7,10 +7,10 @@ from random import Random
 
 import pytest
 
-from workflows.actions import verify_password
-from workflows.calendar import parse_instant
-from workflows.engine import REDACTED
-from workflows.exceptions import BadRequest, InvalidTransition
+from tollgate.workflows.actions import verify_password
+from tollgate.workflows.calendar import parse_instant
+from tollgate.workflows.engine import REDACTED
+from tollgate.workflows.exceptions import BadRequest, InvalidTransition
 
 STRONG = "Abcdef1!"
 

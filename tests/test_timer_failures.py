@@ -21,13 +21,13 @@ import yaml
 from conftest import Api, assert_conforms, kst_instant
 from sqlalchemy import update
 
-from service.db import Database
-from service.runtime import Runtime
-from service.scheduler import MAX_BACKOFF, Scheduler
-from service.sweeps import Sweeps
-from service.tables import clocks, timers
 from tests.conftest import KST, RULES_PATH
 from tests.test_sweep import ISSUE_AT, Month
+from tollgate.service.db import Database
+from tollgate.service.runtime import Runtime
+from tollgate.service.scheduler import MAX_BACKOFF, Scheduler
+from tollgate.service.sweeps import Sweeps
+from tollgate.service.tables import clocks, timers
 
 BROKEN_USAGE = 4_242
 END = datetime(2026, 11, 15, tzinfo=KST)

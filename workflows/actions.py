@@ -15,10 +15,10 @@ from types import CodeType
 
 from argon2 import PasswordHasher
 
-from workflows import calendar
-from workflows.exceptions import BadRequest, Problem
-from workflows.limits import MAX_AMOUNT
-from workflows.outcome import Step
+from tollgate.workflows import calendar
+from tollgate.workflows.exceptions import BadRequest, Problem
+from tollgate.workflows.limits import MAX_AMOUNT
+from tollgate.workflows.outcome import Step
 
 Action = Callable[[Step], None]
 ACTIONS: dict[str, Action] = {}

@@ -15,10 +15,10 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from workflows.actions import ACTIONS
-from workflows.documents import Document, load_yaml_file, schema_problems, validator_for
-from workflows.exceptions import DefinitionError, Problem
-from workflows.secrets import write_only_fields
+from tollgate.workflows.actions import ACTIONS
+from tollgate.workflows.documents import Document, load_yaml_file, schema_problems, validator_for
+from tollgate.workflows.exceptions import DefinitionError, Problem
+from tollgate.workflows.secrets import write_only_fields
 
 DEFINITIONS = Path(__file__).resolve().parent / "definitions"
 WORKFLOWS = ("signup", "payment_method", "credit", "invoice")

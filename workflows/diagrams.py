@@ -11,9 +11,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from workflows.definitions import CREATE_EVENT, Definition, Transition
-from workflows.exceptions import NotFound
-from workflows.policy import Policy
+from tollgate.workflows.definitions import CREATE_EVENT, Definition, Transition
+from tollgate.workflows.exceptions import NotFound
+from tollgate.workflows.policy import Policy
 
 __all__ = ["RENDERERS", "Diagram", "Edge", "StateNode", "edge_label", "extract", "render",
            "to_dot", "to_mermaid", "workflow_diagram"]

@@ -20,9 +20,9 @@ import jsonschema
 import yaml
 from jsonschema import Draft202012Validator, FormatChecker
 
-from workflows.calendar import as_utc, parse_clock_time, parse_instant
-from workflows.exceptions import Problem
-from workflows.secrets import touches_secret, value_free_message
+from tollgate.workflows.calendar import as_utc, parse_clock_time, parse_instant
+from tollgate.workflows.exceptions import Problem
+from tollgate.workflows.secrets import touches_secret, value_free_message
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 

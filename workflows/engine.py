@@ -22,17 +22,17 @@ from typing import Any, cast
 from jsonschema import Draft202012Validator
 from transitions import EventData
 
-from workflows.actions import ACTIONS, reads_account
-from workflows.calendar import as_utc
-from workflows.definitions import CREATE_EVENT, Definition, Transition
-from workflows.documents import data_problems
-from workflows.exceptions import BadRequest, InvalidTransition, Reason
-from workflows.guards import GuardSet, holds
-from workflows.machines import LeanMachine
-from workflows.outcome import Outcome, Snapshot, Step, TimerSpec
-from workflows.policy import Policy, TimerRule
-from workflows.secrets import REDACTED as REDACTED  # re-exported: tests and callers name it here
-from workflows.secrets import redact, redact_reasons
+from tollgate.workflows.actions import ACTIONS, reads_account
+from tollgate.workflows.calendar import as_utc
+from tollgate.workflows.definitions import CREATE_EVENT, Definition, Transition
+from tollgate.workflows.documents import data_problems
+from tollgate.workflows.exceptions import BadRequest, InvalidTransition, Reason
+from tollgate.workflows.guards import GuardSet, holds
+from tollgate.workflows.machines import LeanMachine
+from tollgate.workflows.outcome import Outcome, Snapshot, Step, TimerSpec
+from tollgate.workflows.policy import Policy, TimerRule
+from tollgate.workflows.secrets import REDACTED as REDACTED  # re-exported: tests and callers name it here
+from tollgate.workflows.secrets import redact, redact_reasons
 
 _system_random = secrets.SystemRandom()
 

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from workflows.exceptions import ExpressionError
-from workflows.expression_budget import (
+from tollgate.workflows.exceptions import ExpressionError
+from tollgate.workflows.expression_budget import (
     FUNCTION_TYPES,
     MACROS,
     MAX_AST_NODES,

@@ -30,10 +30,10 @@ from typing import Any
 
 import cel
 
-from workflows.cel_subset import Fallback, Native, compile_subset
-from workflows.exceptions import EngineFailure, ExpressionError
-from workflows.expression_budget import position
-from workflows.expression_check import check_budget
+from tollgate.workflows.cel_subset import Fallback, Native, compile_subset
+from tollgate.workflows.exceptions import EngineFailure, ExpressionError
+from tollgate.workflows.expression_budget import position
+from tollgate.workflows.expression_check import check_budget
 
 __all__ = ["CEL_BUILTINS", "Binding", "Expression", "ExpressionError", "compile_expression"]
 

@@ -15,11 +15,11 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from workflows import calendar
-from workflows.actions import code_digest
-from workflows.cel_subset import PURE
-from workflows.exceptions import Reason
-from workflows.expressions import Expression, combine
+from tollgate.workflows import calendar
+from tollgate.workflows.actions import code_digest
+from tollgate.workflows.cel_subset import PURE
+from tollgate.workflows.exceptions import Reason
+from tollgate.workflows.expressions import Expression, combine
 
 INPUT_MAPS = ("data", "context", "account", "facts")
 _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

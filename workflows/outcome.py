@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from workflows.exceptions import Reason
+from tollgate.workflows.exceptions import Reason
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 

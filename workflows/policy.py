@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from workflows.calendar import parse_clock_time
-from workflows.definitions import CREATE_EVENT, Definition, definitions
-from workflows.documents import Document, PathKey, load_yaml, schema_problems
-from workflows.exceptions import Problem, RulesError
-from workflows.expressions import Expression, ExpressionError, compile_expression
-from workflows.guards import INPUT_MAPS, GuardSet, Rule, helper_functions
+from tollgate.workflows.calendar import parse_clock_time
+from tollgate.workflows.definitions import CREATE_EVENT, Definition, definitions
+from tollgate.workflows.documents import Document, PathKey, load_yaml, schema_problems
+from tollgate.workflows.exceptions import Problem, RulesError
+from tollgate.workflows.expressions import Expression, ExpressionError, compile_expression
+from tollgate.workflows.guards import INPUT_MAPS, GuardSet, Rule, helper_functions
 
 _PLACEHOLDER = re.compile(r"\{(params(?:\.[A-Za-z_][A-Za-z0-9_]*)+)\}")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from jsonschema import ValidationError
 
-from workflows.exceptions import Reason
+from tollgate.workflows.exceptions import Reason
 
 REDACTED = "[redacted]"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask
 
-from service.api import clocks, health, instances, notifications, openapi, rules, timers, workflows
-from service.api.routes import ROUTES
+from tollgate.service.api import clocks, health, instances, notifications, openapi, rules, timers, workflows
+from tollgate.service.api.routes import ROUTES
 
 BLUEPRINTS: tuple[Blueprint, ...] = (health.bp, workflows.bp, instances.bp, notifications.bp, clocks.bp,
                                      timers.bp, rules.bp, openapi.bp)

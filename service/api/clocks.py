@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from service.api.routes import bind
-from service.api.support import json_body, parse_timestamp, reply, runtime
+from tollgate.service.api.routes import bind
+from tollgate.service.api.support import json_body, parse_timestamp, reply, runtime
 
 bp = Blueprint("clocks", __name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from service.api.routes import bind
-from service.api.support import reply, runtime
+from tollgate.service.api.routes import bind
+from tollgate.service.api.support import reply, runtime
 
 bp = Blueprint("health", __name__)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from service.api.routes import bind
-from service.api.support import actor, etag, flag, json_body, parse_if_match, reply, runtime
-from workflows.exceptions import BadRequest
+from tollgate.service.api.routes import bind
+from tollgate.service.api.support import actor, etag, flag, json_body, parse_if_match, reply, runtime
+from tollgate.workflows.exceptions import BadRequest
 
 bp = Blueprint("instances", __name__)
 

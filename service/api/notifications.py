@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from service.api.routes import bind
-from service.api.support import actor, reply, runtime
-from workflows.exceptions import BadRequest, NotFound
+from tollgate.service.api.routes import bind
+from tollgate.service.api.support import actor, reply, runtime
+from tollgate.workflows.exceptions import BadRequest, NotFound
 
 bp = Blueprint("notifications", __name__)
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from service import openapi as description
-from service.api.routes import bind
-from service.api.support import reply
+from tollgate.service import openapi as description
+from tollgate.service.api.routes import bind
+from tollgate.service.api.support import reply
 
 bp = Blueprint("openapi", __name__)
 

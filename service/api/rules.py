@@ -6,10 +6,10 @@ import hashlib
 
 from flask import Blueprint, Response
 
-from service.api.routes import bind
-from service.api.support import actor, reply, runtime, text_body
-from service.rules_files import API_SOURCE
-from workflows.exceptions import RulesError
+from tollgate.service.api.routes import bind
+from tollgate.service.api.support import actor, reply, runtime, text_body
+from tollgate.service.rules_files import API_SOURCE
+from tollgate.workflows.exceptions import RulesError
 
 bp = Blueprint("rules", __name__)
 

@@ -17,11 +17,11 @@ from flask import Response, current_app, g, request
 from jsonschema import Draft202012Validator, FormatChecker
 from werkzeug.exceptions import UnsupportedMediaType
 
-from service.runtime import Runtime
-from workflows import limits
-from workflows.documents import data_problems, json_path
-from workflows.engine import fast_check
-from workflows.exceptions import BadRequest, Problem
+from tollgate.service.runtime import Runtime
+from tollgate.workflows import limits
+from tollgate.workflows.documents import data_problems, json_path
+from tollgate.workflows.engine import fast_check
+from tollgate.workflows.exceptions import BadRequest, Problem
 
 API_SCHEMAS = Path(__file__).resolve().parent.parent.parent / "schemas" / "api"
 RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")

@@ -6,13 +6,13 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from service.api.routes import bind
-from service.api.support import reply, runtime
-from service.svg import render_svg
-from workflows.definitions import CREATE_EVENT, Definition
-from workflows.diagrams import to_dot, to_mermaid, workflow_diagram
-from workflows.exceptions import BadRequest, NotFound
-from workflows.policy import Policy
+from tollgate.service.api.routes import bind
+from tollgate.service.api.support import reply, runtime
+from tollgate.service.svg import render_svg
+from tollgate.workflows.definitions import CREATE_EVENT, Definition
+from tollgate.workflows.diagrams import to_dot, to_mermaid, workflow_diagram
+from tollgate.workflows.exceptions import BadRequest, NotFound
+from tollgate.workflows.policy import Policy
 
 bp = Blueprint("workflows", __name__)
 

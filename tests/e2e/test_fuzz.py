@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import Flaky
 from schemathesis.checks import not_a_server_error
 
-from workflows.limits import MAX_AMOUNT, MAX_JSON_DEPTH, MAX_JSON_INTEGER
+from tollgate.workflows.limits import MAX_AMOUNT, MAX_JSON_DEPTH, MAX_JSON_INTEGER
 
 pytestmark = pytest.mark.e2e
 

@@ -22,8 +22,8 @@ import yaml
 from helpers.server import ROOT, RULES_PATH, Client, StartServer, TollgateServer, poll
 from sqlalchemy import select
 
-from service.db import Database
-from service.tables import rules_versions
+from tollgate.service.db import Database
+from tollgate.service.tables import rules_versions
 
 pytestmark = pytest.mark.e2e
 
@@ -154,7 +154,7 @@ def test_a_changed_file_is_imported_once_when_a_server_and_workers_start_togethe
     for log in logs:
         with log.open("wb") as handle:
             workers.append(subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "worker", "--once", "--database", server.database_url,
+                [sys.executable, "-m", "tollgate", "worker", "--once", "--database", server.database_url,
                  "--rules", str(rules)], cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=handle,
                 stderr=subprocess.STDOUT))
     try:

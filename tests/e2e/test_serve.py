@@ -54,7 +54,7 @@ def workers(server: TollgateServer, count: int, directory: Path) -> Iterator[lis
         for n in range(count):
             with (directory / f"worker-{n}.log").open("wb") as log:
                 started.append(subprocess.Popen(
-                    [sys.executable, "-m", "service.cli", "worker", "--database", server.database_url,
+                    [sys.executable, "-m", "tollgate", "worker", "--database", server.database_url,
                      "--rules", str(server.rules), "--batch", "4", "--interval", "0.2"],
                     cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True))
@@ -106,8 +106,8 @@ def _spawned_workers(group: int) -> list[int]:
 def test_by_default_the_server_judges_a_big_clock_advance_on_a_worker_process_per_core(
         start_server: StartServer) -> None:
     from bench.billing import CHARGED_AT, CLOCK, seed_month
-    from service.parallel import auto_workers
-    from service.sweeps import Sweeps
+    from tollgate.service.parallel import auto_workers
+    from tollgate.service.sweeps import Sweeps
 
     if auto_workers() < 2:
         pytest.skip("one usable core: by default the server starts no worker process")

@@ -130,7 +130,7 @@ def test_the_configured_body_limit_is_honoured(start_server: StartServer) -> Non
 
 
 def test_serve_refuses_a_body_limit_that_is_not_a_positive_number() -> None:
-    done = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--max-body-bytes", "0"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "tollgate", "serve", "--max-body-bytes", "0"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert "TOLLGATE_MAX_BODY_BYTES must be a whole number of bytes, at least 1, not '0'" in done.stderr

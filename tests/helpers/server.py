@@ -222,7 +222,7 @@ class TollgateServer:
         return Client(self.port, self.tokens, role)
 
     def command(self) -> list[str]:
-        argv = [sys.executable, "-m", "service.cli", "serve", "--host", self.host, "--port", str(self.port),
+        argv = [sys.executable, "-m", "tollgate", "serve", "--host", self.host, "--port", str(self.port),
                 "--database", self.database_url, "--rules", str(self.rules),
                 "--workers", str(self.workers), "--threads", str(self.threads), *self.extra_args]
         return argv if self.scheduler else [*argv, "--no-scheduler"]
