@@ -31,6 +31,7 @@ serve: $(VENV)/.installed graphviz
 lint: $(VENV)/.installed
 	$(BIN)/ruff check tollgate/*.py workflows service bench tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint graphviz
 	$(BIN)/python -m pytest -q
