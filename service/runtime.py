@@ -30,6 +30,16 @@ from tollgate.service import facts as fact_providers
 from tollgate.service import rules_files
 from tollgate.service.bulk import dumps
 from tollgate.service.db import Database
+from tollgate.service.exceptions import (
+    Conflict,
+    Forbidden,
+    GuardDenied,
+    IdempotencyMismatch,
+    RulesFailed,
+    SendFailed,
+    StaleVersion,
+    Unprocessable,
+)
 from tollgate.service.problems import problem
 from tollgate.service.sweeps import Sweeps, rfc3339
 from tollgate.service.tables import (
@@ -45,21 +55,7 @@ from tollgate.service.tables import (
 from tollgate.service.unit_of_work import UnitOfWork, account_view
 from tollgate.workflows.definitions import CREATE_EVENT, definitions
 from tollgate.workflows.engine import Engine
-from tollgate.workflows.exceptions import (
-    BadRequest,
-    Conflict,
-    Forbidden,
-    GuardDenied,
-    IdempotencyMismatch,
-    NotFound,
-    Problem,
-    RulesError,
-    RulesFailed,
-    SendFailed,
-    StaleVersion,
-    TollgateError,
-    Unprocessable,
-)
+from tollgate.workflows.exceptions import BadRequest, NotFound, Problem, RulesError, TollgateError
 from tollgate.workflows.policy import Policy, load_policy
 from tollgate.workflows.secrets import redact_context, redact_payload
 
