@@ -40,6 +40,7 @@ from tollgate.service.exceptions import (
     StaleVersion,
     Unprocessable,
 )
+from tollgate.service.passwords import new_engine
 from tollgate.service.problems import problem
 from tollgate.service.sweeps import Sweeps, rfc3339
 from tollgate.service.tables import (
@@ -133,7 +134,7 @@ class Runtime(Sweeps):
             with self._engines_lock:
                 engine = self._engines.get(version.sha256)
                 if engine is None:
-                    engine = Engine(load_policy(version.yaml, rules_files.display_name(version.source)))
+                    engine = new_engine(load_policy(version.yaml, rules_files.display_name(version.source)))
                     self._engines[version.sha256] = engine
         return engine
 
@@ -212,7 +213,7 @@ class Runtime(Sweeps):
 
     def keep_engine(self, policy: Policy) -> None:
         with self._engines_lock:
-            self._engines.setdefault(policy.sha256, Engine(policy))
+            self._engines.setdefault(policy.sha256, new_engine(policy))
 
     def import_rules_file(self, path: str | Path, *, force: bool = False,
                           actor: str = rules_files.STARTUP) -> tuple[RulesVersion, bool]:
