@@ -30,10 +30,11 @@ from transitions import EventData, Machine
 
 from bench.report import Figure, print_table, write_json
 from tollgate.service.passwords import new_engine
+from tollgate.service.policy_files import load_policy_file
 from tollgate.workflows.definitions import Definition
 from tollgate.workflows.engine import Engine
 from tollgate.workflows.outcome import Snapshot
-from tollgate.workflows.policy import Policy, load_policy_file
+from tollgate.workflows.policy import Policy
 
 __all__ = ["CASES", "CoreCase", "bare_trigger", "core_figures", "engine_call", "main"]
 

@@ -41,6 +41,7 @@ from tollgate.service.exceptions import (
     Unprocessable,
 )
 from tollgate.service.passwords import new_engine
+from tollgate.service.policy_files import definitions, load_policy
 from tollgate.service.problems import problem
 from tollgate.service.sweeps import Sweeps, rfc3339
 from tollgate.service.tables import (
@@ -54,10 +55,10 @@ from tollgate.service.tables import (
     timers,
 )
 from tollgate.service.unit_of_work import UnitOfWork, account_view
-from tollgate.workflows.definitions import CREATE_EVENT, definitions
+from tollgate.workflows.definitions import CREATE_EVENT
 from tollgate.workflows.engine import Engine
 from tollgate.workflows.exceptions import BadRequest, NotFound, Problem, RulesError, TollgateError
-from tollgate.workflows.policy import Policy, load_policy
+from tollgate.workflows.policy import Policy
 from tollgate.workflows.secrets import redact_context, redact_payload
 
 #: The fingerprint of a key stored before fingerprints were keyed (migration 0007 erased the

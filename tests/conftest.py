@@ -21,9 +21,10 @@ import pytest
 import yaml
 
 from tollgate.service.passwords import new_engine
+from tollgate.service.policy_files import load_policy
 from tollgate.workflows.engine import Engine
 from tollgate.workflows.outcome import Outcome, Snapshot
-from tollgate.workflows.policy import Policy, load_policy
+from tollgate.workflows.policy import Policy
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_PATH = ROOT / "rules.yaml"

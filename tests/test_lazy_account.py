@@ -18,12 +18,12 @@ from tests.conftest import KST, RULES_PATH
 from tests.test_sweep import ISSUE_AT, Month
 from tollgate.service.db import Database
 from tollgate.service.passwords import new_engine
+from tollgate.service.policy_files import load_policy_file
 from tollgate.service.runtime import Runtime
 from tollgate.service.unit_of_work import LazyAccount, UnitOfWork, account_view
 from tollgate.workflows.actions import ACTIONS, reads_account
 from tollgate.workflows.engine import Engine
 from tollgate.workflows.outcome import Step
-from tollgate.workflows.policy import load_policy_file
 
 AUTOPAY_DAY = datetime(2026, 11, 10, 0, 0, tzinfo=KST)
 
