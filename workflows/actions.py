@@ -9,10 +9,11 @@ from the `Step` (`step.rng`, `step.hasher`: the caller's, `workflows/ports.py`).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import lru_cache
 from types import CodeType
+from typing import Any
 
 from tollgate.workflows import calendar
 from tollgate.workflows.exceptions import BadRequest, Problem
@@ -209,7 +210,7 @@ def add_usage(step: Step) -> None:
     step.context["usage"] = usage
 
 
-def _expiry_order(credit: dict) -> tuple[datetime, str]:
+def _expiry_order(credit: Mapping[str, Any]) -> tuple[datetime, str]:
     """Sort key of a credit fact: its expiry as an instant (texts with different offsets do not
     sort by time), then its id."""
     expires = credit["expires_at"]
