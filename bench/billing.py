@@ -186,7 +186,7 @@ def _time_trigger(seconds: float, rounds: int, ready: Callable[[], object] = lam
     from statistics import median
 
     from bench.core import CASES, bare_trigger
-    from tollgate.workflows.policy import load_policy_file
+    from tollgate.service.policy_files import load_policy_file
 
     case = next(c for c in CASES if c.event == "pay_now")
     call = bare_trigger(load_policy_file(ROOT / "rules.yaml").definitions[case.workflow], case)

@@ -29,10 +29,12 @@ from zoneinfo import ZoneInfo
 from transitions import EventData, Machine
 
 from bench.report import Figure, print_table, write_json
+from tollgate.service.passwords import new_engine
+from tollgate.service.policy_files import load_policy_file
 from tollgate.workflows.definitions import Definition
 from tollgate.workflows.engine import Engine
 from tollgate.workflows.outcome import Snapshot
-from tollgate.workflows.policy import Policy, load_policy_file
+from tollgate.workflows.policy import Policy
 
 __all__ = ["CASES", "CoreCase", "bare_trigger", "core_figures", "engine_call", "main"]
 
@@ -186,7 +188,7 @@ def core_figures(policy: Policy | None = None, *, quick: bool = False,
                  progress: Callable[[str], None] | None = None) -> list[Figure]:
     """One figure per case: engine µs/event against the bare trigger in the same run."""
     policy = policy or load_policy_file("rules.yaml")
-    engine = Engine(policy)
+    engine = new_engine(policy)
     repeat, seconds = (5, 0.02) if quick else (15, 0.1)
     figures = []
     for case in cases:

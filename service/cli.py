@@ -17,9 +17,10 @@ from typing import Any
 
 from tollgate import __version__
 from tollgate.bundled import default_rules_path
+from tollgate.service.policy_files import load_policy_file
 from tollgate.workflows.diagrams import RENDERERS, render, workflow_diagram
 from tollgate.workflows.exceptions import NotFound, Problem, RulesError, TollgateError
-from tollgate.workflows.policy import Policy, load_policy_file
+from tollgate.workflows.policy import Policy
 
 Handler = Callable[[argparse.Namespace], int]
 Subparsers = Any  # argparse's _SubParsersAction is private; its API is add_parser().

@@ -20,7 +20,8 @@ from typing import Any
 
 from tollgate.service.api.routes import JSON, ROUTES, Reply, Route
 from tollgate.service.api.support import API_SCHEMAS, schema
-from tollgate.workflows.definitions import Definition, definitions
+from tollgate.service.policy_files import definitions
+from tollgate.workflows.definitions import Definition
 
 PROBLEM = "application/problem+json"
 ERROR_TEXT = {

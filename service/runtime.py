@@ -30,6 +30,18 @@ from tollgate.service import facts as fact_providers
 from tollgate.service import rules_files
 from tollgate.service.bulk import dumps
 from tollgate.service.db import Database
+from tollgate.service.exceptions import (
+    Conflict,
+    Forbidden,
+    GuardDenied,
+    IdempotencyMismatch,
+    RulesFailed,
+    SendFailed,
+    StaleVersion,
+    Unprocessable,
+)
+from tollgate.service.passwords import new_engine
+from tollgate.service.policy_files import definitions, load_policy
 from tollgate.service.problems import problem
 from tollgate.service.sweeps import Sweeps, rfc3339
 from tollgate.service.tables import (
@@ -43,24 +55,10 @@ from tollgate.service.tables import (
     timers,
 )
 from tollgate.service.unit_of_work import UnitOfWork, account_view
-from tollgate.workflows.definitions import CREATE_EVENT, definitions
+from tollgate.workflows.definitions import CREATE_EVENT
 from tollgate.workflows.engine import Engine
-from tollgate.workflows.exceptions import (
-    BadRequest,
-    Conflict,
-    Forbidden,
-    GuardDenied,
-    IdempotencyMismatch,
-    NotFound,
-    Problem,
-    RulesError,
-    RulesFailed,
-    SendFailed,
-    StaleVersion,
-    TollgateError,
-    Unprocessable,
-)
-from tollgate.workflows.policy import Policy, load_policy
+from tollgate.workflows.exceptions import BadRequest, NotFound, Problem, RulesError, TollgateError
+from tollgate.workflows.policy import Policy
 from tollgate.workflows.secrets import redact_context, redact_payload
 
 #: The fingerprint of a key stored before fingerprints were keyed (migration 0007 erased the
@@ -137,7 +135,7 @@ class Runtime(Sweeps):
             with self._engines_lock:
                 engine = self._engines.get(version.sha256)
                 if engine is None:
-                    engine = Engine(load_policy(version.yaml, rules_files.display_name(version.source)))
+                    engine = new_engine(load_policy(version.yaml, rules_files.display_name(version.source)))
                     self._engines[version.sha256] = engine
         return engine
 
@@ -216,7 +214,7 @@ class Runtime(Sweeps):
 
     def keep_engine(self, policy: Policy) -> None:
         with self._engines_lock:
-            self._engines.setdefault(policy.sha256, Engine(policy))
+            self._engines.setdefault(policy.sha256, new_engine(policy))
 
     def import_rules_file(self, path: str | Path, *, force: bool = False,
                           actor: str = rules_files.STARTUP) -> tuple[RulesVersion, bool]:

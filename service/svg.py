@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from tollgate.workflows.exceptions import DiagramUnavailable
+from tollgate.service.exceptions import DiagramUnavailable
 
 MISSING = ("Graphviz is not installed: install the Debian package `graphviz` (apt-get install "
            "graphviz) or use --format dot/mermaid.")

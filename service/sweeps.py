@@ -33,21 +33,19 @@ from sqlalchemy import Connection, insert, or_, select, update
 
 from tollgate.service import facts as fact_providers
 from tollgate.service.bulk import BulkWriter, parse_sqlite_timestamp
-from tollgate.service.parallel import SPANS_PER_WORKER, WINDOW_BATCHES, WorkerPool
-from tollgate.service.tables import clocks
-from tollgate.service.unit_of_work import UnitOfWork
-from tollgate.workflows.exceptions import (
-    BadRequest,
+from tollgate.service.exceptions import (
     ClockBusy,
     ClockError,
     Conflict,
     GuardDenied,
-    InvalidTransition,
-    NotFound,
     RulesFailed,
     SendFailed,
     StaleBatch,
 )
+from tollgate.service.parallel import SPANS_PER_WORKER, WINDOW_BATCHES, WorkerPool
+from tollgate.service.tables import clocks
+from tollgate.service.unit_of_work import UnitOfWork
+from tollgate.workflows.exceptions import BadRequest, InvalidTransition, NotFound
 
 if TYPE_CHECKING:
     from tollgate.service.db import Database

@@ -22,20 +22,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tollgate.service import facts
 from tollgate.service.bulk import BulkWriter, aware_utc, parse_sqlite_timestamp
+from tollgate.service.exceptions import GuardDenied, RulesFailed, SendFailed, StaleBatch
 from tollgate.service.tables import clocks
 from tollgate.workflows.definitions import Definition
 from tollgate.workflows.engine import Engine
-from tollgate.workflows.exceptions import (
-    BadRequest,
-    GuardDenied,
-    InvalidTransition,
-    NotFound,
-    Reason,
-    RulesFailed,
-    SendFailed,
-    StaleBatch,
-    TollgateError,
-)
+from tollgate.workflows.exceptions import BadRequest, InvalidTransition, NotFound, Reason, TollgateError
 from tollgate.workflows.outcome import Outcome, Snapshot
 from tollgate.workflows.secrets import redact
 

@@ -20,9 +20,11 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
+from tollgate.service.passwords import new_engine
+from tollgate.service.policy_files import load_policy
 from tollgate.workflows.engine import Engine
 from tollgate.workflows.outcome import Outcome, Snapshot
-from tollgate.workflows.policy import Policy, load_policy
+from tollgate.workflows.policy import Policy
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_PATH = ROOT / "rules.yaml"
@@ -47,7 +49,7 @@ def policy(rules_text: str) -> Policy:
 
 @pytest.fixture(scope="session")
 def engine(policy: Policy) -> Engine:
-    return Engine(policy)
+    return new_engine(policy)
 
 
 # ── modified rules ────────────────────────────────────────────────────────────────────────────
@@ -71,7 +73,7 @@ def engine_with(rules_data: Callable[[], dict[str, Any]]) -> Callable[..., Engin
         data = rules_data()
         edit(data)
         text = yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
-        return Engine(load_policy(text, "modified-rules.yaml"))
+        return new_engine(load_policy(text, "modified-rules.yaml"))
 
     return build
 

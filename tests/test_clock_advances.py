@@ -24,11 +24,11 @@ from tests.conftest import KST, RULES_PATH
 from tests.test_sweep import START, Month
 from tollgate.service.bulk import BulkWriter
 from tollgate.service.db import Database
+from tollgate.service.exceptions import ClockBusy, ClockError
 from tollgate.service.runtime import Runtime
 from tollgate.service.sweeps import Sweeps, rfc3339
 from tollgate.service.tables import clocks
 from tollgate.service.unit_of_work import INSTANCE_COLUMNS
-from tollgate.workflows.exceptions import ClockBusy, ClockError
 
 END = datetime(2026, 11, 15, tzinfo=KST)
 #: Four advances at once, to different targets: the clock must end at the latest.

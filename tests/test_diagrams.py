@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from tollgate.service.cli import main
+from tollgate.service.exceptions import DiagramUnavailable
+from tollgate.service.policy_files import load_policy_file
 from tollgate.service.svg import MISSING, render_svg
 from tollgate.workflows.definitions import Transition
 from tollgate.workflows.diagrams import (
@@ -24,8 +26,8 @@ from tollgate.workflows.diagrams import (
     to_mermaid,
     workflow_diagram,
 )
-from tollgate.workflows.exceptions import DiagramUnavailable, NotFound
-from tollgate.workflows.policy import Policy, load_policy_file
+from tollgate.workflows.exceptions import NotFound
+from tollgate.workflows.policy import Policy
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "rules.yaml"

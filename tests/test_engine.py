@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tollgate.service.policy_files import definitions
 from tollgate.workflows.actions import code_digest
-from tollgate.workflows.definitions import definitions
 from tollgate.workflows.engine import REDACTED, fast_check
 from tollgate.workflows.exceptions import BadRequest, InvalidTransition
 from tollgate.workflows.outcome import Snapshot

@@ -18,7 +18,7 @@ import cel
 import pytest
 from conftest import Api
 
-from tollgate.workflows.definitions import definitions
+from tollgate.service.policy_files import check, definitions, load_policy
 from tollgate.workflows.exceptions import ExpressionError, Problem, RulesError
 from tollgate.workflows.expression_budget import (
     MAX_AST_NODES,
@@ -29,7 +29,6 @@ from tollgate.workflows.expression_budget import (
 )
 from tollgate.workflows.expressions import combine, compile_expression
 from tollgate.workflows.guards import GuardSet, Rule
-from tollgate.workflows.policy import check, load_policy
 
 TESTS = Path(__file__).resolve().parent
 RULES = TESTS.parent / "rules.yaml"

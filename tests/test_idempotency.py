@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from tollgate.service.db import Database
+from tollgate.service.exceptions import IdempotencyMismatch
 from tollgate.service.runtime import Runtime
-from tollgate.workflows.exceptions import IdempotencyMismatch
 
 RULES = Path(__file__).resolve().parent.parent / "rules.yaml"
 

@@ -15,8 +15,8 @@ import yaml
 from conftest import Api, kst_instant
 
 from tollgate.service.api.support import API_SCHEMAS
+from tollgate.service.policy_files import definitions
 from tollgate.workflows import limits
-from tollgate.workflows.definitions import definitions
 
 DEFINITIONS = Path(__file__).resolve().parent.parent / "workflows" / "definitions"
 

@@ -17,12 +17,13 @@ import pytest
 from tests.conftest import KST, RULES_PATH
 from tests.test_sweep import ISSUE_AT, Month
 from tollgate.service.db import Database
+from tollgate.service.passwords import new_engine
+from tollgate.service.policy_files import load_policy_file
 from tollgate.service.runtime import Runtime
 from tollgate.service.unit_of_work import LazyAccount, UnitOfWork, account_view
 from tollgate.workflows.actions import ACTIONS, reads_account
 from tollgate.workflows.engine import Engine
 from tollgate.workflows.outcome import Step
-from tollgate.workflows.policy import load_policy_file
 
 AUTOPAY_DAY = datetime(2026, 11, 10, 0, 0, tzinfo=KST)
 
@@ -66,7 +67,7 @@ def test_actions_that_name_the_account_its_email_or_phone_are_found() -> None:
 
 
 def test_the_engine_knows_which_events_read_the_account() -> None:
-    engine = Engine(load_policy_file(RULES_PATH))
+    engine = new_engine(load_policy_file(RULES_PATH))
     policy = engine.policy
     for (workflow, event), _ in engine._plans.items():
         named = any("account" in rule.expression.roots for rule in policy.guards(workflow, event).rules)
@@ -129,5 +130,6 @@ def test_a_lazy_account_is_the_account_view_or_empty_when_there_is_none(runtime:
         assert not missing and dict(missing) == {} and missing.get("email") is None
         assert not LazyAccount(uow, None)
     step = Step(instance_id="inv-1", workflow="invoice", data={}, context={"email": "ctx@example.com"},
-                secrets={}, account=missing, facts={}, now=ISSUE_AT, params={}, zone=KST, rng=None)  # type: ignore[arg-type]
+                secrets={}, account=missing, facts={}, now=ISSUE_AT, params={}, zone=KST,
+                rng=None, hasher=None)  # type: ignore[arg-type]
     assert step.email == "ctx@example.com"  # as with no account at all

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from tollgate.service.cli import main
-from tollgate.workflows.definitions import DEFINITIONS, load_definition
+from tollgate.service.policy_files import check, load_definition
 from tollgate.workflows.exceptions import DefinitionError, Problem
-from tollgate.workflows.policy import check
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "rules.yaml"
+DEFINITIONS = REPO / "workflows" / "definitions"
 LINE = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<column>\d+) (?P<path>\$\S*): (?P<message>.+)$")
 
 

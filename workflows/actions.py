@@ -2,18 +2,18 @@
 
 Definitions name these (`prepare`, `actions`, `on_denied`); a name missing here fails when the
 definition loads. Actions read numbers from `step.params` (rules.yaml), never from constants, and
-touch nothing outside the `Step`: no I/O, no wall clock.
+touch nothing outside the `Step`: no I/O, no wall clock; randomness and password hashing come
+from the `Step` (`step.rng`, `step.hasher`: the caller's, `workflows/ports.py`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import lru_cache
 from types import CodeType
-
-from argon2 import PasswordHasher
+from typing import Any
 
 from tollgate.workflows import calendar
 from tollgate.workflows.exceptions import BadRequest, Problem
@@ -22,9 +22,6 @@ from tollgate.workflows.outcome import Step
 
 Action = Callable[[Step], None]
 ACTIONS: dict[str, Action] = {}
-
-_hasher = PasswordHasher()
-
 
 def action(fn: Action) -> Action:
     ACTIONS[fn.__name__] = fn
@@ -58,17 +55,6 @@ def stamp(moment: datetime) -> str:
 
 def code_digest(code: str) -> str:
     return hashlib.sha256(code.strip().encode()).hexdigest()
-
-
-def hash_password(password: str) -> str:
-    return _hasher.hash(password)
-
-
-def verify_password(hashed: str, password: str) -> bool:
-    try:
-        return _hasher.verify(hashed, password)
-    except Exception:  # argon2 raises VerifyMismatchError and friends
-        return False
 
 
 # ── signup ────────────────────────────────────────────────────────────────────────────────────
@@ -111,7 +97,7 @@ def mark_email_verified(step: Step) -> None:
 
 @action
 def store_password_hash(step: Step) -> None:
-    step.secrets["password_hash"] = hash_password(step.data["password"])
+    step.secrets["password_hash"] = step.hasher.hash(step.data["password"])
     step.context["password_set_at"] = stamp(step.now)
 
 
@@ -224,7 +210,7 @@ def add_usage(step: Step) -> None:
     step.context["usage"] = usage
 
 
-def _expiry_order(credit: dict) -> tuple[datetime, str]:
+def _expiry_order(credit: Mapping[str, Any]) -> tuple[datetime, str]:
     """Sort key of a credit fact: its expiry as an instant (texts with different offsets do not
     sort by time), then its id."""
     expires = credit["expires_at"]

@@ -31,7 +31,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from operator import itemgetter
-from typing import Any
+from typing import Any, overload
 
 __all__ = ["PURE", "Fallback", "Native", "compile_subset"]
 
@@ -132,6 +132,10 @@ def _unicode(value: str) -> str:
     return value
 
 
+@overload
+def _checked(value: int) -> int: ...
+@overload
+def _checked(value: Any) -> Any: ...
 def _checked(value: Any) -> Any:
     """`value` if CEL would hold the same value, else Fallback."""
     kind = type(value)
@@ -180,7 +184,8 @@ def _plain(name: str) -> Native:
 
 def _equal(left: Node, right: Node, negate: bool) -> Node:
     def equal(values: list[Any]) -> bool:
-        a, b = left(values), right(values)
+        a: object = left(values)
+        b: object = right(values)
         kind = type(a)
         if kind is type(b) and kind in _EQUAL_TYPES:
             return (a != b) if negate else (a == b)

@@ -1,26 +1,24 @@
-"""Workflow definitions: the structure of each lifecycle, loaded from `definitions/*.yaml`.
+"""Workflow definitions: the structure of each lifecycle, parsed from the text of `definitions/*.yaml`.
 
 Definitions are code-owned data (states, events, transitions, action names); policy (guards,
 routes, timers, numbers) lives in rules.yaml. A definition is checked when it is loaded: schema,
-unknown states and events, unreachable and dead-end states, unknown actions, branch order.
+unknown states and events, unreachable and dead-end states, unknown actions, branch order. The
+files are read by the I/O side (`service/policy_files.py`), which hands over their text.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
 
 from tollgate.workflows.actions import ACTIONS
-from tollgate.workflows.documents import Document, load_yaml_file, schema_problems, validator_for
+from tollgate.workflows.documents import Document, load_yaml, schema_problems, validator_for
 from tollgate.workflows.exceptions import DefinitionError, Problem
 from tollgate.workflows.secrets import write_only_fields
 
-DEFINITIONS = Path(__file__).resolve().parent / "definitions"
 WORKFLOWS = ("signup", "payment_method", "credit", "invoice")
 CREATE_EVENT = "create"
 
@@ -98,8 +96,8 @@ def _as_list(value: Any) -> list[str]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def _build(doc: Document) -> tuple[Definition | None, list[Problem]]:
-    problems = schema_problems(doc, "workflow.schema.json")
+def _build(doc: Document, schema: Draft202012Validator) -> tuple[Definition | None, list[Problem]]:
+    problems = schema_problems(doc, schema)
     if problems:
         return None, problems
     raw = doc.data
@@ -200,21 +198,22 @@ def _structure_problems(definition: Definition, doc: Document) -> list[Problem]:
     return problems
 
 
-def load_definition(path: Path) -> Definition:
-    doc, problems = load_yaml_file(path)
+def parse_definition(text: str, file: str, schema: Draft202012Validator) -> Definition:
+    """The definition in `text` (read from `file`), checked against `schema` (workflow.schema.json)
+    and for consistency; raise `DefinitionError` listing every problem."""
+    doc, problems = load_yaml(text, file)
     if doc is None:
         raise DefinitionError(problems)
-    definition, more = _build(doc)
+    definition, more = _build(doc, schema)
     problems += more
     if problems or definition is None:
         raise DefinitionError(problems)
     return definition
 
 
-@cache
-def definitions() -> Mapping[str, Definition]:
-    """The four bundled workflow definitions, checked once per process."""
-    loaded = {name: load_definition(DEFINITIONS / f"{name}.yaml") for name in WORKFLOWS}
+def named_as_files(loaded: Mapping[str, Definition]) -> Mapping[str, Definition]:
+    """`loaded` (each definition under the name of its file, `signup` for signup.yaml), once each
+    defines the workflow its file is named for; raise `DefinitionError` otherwise."""
     for name, definition in loaded.items():
         if definition.name != name:
             raise DefinitionError([Problem("$.workflow", f"The file {name}.yaml defines '{definition.name}'.",

@@ -3,7 +3,8 @@
 `load_yaml` uses PyYAML's safe constructor on a composed node tree, so no tag can build Python
 objects, and records the line and column of each value by JSON path. `schema_problems` validates
 a document against one of our JSON Schemas and returns every error, most relevant first, with
-its position.
+its position. Reading files is the caller's (`service/policy_files.py`): this module gets text
+and parsed schemas.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import json
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -23,8 +22,6 @@ from jsonschema import Draft202012Validator, FormatChecker
 from tollgate.workflows.calendar import as_utc, parse_clock_time, parse_instant
 from tollgate.workflows.exceptions import Problem
 from tollgate.workflows.secrets import touches_secret, value_free_message
-
-SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 
 PathKey = tuple[str | int, ...]
 
@@ -190,16 +187,6 @@ def load_yaml(text: str, file: str) -> tuple[Document | None, list[Problem]]:
     return doc, problems
 
 
-def load_yaml_file(path: Path) -> tuple[Document | None, list[Problem]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        return None, [Problem("$", f"The file cannot be read: {error.strerror}.", str(path))]
-    except UnicodeDecodeError as error:
-        return None, [Problem("$", f"The file is not UTF-8 text ({error.reason}).", str(path))]
-    return load_yaml(text, str(path))
-
-
 _format_checker = FormatChecker()
 
 #: RFC 3339 `date-time` (section 5.6) with ASCII digits: what `ts()` and the actions can parse.
@@ -231,19 +218,10 @@ def _is_hhmm(value: object) -> bool:
     return True
 
 
-@cache
-def schema(name: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((SCHEMAS / name).read_text(encoding="utf-8"))
-    return loaded
-
-
-@cache
-def validator(name: str) -> Draft202012Validator:
-    return Draft202012Validator(schema(name), format_checker=_format_checker)
-
-
 def validator_for(sub_schema: Mapping[str, Any]) -> Draft202012Validator:
-    """A validator for a schema embedded in a definition (event data, creation context)."""
+    """A validator with the core's format checks: for one of our JSON Schemas (`rules.schema.json`,
+    `workflow.schema.json`, as the caller read it) or one embedded in a definition (event data,
+    creation context)."""
     return Draft202012Validator(dict(sub_schema), format_checker=_format_checker)
 
 
@@ -279,11 +257,11 @@ def _relevance(error: jsonschema.ValidationError) -> tuple[int, int]:
     return (-len(error.absolute_path), 0 if error.validator in ("required", "type") else 1)
 
 
-def schema_problems(doc: Document, schema_name: str, instance: Any = None,
+def schema_problems(doc: Document, schema: Draft202012Validator, instance: Any = None,
                     base: PathKey = ()) -> list[Problem]:
-    """Every schema violation in the document (or in `instance` found at `base` inside it)."""
+    """Every violation of `schema` in the document (or in `instance` found at `base` inside it)."""
     target = doc.data if instance is None else instance
-    errors = sorted(validator(schema_name).iter_errors(target), key=_relevance)
+    errors = sorted(schema.iter_errors(target), key=_relevance)
     out = []
     for error in errors:
         if error.validator in ("if", "then", "else") and error.context:

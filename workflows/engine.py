@@ -1,22 +1,21 @@
 """The engine: `transitions` machines built once per rules version, driven by pure calls.
 
 `Engine.decide(snapshot, event, data, now)` judges one event and returns an `Outcome`; it never
-mutates its inputs, reads the clock or does I/O. Each workflow has one `transitions.Machine`
-(`auto_transitions=False`) with one long-lived cursor model: a call positions the cursor on the
-snapshot's state and takes the event's transition, so no model is bound per request. Route rules
-are the machine's conditions; the event's actions run once the transition has been taken.
+mutates its inputs, reads the clock, draws randomness of its own or does I/O (entropy and the
+password hasher are the caller's, bound once when the engine is built: `workflows/ports.py`).
+Each workflow has one `transitions.Machine` (`auto_transitions=False`) that no model is bound to:
+a call hands it a small cursor on the snapshot's state and takes the event's transition, so calls
+share nothing mutable and need no lock. Route rules are the machine's conditions; the event's
+actions run once the transition has been taken.
 """
 
 from __future__ import annotations
 
 import operator
 import re
-import secrets
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from random import Random
 from typing import Any, cast
 
 from jsonschema import Draft202012Validator
@@ -31,11 +30,9 @@ from tollgate.workflows.guards import GuardSet, holds
 from tollgate.workflows.machines import LeanMachine
 from tollgate.workflows.outcome import Outcome, Snapshot, Step, TimerSpec
 from tollgate.workflows.policy import Policy, TimerRule
+from tollgate.workflows.ports import Entropy, SecretHasher
 from tollgate.workflows.secrets import REDACTED as REDACTED  # re-exported: tests and callers name it here
 from tollgate.workflows.secrets import redact, redact_reasons
-
-_system_random = secrets.SystemRandom()
-
 
 # ── a fast path for data validation ─────────────────────────────────────────────────────────
 #
@@ -133,12 +130,16 @@ def fast_check(validator: Draft202012Validator) -> Check | None:
 
 
 class _Cursor:
-    """The single model of a workflow's machine; holds the step being applied."""
+    """The model one call hands its workflow's machine: the state it is in, the inputs its route
+    conditions read and the route rules that held. One per call, so concurrent calls on the same
+    machine share nothing they write (a slotted object costs about what a lock did)."""
 
-    state: str
-    step: Step
-    inputs: dict[str, Any]
-    notes: list[Reason | None]
+    __slots__ = ("inputs", "notes", "state")
+
+    def __init__(self, state: str, inputs: dict[str, Any]) -> None:
+        self.state = state
+        self.inputs = inputs
+        self.notes: list[Reason | None] = []
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ class _TimerPlan:
 
 
 class WorkflowMachine:
-    """One workflow's `transitions.Machine` for one rules version, with its cursor and lock.
+    """One workflow's `transitions.Machine` for one rules version.
 
     Everything a call can know before it sees data is computed here once: the branches and
     internal-ness of each (event, state), the fast data checks, the timer plan of each move.
@@ -159,8 +160,6 @@ class WorkflowMachine:
     def __init__(self, definition: Definition, policy: Policy) -> None:
         self.definition = definition
         self.policy = policy
-        self.cursor = _Cursor()
-        self.lock = threading.Lock()
         self.timers = policy.timers_of(definition.name)
         self.data_checks = {name: fast_check(e.validator) for name, e in definition.events.items()}
         self.context_check = fast_check(definition.context_validator)
@@ -179,7 +178,7 @@ class WorkflowMachine:
             if t.when:
                 spec["conditions"] = [self._route(t.when)]
             transitions.append(spec)
-        self.machine = LeanMachine(model=self.cursor, states=list(definition.state_names),
+        self.machine = LeanMachine(model=None, states=list(definition.state_names),
                                initial=definition.initial, transitions=transitions,
                                auto_transitions=False, send_event=True, name=definition.name)
         self.actions = {name: tuple(ACTIONS[a] for a in e.actions)
@@ -214,23 +213,17 @@ class WorkflowMachine:
         resolution.
         """
         trigger, candidates = self._paths[(event, state)]
-        actions = self.actions[event]
         machine = self.machine
-        with self.lock:
-            cursor = self.cursor
-            cursor.state = state
-            cursor.step = step
-            cursor.inputs = inputs
-            cursor.notes = []
-            event_data = EventData(machine.states[state], trigger, machine, cursor, (), {})
-            for transition in candidates:
-                event_data.transition = transition
-                if transition.execute(event_data):
-                    event_data.result = True
-                    for action in actions:
-                        action(step)
-                    break
-            return cursor.state, [n for n in cursor.notes if n is not None]
+        cursor = _Cursor(state, inputs)
+        event_data = EventData(machine.states[state], trigger, machine, cursor, (), {})
+        for transition in candidates:
+            event_data.transition = transition
+            if transition.execute(event_data):
+                event_data.result = True
+                for action in self.actions[event]:
+                    action(step)
+                break
+        return cursor.state, [n for n in cursor.notes if n is not None]
 
     def timer_plan(self, source: str | None, target: str) -> _TimerPlan:
         """The timers to evaluate or cancel when an instance moves from `source` to `target`."""
@@ -263,9 +256,13 @@ class _EventPlan:
 class Engine:
     """Judges events for every workflow under one policy version."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, *, entropy: Entropy, hasher: SecretHasher) -> None:
+        """`entropy` draws the codes sent to people, `hasher` hashes passwords: the caller's
+        (`service/passwords.py`), bound here once rather than passed with every event."""
         self.policy = policy
         self.version = policy.version
+        self.entropy = entropy
+        self.hasher = hasher
         self.machines = {name: WorkflowMachine(d, policy) for name, d in policy.definitions.items()}
         self._plans = {
             (name, event): _EventPlan(machine.definition, machine, machine.data_checks[event],
@@ -301,14 +298,15 @@ class Engine:
         return any(reads_account(ACTIONS[name]) for name in (*spec.prepare, *spec.actions, *spec.on_denied))
 
     def _step(self, snapshot: Snapshot, data: Mapping[str, Any], now: datetime,
-              rng: Random | None) -> Step:
+              rng: Entropy | None) -> Step:
         # Copy-on-write: actions assign, pop or replace top-level keys and build new lists and
         # maps for nested values (workflows/actions.py), so a shallow copy keeps the snapshot's
         # context untouched; tests/test_engine.py checks this for every event.
         return Step(instance_id=snapshot.id, workflow=snapshot.workflow, data=data,
                     context=dict(snapshot.context), secrets=dict(snapshot.secrets),
                     account=snapshot.account, facts=snapshot.facts, now=now,
-                    params=self.policy.params, zone=self.policy.zone, rng=rng or _system_random)
+                    params=self.policy.params, zone=self.policy.zone, rng=rng or self.entropy,
+                    hasher=self.hasher)
 
     @staticmethod
     def _timer_changes(plan: _TimerPlan, inputs: Mapping[str, Any]
@@ -347,8 +345,9 @@ class Engine:
     # ── the two entry points ─────────────────────────────────────────────────────────────────
 
     def decide(self, snapshot: Snapshot, event: str, data: Mapping[str, Any], now: datetime,
-               *, rng: Random | None = None) -> Outcome:
-        """Judge `event` with `data` for the instance in `snapshot` at time `now`."""
+               *, rng: Entropy | None = None) -> Outcome:
+        """Judge `event` with `data` for the instance in `snapshot` at time `now`; `rng` replaces
+        the engine's entropy for this one decision (a test's seeded `random.Random`)."""
         workflow, source = snapshot.workflow, snapshot.state
         plan = self._plans.get((workflow, event))
         if plan is None or type(data) is not dict or plan.check is None or not plan.check(data):

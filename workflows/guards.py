@@ -7,7 +7,6 @@ call, so a denial lists every failed rule at the cost of converting the inputs o
 from __future__ import annotations
 
 import hmac
-import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,17 +24,18 @@ INPUT_MAPS = ("data", "context", "account", "facts")
 _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
 
+#: The logger the CEL engine writes to.
 CEL_LOGGER = "cel"
 
 
-def _drop_helper_failures(record: logging.LogRecord) -> bool:
-    """The CEL engine logs each failing helper call, with the error quoting its arguments (a
-    password given to `ts()`), as a warning before it raises; the raise is what counts: it becomes
-    a rule's reason here (redacted where the data holds secrets), so the log record is dropped."""
-    return not record.getMessage().startswith("Python function ")
+def is_helper_failure(message: str) -> bool:
+    """Whether a message of the CEL engine's logger reports a failing helper call.
 
-
-logging.getLogger(CEL_LOGGER).addFilter(_drop_helper_failures)
+    The engine logs each one, with the error quoting its arguments (a password given to `ts()`),
+    as a warning before it raises; the raise is what counts: it becomes a rule's reason here
+    (redacted where the data holds secrets), so the caller drops such records from its logs
+    (`service/passwords.py`): the core itself does no logging."""
+    return message.startswith("Python function ")
 
 
 def helper_functions(zone: ZoneInfo) -> dict[str, Callable[..., Any]]:

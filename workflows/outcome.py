@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from random import Random
 from types import MappingProxyType
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from tollgate.workflows.exceptions import Reason
+from tollgate.workflows.ports import Entropy, SecretHasher
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -101,7 +101,8 @@ class Step:
     now: datetime
     params: Mapping[str, Any]
     zone: ZoneInfo
-    rng: Random
+    rng: Entropy  # the engine's, bound once (or a caller's for one decision)
+    hasher: SecretHasher
     notifications: list[Notification] = field(default_factory=list)
     sends: list[Send] = field(default_factory=list)
 

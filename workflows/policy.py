@@ -3,7 +3,8 @@
 YAML (safe loader, positions kept) → JSON Schema (every error, with line, column and path) →
 policy consistency → compiled CEL expressions → rules and timers bound to the workflow
 definitions. Any problem anywhere refuses the whole file with every problem listed; nothing
-downstream re-validates.
+downstream re-validates. The caller reads the file and hands over its text, the workflow
+definitions and the rules schema (`service/policy_files.py`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from jsonschema import Draft202012Validator
+
 from tollgate.workflows.calendar import parse_clock_time
-from tollgate.workflows.definitions import CREATE_EVENT, Definition, definitions
+from tollgate.workflows.definitions import CREATE_EVENT, Definition
 from tollgate.workflows.documents import Document, PathKey, load_yaml, schema_problems
 from tollgate.workflows.exceptions import Problem, RulesError
 from tollgate.workflows.expressions import Expression, ExpressionError, compile_expression
@@ -181,20 +183,26 @@ def _check_facts(doc: Document, path: PathKey, expression: Expression, definitio
         if missing:
             problems.append(doc.problem(path, f"The fact '{binding.field}' is not supplied for the "
                                         f"event(s) {', '.join(missing)}; add them to its events in "
-                                        f"{Path(definition.file).name}."))
+                                        f"{_file_name(definition.file)}."))
 
 
-def load_policy(text: str, file: str = "rules.yaml",
-                workflow_definitions: Mapping[str, Definition] | None = None) -> Policy:
-    """Validate and compile rules text; raise `RulesError` listing every problem."""
-    defs = workflow_definitions or definitions()
+def _file_name(path: str) -> str:
+    """The last part of a file's path, as a message names it (`invoice.yaml`)."""
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def load_policy(text: str, file: str, workflow_definitions: Mapping[str, Definition],
+                schema: Draft202012Validator) -> Policy:
+    """Validate `text` (read from `file`) against `schema` (rules.schema.json) and compile it over
+    `workflow_definitions`; raise `RulesError` listing every problem."""
+    defs = workflow_definitions
     doc, problems = load_yaml(text, file)
     if doc is None:
         raise RulesError(problems)
     if not isinstance(doc.data, dict):
         raise RulesError([Problem("$", "The rules file must be a mapping with timezone, params, rules "
                                   "and timers.", file, 1, 1)])
-    problems += schema_problems(doc, "rules.schema.json")
+    problems += schema_problems(doc, schema)
     if problems:
         raise RulesError(problems)
     raw = doc.data
@@ -300,20 +308,11 @@ def load_policy(text: str, file: str = "rules.yaml",
     return policy
 
 
-def load_policy_file(path: str | Path) -> Policy:
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as error:
-        message = f"The rules file cannot be read: {error.strerror}."
-        raise RulesError([Problem("$", message, str(file))]) from None
-    return load_policy(text, str(file))
-
-
-def check(text: str, file: str) -> list[Problem]:
+def check(text: str, file: str, workflow_definitions: Mapping[str, Definition],
+          schema: Draft202012Validator) -> list[Problem]:
     """Every problem of a rules text (empty when it would activate)."""
     try:
-        load_policy(text, file)
+        load_policy(text, file, workflow_definitions, schema)
     except RulesError as error:
         return error.problems
     return []
