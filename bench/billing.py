@@ -109,10 +109,10 @@ def seed_month(url: str, n: int, *, clock: str | None = CLOCK, usage_month: str 
                progress: Progress | None = None) -> None:
     """Migrate, activate rules.yaml and write n accounts (80 % with an active card), n open invoices
     and their issue timers with bulk inserts (not through the runtime: this is the seed)."""
-    from tollgate.service.bulk import BulkWriter
-    from tollgate.service.db import Database
-    from tollgate.service.runtime import Runtime
-    from tollgate.service.unit_of_work import INSTANCE_COLUMNS
+    from tollgate.service.application.runtime import Runtime
+    from tollgate.service.storage.bulk import BulkWriter
+    from tollgate.service.storage.db import Database
+    from tollgate.service.storage.unit_of_work import INSTANCE_COLUMNS
 
     runtime = Runtime(Database(url))
     runtime.bootstrap(ROOT / "rules.yaml")
@@ -204,8 +204,8 @@ def _time_trigger_together(barrier: Any, results: Any, seconds: float, rounds: i
 def run_month(url: str, n: int, *, progress: Progress | None = None, workers: int = 1) -> dict[str, Any]:
     """Drive the seeded month to its end; return seconds, applied transitions, peak RSS and the
     bare trigger's cost before and after the month (µs)."""
-    from tollgate.service.db import Database
-    from tollgate.service.runtime import Runtime
+    from tollgate.service.application.runtime import Runtime
+    from tollgate.service.storage.db import Database
 
     say = progress or (lambda _: None)
     runtime = Runtime(Database(url, synchronous=os.environ.get("TOLLGATE_BENCH_SYNCHRONOUS", "FULL")),

@@ -15,9 +15,9 @@ from flask import Flask, Response, g, request
 
 from tollgate.bundled import default_rules_path
 from tollgate.service import api, auth, errors
-from tollgate.service.db import DEFAULT_URL, Database
-from tollgate.service.parallel import auto_workers
-from tollgate.service.runtime import Runtime, system_now
+from tollgate.service.application.parallel import auto_workers
+from tollgate.service.application.runtime import Runtime, system_now
+from tollgate.service.storage.db import DEFAULT_URL, Database
 from tollgate.workflows.exceptions import BadRequest
 
 log = logging.getLogger("tollgate.api")

@@ -70,8 +70,8 @@ def _rules_activate(args: argparse.Namespace) -> int:
 
     Running servers and workers judge the next event by it (they read the active version from the
     database); a restart does not import the file again unless it changes."""
-    from tollgate.service.db import Database
-    from tollgate.service.runtime import Runtime
+    from tollgate.service.application.runtime import Runtime
+    from tollgate.service.storage.db import Database
 
     runtime = Runtime(Database(args.database or os.environ.get("TOLLGATE_DATABASE_URL")))
     try:
@@ -187,8 +187,8 @@ def _register_diagram(subparsers: Subparsers) -> None:
 def _prepare(args: argparse.Namespace) -> Any:
     """Point the environment at --database/--rules, migrate, import the rules file if it changed
     since its last import; the Runtime."""
-    from tollgate.service.db import Database
-    from tollgate.service.runtime import Runtime
+    from tollgate.service.application.runtime import Runtime
+    from tollgate.service.storage.db import Database
 
     if args.database:
         os.environ["TOLLGATE_DATABASE_URL"] = args.database

@@ -13,9 +13,9 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
-from tollgate.service.db import Database
-from tollgate.service.runtime import Runtime
-from tollgate.service.tables import history, instances
+from tollgate.service.application.runtime import Runtime
+from tollgate.service.storage.db import Database
+from tollgate.service.storage.tables import history, instances
 
 KST = ZoneInfo("Asia/Seoul")
 

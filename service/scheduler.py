@@ -17,7 +17,7 @@ import threading
 import time
 from types import FrameType
 
-from tollgate.service.runtime import Runtime
+from tollgate.service.application.runtime import Runtime
 
 log = logging.getLogger("tollgate.scheduler")
 

@@ -22,12 +22,12 @@ from sqlalchemy import text, update
 
 from tests.conftest import KST, RULES_PATH
 from tests.test_sweep import START, Month
-from tollgate.service.bulk import BulkWriter
-from tollgate.service.db import Database
-from tollgate.service.runtime import Runtime
-from tollgate.service.sweeps import Sweeps, rfc3339
-from tollgate.service.tables import clocks
-from tollgate.service.unit_of_work import INSTANCE_COLUMNS
+from tollgate.service.application.runtime import Runtime
+from tollgate.service.application.sweeps import Sweeps, rfc3339
+from tollgate.service.storage.bulk import BulkWriter
+from tollgate.service.storage.db import Database
+from tollgate.service.storage.tables import clocks
+from tollgate.service.storage.unit_of_work import INSTANCE_COLUMNS
 from tollgate.workflows.exceptions import ClockBusy, ClockError
 
 END = datetime(2026, 11, 15, tzinfo=KST)

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tollgate.service.db import Database
-from tollgate.service.runtime import Runtime
+from tollgate.service.application.runtime import Runtime
+from tollgate.service.storage.db import Database
 from tollgate.workflows.exceptions import IdempotencyMismatch
 
 RULES = Path(__file__).resolve().parent.parent / "rules.yaml"
@@ -88,7 +88,7 @@ def database_at_0004(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     from alembic.config import Config
     from sqlalchemy import text
 
-    from tollgate.service.db import MIGRATIONS
+    from tollgate.service.storage.db import MIGRATIONS
 
     def reset_schema(db: Database) -> None:
         with db.engine.begin() as conn:
@@ -119,7 +119,7 @@ def test_a_key_stored_with_an_unkeyed_digest_still_replays_after_the_upgrade(
 
     from sqlalchemy import insert, select
 
-    from tollgate.service.tables import idempotency
+    from tollgate.service.storage.tables import idempotency
 
     body = {"event": "set_password", "data": {"password": "Kp4#vLq9", "password_confirm": "Kp4#vLq9"}}
     request = ["POST", "/instances/acct_old/events", body]

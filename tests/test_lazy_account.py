@@ -16,9 +16,9 @@ import pytest
 
 from tests.conftest import KST, RULES_PATH
 from tests.test_sweep import ISSUE_AT, Month
-from tollgate.service.db import Database
-from tollgate.service.runtime import Runtime
-from tollgate.service.unit_of_work import LazyAccount, UnitOfWork, account_view
+from tollgate.service.application.runtime import Runtime
+from tollgate.service.storage.db import Database
+from tollgate.service.storage.unit_of_work import LazyAccount, UnitOfWork, account_view
 from tollgate.workflows.actions import ACTIONS, reads_account
 from tollgate.workflows.engine import Engine
 from tollgate.workflows.outcome import Step

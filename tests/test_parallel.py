@@ -27,12 +27,12 @@ from sqlalchemy import text
 from bench.billing import run_month, seed_month
 from tests.conftest import RULES_PATH
 from tests.test_sweep import ISSUE_AT, START, Month
-from tollgate.service.bulk import BulkWriter
-from tollgate.service.db import Database
-from tollgate.service.parallel import MAX_AUTO_WORKERS, WINDOW_BATCHES, auto_workers
-from tollgate.service.runtime import Runtime
-from tollgate.service.sweeps import Span, Sweeps, _Event
-from tollgate.service.unit_of_work import INSTANCE_COLUMNS, UnitOfWork
+from tollgate.service.application.parallel import MAX_AUTO_WORKERS, WINDOW_BATCHES, auto_workers
+from tollgate.service.application.runtime import Runtime
+from tollgate.service.application.sweeps import Span, Sweeps, _Event
+from tollgate.service.storage.bulk import BulkWriter
+from tollgate.service.storage.db import Database
+from tollgate.service.storage.unit_of_work import INSTANCE_COLUMNS, UnitOfWork
 
 
 @pytest.fixture
@@ -330,7 +330,7 @@ def test_threads_that_need_the_workers_at_once_start_one_pool(
         def close(self) -> None:
             pass
 
-    monkeypatch.setattr("tollgate.service.sweeps.WorkerPool", SlowPool)
+    monkeypatch.setattr("tollgate.service.application.sweeps.WorkerPool", SlowPool)
     with ThreadPoolExecutor(4) as threads:
         pools = list(threads.map(lambda _: runtime._on_workers(lambda pool: pool), range(4)))
     assert len(started) == 1 and all(pool is started[0] for pool in pools)

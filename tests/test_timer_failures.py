@@ -23,11 +23,11 @@ from sqlalchemy import update
 
 from tests.conftest import KST, RULES_PATH
 from tests.test_sweep import ISSUE_AT, Month
-from tollgate.service.db import Database
-from tollgate.service.runtime import Runtime
+from tollgate.service.application.runtime import Runtime
+from tollgate.service.application.sweeps import Sweeps
 from tollgate.service.scheduler import MAX_BACKOFF, Scheduler
-from tollgate.service.sweeps import Sweeps
-from tollgate.service.tables import clocks, timers
+from tollgate.service.storage.db import Database
+from tollgate.service.storage.tables import clocks, timers
 
 BROKEN_USAGE = 4_242
 END = datetime(2026, 11, 15, tzinfo=KST)

@@ -106,8 +106,8 @@ def _spawned_workers(group: int) -> list[int]:
 def test_by_default_the_server_judges_a_big_clock_advance_on_a_worker_process_per_core(
         start_server: StartServer) -> None:
     from bench.billing import CHARGED_AT, CLOCK, seed_month
-    from tollgate.service.parallel import auto_workers
-    from tollgate.service.sweeps import Sweeps
+    from tollgate.service.application.parallel import auto_workers
+    from tollgate.service.application.sweeps import Sweeps
 
     if auto_workers() < 2:
         pytest.skip("one usable core: by default the server starts no worker process")

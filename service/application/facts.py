@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from tollgate.workflows.definitions import Definition
 
 if TYPE_CHECKING:
-    from tollgate.service.unit_of_work import UnitOfWork
+    from tollgate.service.storage.unit_of_work import UnitOfWork
 
 FactProvider = Callable[["UnitOfWork", Mapping[str, Any], Mapping[str, Any]], Any]
 """(unit of work, the instance record, the event data) → the fact's value."""

@@ -26,13 +26,13 @@ import orjson
 from sqlalchemy import Connection, Row, and_, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 
-from tollgate.service import facts as fact_providers
-from tollgate.service import rules_files
-from tollgate.service.bulk import dumps
-from tollgate.service.db import Database
-from tollgate.service.problems import problem
-from tollgate.service.sweeps import Sweeps, rfc3339
-from tollgate.service.tables import (
+from tollgate.service.application import facts as fact_providers
+from tollgate.service.application import rules_files
+from tollgate.service.application.problems import problem
+from tollgate.service.application.sweeps import Sweeps, rfc3339
+from tollgate.service.storage.bulk import dumps
+from tollgate.service.storage.db import Database
+from tollgate.service.storage.tables import (
     failed_timers,
     history,
     idempotency,
@@ -42,7 +42,7 @@ from tollgate.service.tables import (
     server_keys,
     timers,
 )
-from tollgate.service.unit_of_work import UnitOfWork, account_view
+from tollgate.service.storage.unit_of_work import UnitOfWork, account_view
 from tollgate.workflows.definitions import CREATE_EVENT, definitions
 from tollgate.workflows.engine import Engine
 from tollgate.workflows.exceptions import (

@@ -20,9 +20,9 @@ import psycopg
 from sqlalchemy import Connection, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from tollgate.service import facts
-from tollgate.service.bulk import BulkWriter, aware_utc, parse_sqlite_timestamp
-from tollgate.service.tables import clocks
+from tollgate.service.application import facts
+from tollgate.service.storage.bulk import BulkWriter, aware_utc, parse_sqlite_timestamp
+from tollgate.service.storage.tables import clocks
 from tollgate.workflows.definitions import Definition
 from tollgate.workflows.engine import Engine
 from tollgate.workflows.exceptions import (
@@ -40,7 +40,7 @@ from tollgate.workflows.outcome import Outcome, Snapshot
 from tollgate.workflows.secrets import redact
 
 if TYPE_CHECKING:
-    from tollgate.service.runtime import RulesVersion, Runtime
+    from tollgate.service.application.runtime import RulesVersion, Runtime
 
 MAX_SEND_DEPTH = 4
 _MISSING = object()

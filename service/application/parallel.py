@@ -37,8 +37,8 @@ from concurrent.futures import ProcessPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tollgate.service.runtime import Runtime
-    from tollgate.service.sweeps import Span, _Event
+    from tollgate.service.application.runtime import Runtime
+    from tollgate.service.application.sweeps import Span, _Event
 
 #: Windows of `fire_many` events dealt at once, in batches per worker.
 WINDOW_BATCHES = 16
@@ -69,8 +69,8 @@ def auto_workers() -> int:
 
 def _start(url: str, synchronous: str, lock: Any) -> None:
     """Pool initializer: this process's runtime over the shared file, its engine built now."""
-    from tollgate.service.db import Database
-    from tollgate.service.runtime import Runtime
+    from tollgate.service.application.runtime import Runtime
+    from tollgate.service.storage.db import Database
 
     global _runtime
     runtime = Runtime(Database(url, synchronous=synchronous, shared_write_lock=lock))

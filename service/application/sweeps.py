@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from sqlalchemy import Connection, insert, or_, select, update
 
-from tollgate.service import facts as fact_providers
-from tollgate.service.bulk import BulkWriter, parse_sqlite_timestamp
-from tollgate.service.parallel import SPANS_PER_WORKER, WINDOW_BATCHES, WorkerPool
-from tollgate.service.tables import clocks
-from tollgate.service.unit_of_work import UnitOfWork
+from tollgate.service.application import facts as fact_providers
+from tollgate.service.application.parallel import SPANS_PER_WORKER, WINDOW_BATCHES, WorkerPool
+from tollgate.service.storage.bulk import BulkWriter, parse_sqlite_timestamp
+from tollgate.service.storage.tables import clocks
+from tollgate.service.storage.unit_of_work import UnitOfWork
 from tollgate.workflows.exceptions import (
     BadRequest,
     ClockBusy,
@@ -50,8 +50,8 @@ from tollgate.workflows.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from tollgate.service.db import Database
-    from tollgate.service.runtime import RulesVersion, Runtime
+    from tollgate.service.application.runtime import RulesVersion, Runtime
+    from tollgate.service.storage.db import Database
 
 TIMER_ACTOR = "timer"
 _T = TypeVar("_T")
