@@ -233,7 +233,8 @@ def run_month(url: str, n: int, *, progress: Progress | None = None, workers: in
                       actor="bank_feed", batch=BATCH)
     runtime.advance_clock(CLOCK, MONTH_END, batch=BATCH, collect=False)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    optimistic = dict(runtime.optimistic_counts + (runtime._pool.counts if runtime._pool else Counter()))
+    pool = runtime.parallel.pool
+    optimistic = dict(runtime.sweeps.optimistic_counts + (pool.counts if pool else Counter()))
     runtime.close()  # the worker processes end here, so their peak RSS is counted below
     peak_kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)

@@ -27,13 +27,13 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 #: Environment variables read by `create_app`, and the config key each one sets.
 ENVIRONMENT = {"TOLLGATE_DATABASE_URL": "DATABASE_URL", "TOLLGATE_RULES": "RULES",
                "TOLLGATE_TOKENS": "TOKENS", "TOLLGATE_BATCH_WORKERS": "BATCH_WORKERS",
-               "TOLLGATE_SECRET_KEY": "SECRET_KEY",  # keys idempotency fingerprints (Runtime.fingerprint)
+               "TOLLGATE_SECRET_KEY": "SECRET_KEY",  # keys idempotency fingerprints (Idempotency.fingerprint)
                "TOLLGATE_MAX_BODY_BYTES": "MAX_CONTENT_LENGTH"}
 DEFAULTS: dict[str, Any] = {
     "DATABASE_URL": DEFAULT_URL,
     "RULES": None,  # None: ./rules.yaml if there is one, else the bundled policy (tollgate.bundled)
     "TOKENS": "",
-    # processes that judge a big clock advance or batch of events on a SQLite file (service/parallel.py):
+    # processes that judge a big clock advance or batch of events on a SQLite file (application/parallel.py):
     # "auto" is one per core, at most 2 (`parallel.auto_workers`); 1 keeps it all in the server's process
     "BATCH_WORKERS": "auto",
     "NOW": None,  # a callable returning an aware datetime; tests pin real time with it

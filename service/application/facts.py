@@ -1,27 +1,39 @@
 """Providers of the named facts the workflow definitions declare (other instances' data).
 
-The core never queries: for each event, the runtime asks exactly the providers of the facts the
-definition declares for that event and passes the answers in the snapshot. Providers read through
-the unit of work, so they see the changes made earlier in the same transaction.
+The core never queries: for each event, the application asks exactly the providers of the facts
+the definition declares for that event and passes the answers in the snapshot. Providers read
+through a `FactReader` (the unit of work), so they see the changes made earlier in the same
+transaction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from tollgate.workflows.definitions import Definition
 
-if TYPE_CHECKING:
-    from tollgate.service.storage.unit_of_work import UnitOfWork
 
-FactProvider = Callable[["UnitOfWork", Mapping[str, Any], Mapping[str, Any]], Any]
-"""(unit of work, the instance record, the event data) → the fact's value."""
+class FactReader(Protocol):
+    """What a provider reads: the instances as the current transaction sees them (the unit of
+    work of `service/storage/unit_of_work.py` is one)."""
+
+    records: dict[str, dict[str, Any]]
+
+    def find(self, instance_id: str) -> dict[str, Any] | None: ...
+
+    def related(self, account: str, workflow: str) -> list[dict[str, Any]]: ...
+
+    def fetch(self, sql: str, params: list[Any]) -> list[Any]: ...
 
 
-def email_taken(uow: UnitOfWork, record: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
+FactProvider = Callable[[FactReader, Mapping[str, Any], Mapping[str, Any]], Any]
+"""(the reader, the instance record, the event data) → the fact's value."""
+
+
+def email_taken(uow: FactReader, record: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
     email = str(data.get("email", "")).strip().lower()
-    stored = uow.reader.fetch("SELECT id FROM instances WHERE workflow = 'signup' AND email = ?", [email])
+    stored = uow.fetch("SELECT id FROM instances WHERE workflow = 'signup' AND email = ?", [email])
     candidates = {row[0] for row in stored} | {i for i, r in uow.records.items()
                                 if r["workflow"] == "signup" and r["email"] == email}
     candidates.discard(record["id"])
@@ -36,23 +48,23 @@ def _account_of(record: Mapping[str, Any]) -> str:
     return str(record["context"].get("account") or record.get("account"))
 
 
-def credit_granted(uow: UnitOfWork, record: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
+def credit_granted(uow: FactReader, record: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
     return any(other["id"] != record["id"] and "granted_at" in (other["context"] or {})
                for other in uow.related(_account_of(record), "credit"))
 
 
-def credits(uow: UnitOfWork, record: Mapping[str, Any], data: Mapping[str, Any]) -> list[dict[str, Any]]:
+def credits(uow: FactReader, record: Mapping[str, Any], data: Mapping[str, Any]) -> list[dict[str, Any]]:
     active = [{"id": c["id"], "balance": int(c["context"].get("balance", 0)),
                "expires_at": c["context"]["expires_at"]}
               for c in uow.related(_account_of(record), "credit") if c["state"] == "active"]
     return sorted(active, key=lambda c: (c["expires_at"], c["id"]))
 
 
-def payable_methods(uow: UnitOfWork, record: Mapping[str, Any], data: Mapping[str, Any]) -> int:
+def payable_methods(uow: FactReader, record: Mapping[str, Any], data: Mapping[str, Any]) -> int:
     return sum(1 for m in uow.related(_account_of(record), "payment_method") if m["state"] == "active")
 
 
-def active_payment_methods(uow: UnitOfWork, record: Mapping[str, Any], data: Mapping[str, Any]) -> list[str]:
+def active_payment_methods(uow: FactReader, record: Mapping[str, Any], data: Mapping[str, Any]) -> list[str]:
     """For a signup (the account itself): the ids of its active payment methods, sorted."""
     return sorted(m["id"] for m in uow.related(record["id"], "payment_method") if m["state"] == "active")
 
@@ -96,7 +108,7 @@ def providers_for(definition: Definition, event: str) -> tuple[tuple[str, FactPr
     return tuple((name, PROVIDERS[name]) for name in facts_for(definition, event))
 
 
-def gather(uow: UnitOfWork, definition: Definition, event: str, record: Mapping[str, Any],
+def gather(uow: FactReader, definition: Definition, event: str, record: Mapping[str, Any],
            data: Mapping[str, Any]) -> dict[str, Any]:
     names = facts_for(definition, event)
     if not names:

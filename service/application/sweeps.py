@@ -1,46 +1,32 @@
-"""Clocks, timer sweeps and batches of events: many events fired in one transaction.
+"""Timer sweeps and batches of events: many events judged in one unit of work and written in bulk.
 
-`Sweeps` is mixed into `Runtime` (service/runtime.py), whose rules versions, readers and unit of
-work it uses. A sweep claims the timers due at one instant (`FOR UPDATE SKIP LOCKED` on
-PostgreSQL), fires them against in-memory records and writes them in bulk; a test clock's
-`advance_clock` sweeps until nothing is due before the target time.
-
-Ordering under concurrency: the advances of one test clock take turns, by a lease on the clock's
-row (`_take_lease`) that every batch of the advance renews and checks, so one advance runs its
-instants in time order while another waits (then goes on from where the clock is). A clock only
-moves forward. Real-time sweeps (scheduler threads, `tollgate worker` processes) never share an
-account: on SQLite they take turns (the write lock), on PostgreSQL each batch keeps only the
-timers of accounts whose row it can lock (`_take_accounts`), so they still run side by side.
-An event the rules fail on (an expression that errs at run time) is recorded as `failed` and its
-timer parked in `failed_timers`; the rest of the batch goes on (`_attempt`).
+A sweep claims the timers due at one instant (`FOR UPDATE SKIP LOCKED` on PostgreSQL), fires them
+against in-memory records and writes them in bulk. Real-time sweeps (scheduler threads, `tollgate
+worker` processes) never share an account: on SQLite they take turns (the write lock), on
+PostgreSQL each batch keeps only the timers of accounts whose row it can lock (`_take_accounts`),
+so they still run side by side. An event the rules fail on (an expression that errs at run time)
+is recorded as `failed` and its timer parked in `failed_timers`; the rest of the batch goes on
+(`attempt`). Worker processes judge batches outside the write lock (`judge_then_write`).
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
-import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures.process import BrokenProcessPool
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from functools import partial
-from itertools import chain, islice
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import Connection, insert, or_, select, update
+from sqlalchemy import Connection
 
 from tollgate.service.application import facts as fact_providers
-from tollgate.service.application.parallel import SPANS_PER_WORKER, WINDOW_BATCHES, WorkerPool
-from tollgate.service.storage.bulk import BulkWriter, parse_sqlite_timestamp
-from tollgate.service.storage.tables import clocks
-from tollgate.service.storage.unit_of_work import UnitOfWork
+from tollgate.service.application.judging import EventUnit, Units
+from tollgate.service.application.leases import ClockLeases
+from tollgate.service.application.times import rfc3339
+from tollgate.service.storage.db import Database
 from tollgate.workflows.exceptions import (
     BadRequest,
-    ClockBusy,
-    ClockError,
-    Conflict,
     GuardDenied,
     InvalidTransition,
     NotFound,
@@ -49,31 +35,10 @@ from tollgate.workflows.exceptions import (
     StaleBatch,
 )
 
-if TYPE_CHECKING:
-    from tollgate.service.application.runtime import RulesVersion, Runtime
-    from tollgate.service.storage.db import Database
-
 TIMER_ACTOR = "timer"
 _T = TypeVar("_T")
 
-
 log = logging.getLogger("tollgate.timers")
-
-
-def _wall_now() -> datetime:
-    """Real time for leases (never a test clock's, nor an injected `Runtime.now`)."""
-    return datetime.now(UTC)
-
-
-def rfc3339(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).isoformat()
-
-
-def _chunks(items: Iterable[_Event], size: int) -> Iterator[list[_Event]]:
-    """`items` in lists of `size` (the last one shorter)."""
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
 
 
 class _Timer(NamedTuple):
@@ -99,217 +64,15 @@ class _Event(NamedTuple):
 
 
 class Sweeps:
-    """Clocks and batch firing; needs the `Runtime` it is mixed into."""
+    """Firing due timers and batches of events over `db`, in units opened by `units`."""
 
-    db: Database
-    now: Callable[[], datetime]
-    #: Processes that judge big sweeps and `fire_many` batches on a SQLite file (1: this one alone).
-    workers: int
-    _pool: WorkerPool | None
-    #: Held while the pool is started or replaced: a server's threads may advance clocks at once.
-    _pool_lock: threading.Lock
-    #: Fewest timers due at one instant (or events given to `fire_many`) handed to the worker
-    #: processes: fewer are done here, sooner than the ~1 s it takes to start the workers.
-    PARALLEL_MIN_TIMERS = 5_000
-    #: An advance's lease on its clock lapses this long after the advance's last batch: an advance
-    #: whose process died holds the clock no longer than this. Every batch renews it.
-    LEASE_SECONDS = 60.0
-    #: How long an advance waits for the advance holding its clock before answering 409 ClockBusy.
-    ADVANCE_WAIT_SECONDS = 30.0
-    #: Batches of this process judged outside the write lock (`_judge_then_write`): written as
-    #: judged, or judged again under the lock because something they read had changed.
-    optimistic_counts: Counter[str]
-
-    if TYPE_CHECKING:
-        def _active(self, conn: Connection) -> RulesVersion: ...
-
-    # ── time ─────────────────────────────────────────────────────────────────────────────────
-
-    def _clock_now(self, conn: Connection, clock_id: str | None) -> datetime:
-        if clock_id is None:
-            return self.now()
-        value = conn.execute(select(clocks.c.now).where(clocks.c.id == clock_id)).scalar_one_or_none()
-        if value is None:
-            raise NotFound(f"There is no clock '{clock_id}'.")
-        return value
-
-    def create_clock(self, now: datetime, clock_id: str | None = None) -> dict[str, Any]:
-        clock_id = clock_id or "clk_" + secrets.token_hex(6)
-        with self.db.transaction() as conn:
-            if conn.execute(select(clocks.c.id).where(clocks.c.id == clock_id)).first():
-                raise Conflict(f"A clock '{clock_id}' already exists.")
-            conn.execute(insert(clocks).values(id=clock_id, now=now, created_at=self.now()))
-        return {"id": clock_id, "now": rfc3339(now), "fired": []}
-
-    def get_clock(self, clock_id: str) -> dict[str, Any]:
-        with self.db.read() as conn:
-            return {"id": clock_id, "now": rfc3339(self._clock_now(conn, clock_id)), "fired": []}
-
-    def advance_clock(self, clock_id: str, to: datetime, *, actor: str = TIMER_ACTOR,
-                      batch: int = 1000, collect: bool = True) -> dict[str, Any]:
-        """Move a test clock to `to`, firing every timer due on the way in time order.
-
-        Timers set by the fired transitions are fired too when they fall due before `to`. With
-        `collect=False` only the number fired is returned (for runs of millions of timers). With
-        `workers` > 1 on a SQLite file, an instant with `PARALLEL_MIN_TIMERS` timers or more is
-        fired by the worker processes (`service/parallel.py`), each instant before the next.
-
-        One advance of a clock runs at a time (any thread or process): this one waits up to
-        `ADVANCE_WAIT_SECONDS` for the lease on the clock (then ClockBusy, 409) and goes on from
-        wherever the clock then is. The clock ends at the later of `to` and where it was: a target
-        another advance overtook meanwhile moves nothing. A target before the clock's time when
-        the request arrives is refused (ClockError).
-        """
-        with self.db.read() as conn:
-            current = self._clock_now(conn, clock_id)
-        if to < current:
-            raise ClockError(f"The clock '{clock_id}' is at {rfc3339(current)}; it cannot go back to "
-                             f"{rfc3339(to)}.")
-        lease = self._take_lease(clock_id)
-        released = False
-        fired: list[dict[str, Any]] = []
-        count = 0
-        try:
-            with self.db.bulk_work():
-                while True:
-                    spans = self._parallel_spans(clock_id, to, lease) if self._has_workers else None
-                    if spans:
-                        handled, entries = self._on_workers(partial(
-                            WorkerPool.sweep, clock_id=clock_id, spans=spans, batch=batch, actor=actor,
-                            collect=collect, lease=lease))
-                    else:
-                        handled, entries = self.sweep(clock_id, to, batch=batch, actor=actor, collect=collect,
-                                                      lease=lease)
-                    if not handled:
-                        break
-                    count += handled
-                    fired.extend(entries)
-            with self.db.transaction() as conn:
-                self._hold_lease(conn, clock_id, lease)
-                conn.execute(update(clocks).where(clocks.c.id == clock_id, clocks.c.now < to).values(now=to))
-                conn.execute(update(clocks).where(clocks.c.id == clock_id)
-                             .values(lease_owner=None, lease_expires=None))
-                now = conn.execute(select(clocks.c.now).where(clocks.c.id == clock_id)).scalar_one()
-            released = True
-        finally:
-            if not released:
-                self._release_lease(clock_id, lease)
-        result: dict[str, Any] = {"id": clock_id, "now": rfc3339(now), "fired": fired}
-        if not collect:
-            result["fired_count"] = count
-        return result
-
-    # ── the lease that serializes the advances of one clock ─────────────────────────────────
-
-    def _take_lease(self, clock_id: str) -> str:
-        """Take the clock for one advance, waiting for the advance that holds it (up to
-        `ADVANCE_WAIT_SECONDS`, then ClockBusy); returns the lease's token. A lease lapses
-        `LEASE_SECONDS` after its holder's last batch, so a dead holder frees the clock."""
-        token = secrets.token_hex(16)
-        deadline = time.monotonic() + self.ADVANCE_WAIT_SECONDS
-        pause = 0.005
-        while True:
-            wall = _wall_now()
-            with self.db.transaction() as conn:
-                taken = conn.execute(update(clocks).where(
-                    clocks.c.id == clock_id,
-                    or_(clocks.c.lease_owner.is_(None), clocks.c.lease_expires < wall))
-                    .values(lease_owner=token, lease_expires=wall + timedelta(seconds=self.LEASE_SECONDS))
-                ).rowcount
-                exists = taken or conn.execute(select(clocks.c.id).where(clocks.c.id == clock_id)).first()
-            if taken:
-                return token
-            if not exists:
-                raise NotFound(f"There is no clock '{clock_id}'.")
-            if time.monotonic() >= deadline:
-                raise ClockBusy(f"The clock '{clock_id}' is being advanced by another request, still after "
-                                f"{self.ADVANCE_WAIT_SECONDS:g} s; retry once it has finished (GET "
-                                f"/clocks/{clock_id} shows where it is).")
-            time.sleep(pause)
-            pause = min(pause * 2, 0.1)
-
-    def _hold_lease(self, conn: Connection, clock_id: str, lease: str) -> None:
-        """Renew the lease inside a batch's transaction, or undo the batch if it was lost."""
-        held = conn.execute(update(clocks).where(clocks.c.id == clock_id, clocks.c.lease_owner == lease)
-                            .values(lease_expires=_wall_now() + timedelta(seconds=self.LEASE_SECONDS))
-                            ).rowcount
-        if held != 1:
-            raise ClockBusy(f"The advance of the clock '{clock_id}' lost its lease (none of its batches "
-                            f"committed for {self.LEASE_SECONDS:g} s, so another advance took the clock); "
-                            "what it fired stays fired. Read the clock and advance it again if needed.")
-
-    def _release_lease(self, clock_id: str, lease: str) -> None:
-        try:
-            with self.db.transaction() as conn:
-                conn.execute(update(clocks).where(clocks.c.id == clock_id, clocks.c.lease_owner == lease)
-                             .values(lease_owner=None, lease_expires=None))
-        except Exception:  # the lease lapses by itself; the advance's own error is what matters
-            log.exception("The lease on the clock '%s' could not be released; it lapses in %g s.",
-                          clock_id, self.LEASE_SECONDS)
-
-    def _parallel_spans(self, clock_id: str, to: datetime, lease: str | None = None) -> list[Span] | None:
-        """If the clock's next instant ≤ `to` has `PARALLEL_MIN_TIMERS` timers or more: move the
-        clock to it and cut its timers into `SPANS_PER_WORKER` ranges of instance ids per worker.
-        None when the calling process should sweep it alone (or when nothing is due)."""
-        with self.db.read() as conn:
-            writer = BulkWriter(conn)
-            where = "clock = ? AND due_at = ?"
-            first = writer.fetch("SELECT min(due_at) FROM timers WHERE clock = ? AND due_at <= ?",
-                                 [clock_id, writer.ts(to)])[0][0]
-            if first is None:
-                return None
-            due = writer.fetch(f"SELECT count(*) FROM timers WHERE {where}", [clock_id, first])[0][0]
-            if due < self.PARALLEL_MIN_TIMERS:
-                return None
-            step = -(-due // (self.workers * SPANS_PER_WORKER))
-            # every step-th instance id in order, in one pass over the index
-            bounds = sorted({row[0] for row in writer.fetch(
-                "SELECT instance FROM (SELECT instance, row_number() OVER (ORDER BY instance) AS n "
-                f"FROM timers WHERE {where}) WHERE n > 1 AND n % ? = 1", [clock_id, first, step])})
-        instant = parse_sqlite_timestamp(first)
-        assert instant is not None
-        with self.db.transaction() as conn:
-            if lease is not None:
-                self._hold_lease(conn, clock_id, lease)
-            conn.execute(update(clocks).where(clocks.c.id == clock_id, clocks.c.now < instant)
-                         .values(now=instant))
-        return [Span(instant, low, high) for low, high in zip([None, *bounds], [*bounds, None], strict=True)]
-
-    def _on_workers(self, work: Callable[[WorkerPool], _T]) -> _T:
-        """`work` on the worker pool, started on first use. A pool that lost a process (killed,
-        out of memory) is stopped and the error raised: what that process had not committed is
-        still due, and the next call starts a new pool."""
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = WorkerPool(self.db.url, self.db.synchronous, self.workers)
-            pool = self._pool
-        try:
-            return work(pool)
-        except BrokenProcessPool:
-            with self._pool_lock:
-                if self._pool is pool:  # not yet replaced by another thread that saw it break
-                    self._pool = None
-            pool.close()
-            raise
-
-    @property
-    def _has_workers(self) -> bool:
-        """Whether big sweeps and batches go to worker processes: more than one asked for, and a
-        SQLite file for them to share (PostgreSQL scales out with `tollgate worker` instead)."""
-        return self.workers > 1 and self.db.is_sqlite and not self.db.memory
-
-    def start_workers(self) -> None:
-        """Start the worker processes now rather than at the first big sweep (no-op without)."""
-        if self._has_workers:
-            self._on_workers(lambda pool: pool.start())
-
-    def close(self) -> None:
-        """Stop the worker processes (if any were started) and close the database's connections."""
-        with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
-        self.db.dispose()
+    def __init__(self, db: Database, units: Units, leases: ClockLeases) -> None:
+        self.db = db
+        self.units = units
+        self.leases = leases
+        #: Batches of this process judged outside the write lock (`judge_then_write`): written as
+        #: judged, or judged again under the lock because something they read had changed.
+        self.optimistic_counts: Counter[str] = Counter()
 
     def sweep(self, clock_id: str | None, until: datetime, *, batch: int = 1000, actor: str = TIMER_ACTOR,
               collect: bool = True, lease: str | None = None) -> tuple[int, list[dict[str, Any]]]:
@@ -331,25 +94,25 @@ class Sweeps:
         """
         with self.db.transaction(bulk=True) as conn:
             if lease is not None and clock_id is not None:
-                self._hold_lease(conn, clock_id, lease)
-            uow = UnitOfWork(cast("Runtime", self), conn, self._active(conn))
-            handled, entries = self._fire_due(uow, clock_id, until, batch, actor, collect)
+                self.leases.hold(conn, clock_id, lease)
+            uow = self.units.open(conn)
+            handled, entries = self.fire_due(uow, clock_id, until, batch, actor, collect)
             if handled:
                 uow.flush()
         return handled, entries
 
     def sweep_span(self, clock_id: str, span: Span, *, batch: int = 1000, actor: str = TIMER_ACTOR,
                    collect: bool = True, lease: str | None = None) -> tuple[int, list[dict[str, Any]]]:
-        """One batch of a parallel sweep (`service/parallel.py`): up to `batch` of the timers of
+        """One batch of a parallel sweep (`parallel.py`): up to `batch` of the timers of
         `span` (one instant of a test clock, one range of instance ids), judged outside the write
-        lock and written if nothing they read has changed meanwhile (`_judge_then_write`); the
+        lock and written if nothing they read has changed meanwhile (`judge_then_write`); the
         write renews the advance's `lease` on the clock."""
-        fence = None if lease is None else partial(self._hold_lease, clock_id=clock_id, lease=lease)
-        return self._judge_then_write(
-            lambda uow: self._fire_due(uow, clock_id, span.instant, batch, actor, collect, span),
+        fence = None if lease is None else partial(self.leases.hold, clock_id=clock_id, lease=lease)
+        return self.judge_then_write(
+            lambda uow: self.fire_due(uow, clock_id, span.instant, batch, actor, collect, span),
             done=lambda result: result[0] == 0, fence=fence)
 
-    def _judge_then_write(self, judge: Callable[[UnitOfWork], _T],
+    def judge_then_write(self, judge: Callable[[EventUnit], _T],
                           done: Callable[[_T], bool] | None = None,
                           fence: Callable[[Connection], None] | None = None) -> _T:
         """Run `judge` (which fires events into a unit of work) outside the write lock, then
@@ -364,9 +127,8 @@ class Sweeps:
         found nothing to do (a span with no timer left), the write lock is not taken at all.
         `fence(conn)` runs first in each write transaction (it may raise to undo it).
         """
-        runtime = cast("Runtime", self)
         with self.db.read() as conn:
-            uow = UnitOfWork(runtime, conn, self._active(conn), optimistic=True)
+            uow = self.units.open(conn, optimistic=True)
             result = judge(uow)
             if done is not None and done(result):
                 return result
@@ -375,7 +137,7 @@ class Sweeps:
             with self.db.transaction(bulk=True) as conn:
                 if fence is not None:
                     fence(conn)
-                if self._active(conn) == uow.version and uow.reads_unchanged(conn):
+                if self.units.versions.active(conn) == uow.version and uow.reads_unchanged(conn):
                     uow.rebind(conn)
                     uow.write(rows)  # StaleBatch (all of it undone) if an instance it updates changed
                     self.optimistic_counts["written"] += 1
@@ -390,13 +152,13 @@ class Sweeps:
                 fence(conn)
             return self._judge_locked(conn, judge)
 
-    def _judge_locked(self, conn: Connection, judge: Callable[[UnitOfWork], _T]) -> _T:
-        uow = UnitOfWork(cast("Runtime", self), conn, self._active(conn))
+    def _judge_locked(self, conn: Connection, judge: Callable[[EventUnit], _T]) -> _T:
+        uow = self.units.open(conn)
         result = judge(uow)
         uow.flush()
         return result
 
-    def _fire_due(self, uow: UnitOfWork, clock_id: str | None, until: datetime, batch: int, actor: str,
+    def fire_due(self, uow: EventUnit, clock_id: str | None, until: datetime, batch: int, actor: str,
                   collect: bool, span: Span | None = None) -> tuple[int, list[dict[str, Any]]]:
         """Claim and fire due timers into `uow` (see `sweep`); returns the number claimed and the
         entries (if `collect`)."""
@@ -408,7 +170,7 @@ class Sweeps:
             return 0, entries
         if clock_id is not None and instant is not None:
             uow.set_clock(clock_id, instant)
-        self._prefetch_for(uow, claimed)
+        self.prefetch_for(uow, claimed)
         due_text: dict[Any, str | None] = {}
         timer_ops, records = uow.timer_ops, uow.records
         for timer in claimed:
@@ -424,19 +186,19 @@ class Sweeps:
                 if record is None:
                     continue
             if not collect:
-                self._attempt(uow, instance, event, {}, actor, None, timer)
+                self.attempt(uow, instance, event, {}, actor, None, timer)
                 continue
             at = due_text.get(due_at)
             if at is None:
                 at = due_text[due_at] = rfc3339(uow.reader.stamp_now(due_at))
             entry = {"instance": instance, "event": event, "from": record["state"],
                      "to": record["state"], "at": at, "timer": name}
-            self._attempt(uow, instance, event, {}, actor, entry, timer)
+            self.attempt(uow, instance, event, {}, actor, entry, timer)
             entries.append(entry)
         return len(claimed), entries
 
     @staticmethod
-    def _take_accounts(uow: UnitOfWork, claimed: list[_Timer]) -> list[_Timer]:
+    def _take_accounts(uow: EventUnit, claimed: list[_Timer]) -> list[_Timer]:
         """Of the real-time timers a PostgreSQL sweep claimed, those it may fire now.
 
         Several sweepers claim with SKIP LOCKED, so one instance's timers can be split between
@@ -476,7 +238,7 @@ class Sweeps:
         return [t for t in mine
                 if t.instance not in first_other or (t.due_at, t.name) < first_other[t.instance]]
 
-    def _claim(self, uow: UnitOfWork, clock_id: str | None, until: datetime, batch: int,
+    def _claim(self, uow: EventUnit, clock_id: str | None, until: datetime, batch: int,
                span: Span | None = None) -> tuple[list[_Timer], datetime | None]:
         """The due timers this sweep fires (locked on PostgreSQL, skipping those others hold);
         with a `span`, only those due at its instant on its range of instance ids."""
@@ -508,7 +270,7 @@ class Sweeps:
         return rows, uow.reader.stamp_now(first)
 
     @staticmethod
-    def _attempt(uow: UnitOfWork, instance_id: str, event: str, data: Mapping[str, Any], actor: str,
+    def attempt(uow: EventUnit, instance_id: str, event: str, data: Mapping[str, Any], actor: str,
                  entry: dict[str, Any] | None, timer: _Timer | None = None) -> str:
         """Apply one event of a batch; its failure rolls back only its own effects.
 
@@ -551,7 +313,7 @@ class Sweeps:
             entry["outcome"] = "applied"
         return "applied"
 
-    def _prefetch_for(self, uow: UnitOfWork, claimed: list[Any]) -> None:
+    def prefetch_for(self, uow: EventUnit, claimed: list[Any]) -> None:
         """Load the claimed instances, their accounts and what their facts read, in a few queries.
 
         `claimed` holds rows (or tuples) with `instance` and `event`.
@@ -579,67 +341,27 @@ class Sweeps:
         if wanted:
             uow.prefetch(accounts, sorted(wanted))
 
-    def fire_many(self, events: Iterable[tuple[str, str, Mapping[str, Any]]], *, actor: str = "api",
-                  batch: int = 1000) -> dict[str, int]:
-        """Fire many events (e.g. a payment gateway's report), `batch` per transaction.
-
-        Each event is judged and applied exactly as `fire` would (a denial is kept in the history,
-        a failed send is recorded as a denied attempt), but a failure touches only that event: the
-        others of the batch still commit. Instances, accounts and facts are read in a few queries
-        per batch. Returns how many were applied, denied, dropped (not valid in the state, bad
-        data or no such instance) and failed (the rules erred: recorded as `failed`, see
-        `_attempt`). No If-Match and no Idempotency-Key: use `fire` for those.
-
-        With `workers` > 1 on a SQLite file and `PARALLEL_MIN_TIMERS` events or more, the worker
-        processes judge them (`service/parallel.py`): one instance's events still go in their
-        order, but events of different instances may commit in another order than given.
-        """
-        counts = {"applied": 0, "denied": 0, "dropped": 0, "failed": 0}
-        stream: Iterator[_Event] = (_Event(*e) for e in events)
-        if self._has_workers:
-            window = max(batch * self.workers * WINDOW_BATCHES, self.PARALLEL_MIN_TIMERS)
-            events_window = list(islice(stream, window))
-            if len(events_window) >= self.PARALLEL_MIN_TIMERS:  # enough to be worth the worker processes
-                with self.db.bulk_work():
-                    while events_window:
-                        self._fire_window(events_window, actor, batch, counts)
-                        # one window in memory at a time: a month's report can be millions of events
-                        del events_window
-                        events_window = list(islice(stream, window))
-                return counts
-            stream = chain(events_window, stream)
-        with self.db.bulk_work():
-            for chunk in _chunks(stream, batch):
-                self._fire_chunk(chunk, actor, counts)
-        return counts
-
-    def _fire_window(self, events: list[_Event], actor: str, batch: int, counts: dict[str, int]) -> None:
-        fired = self._on_workers(lambda pool: pool.fire(events, actor=actor, batch=batch))
-        for outcome, number in fired.items():
-            counts[outcome] += number
-
-    def _fire_chunk(self, chunk: list[_Event], actor: str, counts: dict[str, int]) -> None:
+    def fire_chunk(self, chunk: list[_Event], actor: str, counts: dict[str, int]) -> None:
         with self.db.transaction(bulk=True) as conn:
-            uow = UnitOfWork(cast("Runtime", self), conn, self._active(conn))
-            for outcome, number in self._fire_events(uow, chunk, actor).items():
+            uow = self.units.open(conn)
+            for outcome, number in self.fire_events(uow, chunk, actor).items():
                 counts[outcome] += number
             uow.flush()
 
     def fire_chunk_optimistic(self, chunk: list[_Event], actor: str) -> Counter[str]:
-        """One batch of a parallel `fire_many` (`service/parallel.py`), judged outside the write
-        lock (`_judge_then_write`); returns how many were applied, denied and dropped."""
-        return self._judge_then_write(lambda uow: self._fire_events(uow, chunk, actor))
+        """One batch of a parallel `fire_many` (`parallel.py`), judged outside the write
+        lock (`judge_then_write`); returns how many were applied, denied and dropped."""
+        return self.judge_then_write(lambda uow: self.fire_events(uow, chunk, actor))
 
-    def _fire_events(self, uow: UnitOfWork, chunk: list[_Event], actor: str) -> Counter[str]:
+    def fire_events(self, uow: EventUnit, chunk: list[_Event], actor: str) -> Counter[str]:
         counts: Counter[str] = Counter()
-        self._prefetch_for(uow, chunk)
+        self.prefetch_for(uow, chunk)
         for instance, event, data in chunk:
-            counts[self._attempt(uow, instance, event, data, actor, None)] += 1
+            counts[self.attempt(uow, instance, event, data, actor, None)] += 1
         return counts
 
     def run_due_timers(self, *, limit: int = 1000, actor: str = TIMER_ACTOR) -> list[dict[str, Any]]:
         """Fire real-time timers that are due now (the scheduler and `tollgate worker` call this)."""
         with self.db.bulk_work():
-            _, entries = self.sweep(None, self.now(), batch=limit, actor=actor)
+            _, entries = self.sweep(None, self.units.now(), batch=limit, actor=actor)
         return entries
-

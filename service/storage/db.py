@@ -97,7 +97,7 @@ class Database:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.engine: Engine = create_engine(self.url, **kwargs)
         self._write_lock: threading.Lock | None = threading.Lock() if self.is_sqlite else None
-        #: SQLite: a lock shared with sibling processes (the worker pool of `service/parallel.py`),
+        #: SQLite: a lock shared with sibling processes (the worker pool of `application/parallel.py`),
         #: taken around every write transaction so they hand the database to each other at once
         #: instead of through SQLite's busy handler, which sleeps 1-100 ms a try.
         self._shared_write_lock = shared_write_lock if self.is_sqlite else None

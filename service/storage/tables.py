@@ -60,7 +60,7 @@ rules_versions = Table(
 
 #: The last import of each rules file (by absolute path): a server start imports the file again
 #: only when its digest differs from the one recorded here, never because the API activated
-#: another version since (`Runtime.bootstrap`).
+#: another version since (`RulesVersions.start`).
 rules_file_imports = Table(
     "rules_file_imports", metadata,
     Column("path", String(500), primary_key=True),
@@ -74,7 +74,7 @@ clocks = Table(
     Column("id", String(64), primary_key=True),
     Column("now", UTCDateTime, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
-    # The advance that holds the clock (service/sweeps.py): one at a time, each batch renews it,
+    # The advance that holds the clock (service/application/sweeps.py): one at a time, each batch renews it,
     # and a lease whose holder died lapses at `lease_expires` (migration 0005).
     Column("lease_owner", String(32), nullable=True),
     Column("lease_expires", UTCDateTime, nullable=True),
@@ -169,7 +169,7 @@ idempotency = Table(
 )
 
 server_keys = Table(
-    "server_keys", metadata,  # secrets every server and worker of a cluster shares (runtime.py)
+    "server_keys", metadata,  # secrets every server and worker of a cluster shares (idempotency.py)
     Column("name", String(64), primary_key=True),
     Column("secret", String(128), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),

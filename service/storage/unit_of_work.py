@@ -1,48 +1,26 @@
-"""A unit of work: apply many events in memory inside one transaction, then write them in bulk.
+"""A unit of work: the identity map and the pending writes of one transaction, written in bulk.
 
-Instances are loaded (and, on PostgreSQL, row-locked) once, every event — including the events
-instances send each other — is judged against the in-memory records, and `flush` writes the
-instance updates, history rows, timer changes and outbox rows with one `executemany` per table.
-A single API event is a unit of one; the timer sweep fires thousands of timers per unit.
-`checkpoint`/`rollback_to` undo the in-memory effects of one event whose linked sends failed.
+Instances are loaded (and, on PostgreSQL, row-locked) once and kept in memory; the application
+judges events against these records (`service/application/judging.py` extends this class with
+that) and `flush` writes the instance updates, history rows, timer changes and outbox rows with
+one `executemany` per table. A single API event is a unit of one; the timer sweep fires thousands
+of timers per unit. `checkpoint`/`rollback_to` undo the in-memory effects of one event.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
-import psycopg
 from sqlalchemy import Connection, update
-from sqlalchemy.exc import SQLAlchemyError
 
-from tollgate.service.application import facts
 from tollgate.service.storage.bulk import BulkWriter, aware_utc, parse_sqlite_timestamp
 from tollgate.service.storage.tables import clocks
-from tollgate.workflows.definitions import Definition
-from tollgate.workflows.engine import Engine
-from tollgate.workflows.exceptions import (
-    BadRequest,
-    GuardDenied,
-    InvalidTransition,
-    NotFound,
-    Reason,
-    RulesFailed,
-    SendFailed,
-    StaleBatch,
-    TollgateError,
-)
-from tollgate.workflows.outcome import Outcome, Snapshot
-from tollgate.workflows.secrets import redact
+from tollgate.workflows.exceptions import NotFound, StaleBatch
 
-if TYPE_CHECKING:
-    from tollgate.service.application.runtime import RulesVersion, Runtime
-
-MAX_SEND_DEPTH = 4
 _MISSING = object()
 HISTORY_COLUMNS = ("instance", "seq", "event", "from_state", "to_state", "outcome", "reasons", "notes",
                    "data", "at", "rules_version", "actor")
@@ -56,20 +34,13 @@ INSTANCE_COLUMNS = ("id", "workflow", "state", "context", "secrets", "version", 
 log = logging.getLogger("tollgate.timers")
 events_log = logging.getLogger("tollgate.events")
 
-#: Errors of the database or its driver: raised through a judgement as they are (the batch is
-#: rolled back and retried), never taken for a failure of the rules.
-_INFRASTRUCTURE_ERRORS = (SQLAlchemyError, sqlite3.Error, psycopg.Error)
-
 _CHUNK = 10_000
 _HISTORY = ("history", None, None)  # journal entries that carry nothing (one shared tuple each)
 _NOTIFICATION = ("notification", None, None)
 
 #: A pending timer change: (instance, name, event, due_at as stored, clock), or None to delete.
 TimerRow = tuple[str, str, str, Any, str | None]
-#: Per (workflow, event): the definition, how the event gets the referenced account (None: it
-#: references none; True: read before judging; False: lazily, see `LazyAccount`) and the fact
-#: providers the event asks.
-_Plan = tuple[Definition, bool | None, tuple[tuple[str, facts.FactProvider], ...]]
+
 
 
 class Pending(NamedTuple):
@@ -123,58 +94,19 @@ def _same(value: Any) -> Any:
     return value
 
 
-def account_view(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The account as guards see it: the signup's context plus id, state and partner."""
-    view = {"partner": False, **(record["context"] or {})}
-    view["id"] = record["id"]
-    view["state"] = record["state"]
-    return view
-
-
-class LazyAccount(Mapping[str, Any]):
-    """`account_view` of an account, read through the unit of work on first use.
-
-    Given to events whose guards, routes, timers and actions do not read the account
-    (`Engine.needs_account`), so a batch of them does not load their accounts at all; an action
-    that reaches it anyway still sees exactly what it would have. Empty (falsy) when there is no
-    such account, where an eagerly read one would be None.
-    """
-
-    __slots__ = ("_id", "_uow", "_view")
-
-    def __init__(self, uow: UnitOfWork, account_id: Any) -> None:
-        self._uow, self._id = uow, account_id
-        self._view: dict[str, Any] | None = None
-
-    def _load(self) -> dict[str, Any]:
-        view = self._view
-        if view is None:
-            record = self._uow.find(self._id) if isinstance(self._id, str) and self._id else None
-            view = self._view = account_view(record) if record is not None else {}
-        return view
-
-    def __getitem__(self, key: str) -> Any:
-        return self._load()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._load())
-
-    def __len__(self) -> int:
-        return len(self._load())
-
-
 class UnitOfWork:
     """In-memory instance records and pending writes for one database transaction."""
 
-    def __init__(self, runtime: Runtime, conn: Connection, version: RulesVersion, *,
+    def __init__(self, conn: Connection, *, version_id: int, now: Callable[[], datetime], lock: bool,
                  optimistic: bool = False) -> None:
-        self.runtime = runtime
+        """`version_id`: the rules version the unit's history rows record; `now`: real time (read
+        once per unit); `lock`: load instances `FOR UPDATE` (PostgreSQL)."""
         self.conn = conn
-        self.version = version
-        self.engine: Engine = runtime.engine_for(version)
-        self.lock = runtime.db.for_update()
+        self.version_id = version_id
+        self._now = now
+        self.lock = lock
         #: optimistic: judged outside the write lock; every read is kept, so that `reads_unchanged`
-        #: can tell under the lock whether the batch still stands (see `Sweeps._judge_then_write`).
+        #: can tell under the lock whether the batch still stands (`Batches.judge_then_write`).
         self.reads: list[tuple[str, list[Any], list[Any]]] | None = [] if optimistic else None
         self.reader = _Reader(conn, self.reads)
         #: optimistic: (version, history_seq) of each instance as first read, which were read by
@@ -188,7 +120,6 @@ class UnitOfWork:
         writer = self.reader.writer
         self._ts, self._js = writer.ts, writer.js
         self._empty_list, self._empty_dict = writer.js([]), writer.js({})
-        self._plans: dict[tuple[str, str], _Plan] = {}
         self.records: dict[str, dict[str, Any]] = {}
         self.by_account: dict[tuple[str, str], list[str]] = {}
         self.new_ids: set[str] = set()
@@ -267,6 +198,10 @@ class UnitOfWork:
             where, params = self._in("id", missing[lo:lo + _CHUNK])
             self._select(where, params, lock=self.lock, by_id=True)
 
+    def fetch(self, sql: str, params: list[Any]) -> list[Any]:
+        """Rows of a raw query (`?` placeholders) in this unit's transaction (kept if optimistic)."""
+        return self.reader.fetch(sql, params)
+
     def get(self, instance_id: str) -> dict[str, Any]:
         if instance_id not in self.records:
             self.load([instance_id])
@@ -308,7 +243,7 @@ class UnitOfWork:
         if clock is None:
             real_now = self.real_now
             if real_now is None:
-                real_now = self.real_now = self.runtime.now()
+                real_now = self.real_now = self._now()
             return real_now
         if clock not in self.clock_times:
             rows = self.reader.fetch("SELECT now FROM clocks WHERE id = ?", [clock])
@@ -355,7 +290,7 @@ class UnitOfWork:
             js([r.as_dict() for r in reasons]) if reasons else self._empty_list,
             js([n.as_dict() for n in notes]) if notes else self._empty_list,
             (js(data if type(data) is dict else dict(data)) if data else self._empty_dict),
-            self._ts(at), self.version.id, actor))
+            self._ts(at), self.version_id, actor))
 
     def checkpoint(self) -> int:
         return len(self.journal)
@@ -378,168 +313,6 @@ class UnitOfWork:
                 self.history_rows.pop()
             elif kind == "notification":
                 self.notification_rows.pop()
-
-    # ── judging and applying ─────────────────────────────────────────────────────────────────
-
-    def _plan(self, workflow: str, event: str) -> _Plan:
-        """What judging `event` on `workflow` needs besides the record, worked out once per unit."""
-        plan = self._plans.get((workflow, event))
-        if plan is None:
-            definition = self.engine.definition(workflow)
-            providers = facts.providers_for(definition, event) if event in definition.events else ()
-            account = self.engine.needs_account(workflow, event) if definition.references_account else None
-            plan = self._plans[(workflow, event)] = (definition, account, providers)
-        return plan
-
-    def reads_account_first(self, workflow: str, event: str) -> bool:
-        """Whether judging `event` on a `workflow` instance reads its account (so a batch
-        should load the accounts of such events up front)."""
-        return self._plan(workflow, event)[1] is True
-
-    def decide(self, record: Mapping[str, Any], event: str, data: Mapping[str, Any]) -> Outcome:
-        return self._decide(record, event, data)[0]
-
-    def _decide(self, record: Mapping[str, Any], event: str,
-                data: Mapping[str, Any]) -> tuple[Outcome, datetime]:
-        """The outcome of `event` on `record`, and the instant it was judged at."""
-        plan = self._plans.get((record["workflow"], event))
-        if plan is None:
-            plan = self._plan(record["workflow"], event)
-        _, account_mode, providers = plan
-        account: Mapping[str, Any] | None = None
-        if account_mode:
-            account_id = record["context"].get("account")
-            account_record = self.records.get(account_id)
-            if account_record is None:
-                account_record = self.find(account_id)
-            account = account_view(account_record) if account_record is not None else None
-        elif account_mode is not None:
-            account = LazyAccount(self, record["context"].get("account"))
-        gathered = {name: provide(self, record, data) for name, provide in providers} if providers else {}
-        snapshot = Snapshot(workflow=record["workflow"], state=record["state"], context=record["context"],
-                            id=record["id"], account=account, facts=gathered, secrets=record["secrets"] or {})
-        clock = record["clock"]
-        now = self.real_now if clock is None else self.clock_times.get(clock)
-        if now is None:
-            now = self.now_of(clock)
-        try:
-            outcome = self.engine.decide(snapshot, event, data, now)
-        except (TollgateError, *_INFRASTRUCTURE_ERRORS):
-            raise
-        except Exception as error:  # the rules themselves failed (e.g. an expression on a missing field)
-            raise RulesFailed(record["workflow"], record["id"], event, error) from error
-        return outcome, now
-
-    def record_attempt(self, record: Mapping[str, Any], outcome: Outcome, actor: str, at: datetime) -> None:
-        self._history(record["id"], record["history_seq"] + 1, outcome.event, outcome.source, outcome.target,
-                      "applied" if outcome.applied else "denied", outcome.reasons, outcome.notes,
-                      outcome.data, at, actor)
-
-    def apply(self, instance_id: str, event: str, data: Mapping[str, Any], actor: str,
-              depth: int = 0) -> Outcome:
-        """Judge and apply one event; a denial is recorded, then raised as GuardDenied."""
-        record = self.records.get(instance_id)
-        if record is None:
-            record = self.get(instance_id)
-        outcome, now = self._decide(record, event, data)
-        seq = record["history_seq"] + 1
-        applied = outcome.applied
-        self._history(instance_id, seq, outcome.event, outcome.source, outcome.target,
-                      "applied" if applied else "denied", outcome.reasons, outcome.notes, outcome.data,
-                      now, actor)
-        updated = record.copy()
-        updated["history_seq"] = seq
-        changed = applied
-        # The outcome's context and secrets are the engine's own fresh dicts (its Step's copies),
-        # never mutated afterwards: the record takes them as they are.
-        if outcome.context_changed:
-            context = outcome.context
-            updated["context"] = context if type(context) is dict else dict(context)
-            changed = True
-            if record["workflow"] == "signup":
-                updated["email"] = context.get("email")
-        secrets = outcome.secrets
-        if secrets != (record["secrets"] or {}):
-            updated["secrets"] = secrets if type(secrets) is dict else dict(secrets)
-            changed = True
-        if changed:  # the version (ETag) moves only when the instance itself changes
-            updated["version"] = record["version"] + 1
-            updated["updated_at"] = now
-        # self._replace(updated), inline: `record` is what self.records held for the id
-        self.journal.append(("record", instance_id, record))
-        self.records[instance_id] = updated
-        if instance_id not in self.new_ids:
-            self.dirty.add(instance_id)
-        if not applied:
-            raise GuardDenied(event, list(outcome.reasons))
-        updated["state"] = outcome.target
-        if outcome.timers_set or outcome.timers_cancelled or outcome.notifications:
-            self.apply_effects(updated, outcome, now)
-        for send in outcome.sends:
-            if depth >= MAX_SEND_DEPTH:
-                raise SendFailed(send.instance, send.event,
-                                 TollgateError("Events sent between instances nest too deeply."))
-            try:
-                self.apply(send.instance, send.event, send.data, f"{record['workflow']}:{record['id']}",
-                           depth + 1)
-            except SendFailed:
-                raise
-            except (GuardDenied, InvalidTransition, NotFound, BadRequest) as error:
-                raise SendFailed(send.instance, send.event, error) from error
-        return outcome
-
-    def record_failure(self, instance_id: str, event: str, data: Mapping[str, Any], actor: str,
-                       failure: SendFailed) -> None:
-        """After `rollback_to`, keep the attempt whose linked send failed in the history as denied."""
-        record = self.get(instance_id)
-        now = self.now_of(record["clock"])
-        secret = self.engine.definition(record["workflow"]).secret_fields
-        self._history(record["id"], record["history_seq"] + 1, event, record["state"], record["state"],
-                      "denied", failure.reasons, (), redact(data, secret), now, actor)
-        self._replace(dict(record, history_seq=record["history_seq"] + 1))
-
-    def record_rules_failure(self, instance_id: str, event: str, data: Mapping[str, Any], actor: str,
-                             failure: RulesFailed, timer: tuple[str, str, str, Any] | None = None) -> None:
-        """After `rollback_to`, keep an attempt the rules failed on in the history as `failed`
-        (state unchanged, the error in its reason's detail); the timer that fired it, if any
-        (instance, name, event, due_at as read), is parked in `failed_timers` by `write`."""
-        record = self.get(instance_id)
-        now = self.now_of(record["clock"])
-        secret = self.engine.definition(record["workflow"]).secret_fields
-        reason = Reason("rules_failed", "정책 규칙을 평가하는 중 오류가 발생하여 적용하지 않았습니다.",
-                        "The rules failed while judging this event; nothing was applied.",
-                        failure.message)
-        self._history(record["id"], record["history_seq"] + 1, event, record["state"], record["state"],
-                      "failed", (reason,), (), redact(data, secret), now, actor)
-        self._replace(dict(record, history_seq=record["history_seq"] + 1))
-        name = None
-        if timer is not None:
-            name, due_at = timer[1], timer[3]
-            self.parked_rows.append((instance_id, name, timer[2], self._ts(due_at),
-                                     record["clock"], failure.error, self._ts(now), self.version.id))
-        self.failures.append((instance_id, event, name, failure.error))
-
-    def apply_effects(self, record: Mapping[str, Any], outcome: Outcome, now: datetime) -> None:
-        """Timer changes and outbox rows of an applied (or created) outcome."""
-        instance_id = record["id"]
-        journal, ops = self.journal, self.timer_ops
-        for name in outcome.timers_cancelled:  # set_timer(instance_id, name, None), inline
-            key = (instance_id, name)
-            journal.append(("timer", key, ops.get(key, _MISSING)))
-            ops[key] = None
-        if outcome.timers_set:
-            ts, clock = self._ts, record["clock"]
-            for timer in outcome.timers_set:
-                key = (instance_id, timer.name)
-                journal.append(("timer", key, ops.get(key, _MISSING)))
-                ops[key] = (instance_id, timer.name, timer.event, ts(timer.at), clock)
-        if outcome.notifications:
-            js, created_at, rows = self._js, self._ts(now), self.notification_rows
-            for note in outcome.notifications:
-                payload = note.payload
-                journal.append(_NOTIFICATION)
-                rows.append((instance_id, note.template, note.channel, note.recipient,
-                             js(payload if type(payload) is dict else dict(payload)), created_at))
 
     # ── writing ──────────────────────────────────────────────────────────────────────────────
 
