@@ -305,7 +305,7 @@ def test_a_pool_that_lost_a_process_is_replaced(pooled: Runtime) -> None:
 
 
 def test_the_server_takes_its_batch_workers_from_the_environment() -> None:
-    from tollgate.service.app import _batch_workers
+    from tollgate.service.settings import batch_workers as _batch_workers
 
     assert _batch_workers("2") == 2 and _batch_workers(1) == 1 and _batch_workers("auto") == auto_workers()
     for wrong in ("two", "0", None, "Auto"):
