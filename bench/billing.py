@@ -130,14 +130,14 @@ def seed_month(url: str, n: int, *, clock: str | None = CLOCK, usage_month: str 
                 accounts.append((account, "signup", "active",
                                  js({"country": "KR", "member_type": "business", "email": email,
                                      "phone": "+821000000000"}),
-                                 js({}), 5, 0, clock, None, email, None, t0, t0))
+                                 js({}), 5, 0, clock, None, t0, t0))
                 if payer_kind(i) in ("charged", "unpaid_autopay"):
                     methods.append((f"pm{i}", "payment_method", "active",
                                     js({"account": account, "channel": "web", "method": "credit_card"}),
-                                    js({}), 4, 0, clock, account, None, None, t0, t0))
+                                    js({}), 4, 0, clock, account, t0, t0))
                 invoices.append((f"inv{i}", "invoice", "open",
                                  js({"account": account, "usage_month": usage_month, "usage": usage_of(i)}),
-                                 js({}), 1, 0, clock, account, None, usage_month, t0, t0))
+                                 js({}), 1, 0, clock, account, t0, t0))
                 timers.append((f"inv{i}", "invoice_issue", "issue", ts(issue_at), clock))
             for rows in (accounts, methods, invoices):
                 bulk.insert("instances", INSTANCE_COLUMNS, rows)

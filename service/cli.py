@@ -233,7 +233,7 @@ def _serve(args: argparse.Namespace) -> int:
     runtime.db.dispose()
     # SQLite has one writer: a second process only adds lock waits (p99 53 ms → 949 ms measured with
     # wrk); PostgreSQL scales with a process per core.
-    workers = args.workers or (1 if runtime.db.is_sqlite else max(2, os.cpu_count() or 2))
+    workers = args.workers or (1 if runtime.db.dialect.single_writer else max(2, os.cpu_count() or 2))
     return serve(args.host, args.port, workers=workers, threads=args.threads,
                  scheduler=not args.no_scheduler)
 

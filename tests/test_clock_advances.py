@@ -176,13 +176,12 @@ def _real_time_invoices(runtime: Runtime, tag: str, count: int) -> list[str]:
             account, invoice, card = f"acct_{tag}_{n}", f"inv_{tag}_{n}", f"pm_{tag}_{n}"
             rows += [(account, "signup", "active", js({"country": "KR", "member_type": "business",
                                                        "email": f"{account}@example.com"}),
-                      js({}), 1, 0, None, None, None, None, t0, t0),
+                      js({}), 1, 0, None, None, t0, t0),
                      (invoice, "invoice", "open", js({"account": account, "usage_month": "2026-10",
-                                                      "usage": 1_000}), js({}), 1, 0, None, account, None,
-                      "2026-10", t0, t0),
+                                                      "usage": 1_000}), js({}), 1, 0, None, account, t0, t0),
                      (card, "payment_method", "active", js({"account": account, "channel": "web",
                                                             "method": "credit_card"}),
-                      js({}), 1, 0, None, account, None, None, t0, t0)]
+                      js({}), 1, 0, None, account, t0, t0)]
             timer_rows.append((invoice, "invoice_issue", "issue", bulk.ts(START + timedelta(days=2)), None))
             ids.append(invoice)
         bulk.insert("instances", INSTANCE_COLUMNS, rows)

@@ -83,7 +83,7 @@ def _add_credit(month: Month, n: int, amount: int) -> str:
                    "expires_at": "2027-06-30T15:00:00+00:00"}
         bulk.insert("instances", INSTANCE_COLUMNS, [
             (credit, "credit", "active", bulk.js(context), bulk.js({}), 1, 0, month.clock, account,
-             None, None, t0, t0)])
+             t0, t0)])
     return credit
 
 

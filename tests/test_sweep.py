@@ -74,7 +74,7 @@ class Month:
 
         def row(id_: str, workflow: str, state: str, context: dict[str, Any], ref: str | None,
                 month: str | None = None) -> tuple[Any, ...]:
-            return (id_, workflow, state, js(context), js({}), 1, 0, self.clock, ref, None, month, t0, t0)
+            return (id_, workflow, state, js(context), js({}), 1, 0, self.clock, ref, t0, t0)
 
         rows = [row(account, "signup", "active", {"country": "KR", "member_type": "business",
                                                    "email": f"{account}@example.com"}, None),

@@ -20,7 +20,7 @@ from tollgate.service.application.leases import ClockLeases
 from tollgate.service.application.parallel import SPANS_PER_WORKER, WorkerPool, Workers
 from tollgate.service.application.sweeps import TIMER_ACTOR, Span, Sweeps
 from tollgate.service.application.times import rfc3339
-from tollgate.service.storage.bulk import BulkWriter, parse_sqlite_timestamp
+from tollgate.service.storage.bulk import BulkWriter
 from tollgate.service.storage.db import Database
 from tollgate.service.storage.tables import clocks
 from tollgate.workflows.exceptions import ClockError, Conflict, NotFound
@@ -132,7 +132,7 @@ class Clocks:
             bounds = sorted({row[0] for row in writer.fetch(
                 "SELECT instance FROM (SELECT instance, row_number() OVER (ORDER BY instance) AS n "
                 f"FROM timers WHERE {where}) WHERE n > 1 AND n % ? = 1", [clock_id, first, step])})
-        instant = parse_sqlite_timestamp(first)
+        instant = writer.dialect.moment_reader(first)
         assert instant is not None
         with self.db.transaction() as conn:
             if lease is not None:

@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from tollgate.service.application import facts as fact_providers
@@ -23,7 +23,6 @@ from tollgate.service.application.problems import problem
 from tollgate.service.application.reads import Reads
 from tollgate.service.application.roles import authorize
 from tollgate.service.storage.db import Database
-from tollgate.service.storage.tables import instances
 from tollgate.workflows.definitions import CREATE_EVENT, definitions
 from tollgate.workflows.exceptions import (
     Conflict,
@@ -76,8 +75,7 @@ class Events:
             record: dict[str, Any] = {
                 "id": instance_id, "workflow": workflow, "state": definition.initial,
                 "context": dict(context) if isinstance(context, Mapping) else {}, "secrets": {},
-                "version": 0, "history_seq": 0, "clock": clock, "account": account_id, "email": None,
-                "usage_month": None,
+                "version": 0, "history_seq": 0, "clock": clock, "account": account_id,
                 "created_at": now, "updated_at": now}
             facts = fact_providers.gather(uow, definition, CREATE_EVENT, record, {})
             try:
@@ -89,14 +87,14 @@ class Events:
                 raise RulesFailed(workflow, instance_id, CREATE_EVENT, error) from error
             if not outcome.applied:
                 raise GuardDenied(CREATE_EVENT, list(outcome.reasons))
-            if workflow == "invoice":
-                record["usage_month"] = outcome.context.get("usage_month")
-                duplicate = conn.execute(select(instances.c.id).where(
-                    instances.c.account == account_id,
-                    instances.c.usage_month == record["usage_month"])).scalar_one_or_none()
+            for key in definition.keys.values():  # declared unique keys: one holder each
+                value = key.value(outcome.context, outcome.target) if key.unique else None
+                duplicate = uow.unique_holder(workflow, key.name, value) if value is not None else None
                 if duplicate is not None:
-                    raise Conflict(f"The account '{account_id}' already has the invoice '{duplicate}' for "
-                                   f"{record['usage_month']}; there is one invoice per account and month.")
+                    fields = {name: outcome.context.get(name) for name in key.fields}
+                    raise Conflict(key.conflict.format(duplicate=duplicate, **fields) if key.conflict else
+                                   f"The {workflow} '{duplicate}' already holds the {key.name} "
+                                   f"{', '.join(map(str, fields.values()))}; it is unique.")
             record.update(state=outcome.target, context=dict(outcome.context))
             uow.record_attempt(record, outcome, actor, now)
             record.update(version=1, history_seq=1)
@@ -154,7 +152,7 @@ class Events:
         record = uow.get(instance_id)  # row-locked on PostgreSQL from here on
         if role is not None:
             authorize(uow.engine, record, event, role)
-        if key is not None and not self.db.is_sqlite:
+        if key is not None and self.db.dialect.row_locks:
             # A twin request may have committed while this one waited for the row lock.
             stored = self.idempotency.replay(conn, key, fingerprint)
             if stored is not None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from tollgate.workflows.definitions import Definition
+from tollgate.service.storage.keys import HOLDERS_SQL, key_value
+from tollgate.workflows.definitions import Definition, Key
 
 
 class FactReader(Protocol):
@@ -31,17 +32,27 @@ FactProvider = Callable[[FactReader, Mapping[str, Any], Mapping[str, Any]], Any]
 """(the reader, the instance record, the event data) → the fact's value."""
 
 
-def email_taken(uow: FactReader, record: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
-    email = str(data.get("email", "")).strip().lower()
-    stored = uow.fetch("SELECT id FROM instances WHERE workflow = 'signup' AND email = ?", [email])
-    candidates = {row[0] for row in stored} | {i for i, r in uow.records.items()
-                                if r["workflow"] == "signup" and r["email"] == email}
-    candidates.discard(record["id"])
-    for other_id in candidates:
-        other = uow.find(other_id)
-        if other is not None and other["email"] == email and other["state"] != "expired":
-            return True
-    return False
+def key_taken(key: Key, workflow: str) -> FactProvider:
+    """The provider of a fact declared with `key:` (e.g. signup's `email_taken`): whether another
+    instance of `workflow` holds `key` with the value the event data gives (its fields, by name),
+    as this transaction sees them — stored holders, and the instances changed in it."""
+
+    def taken(uow: FactReader, record: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
+        value = key.value(data)
+        if value is None:
+            return False
+        stored = uow.fetch(HOLDERS_SQL, [workflow, key.name, value])
+        candidates = {row[0] for row in stored}
+        candidates.update(i for i, r in uow.records.items()
+                          if r["workflow"] == workflow and key_value(key, r) == value)
+        candidates.discard(record["id"])
+        for other_id in candidates:
+            other = uow.find(other_id)
+            if other is not None and key_value(key, other) == value:
+                return True
+        return False
+
+    return taken
 
 
 def _account_of(record: Mapping[str, Any]) -> str:
@@ -70,7 +81,6 @@ def active_payment_methods(uow: FactReader, record: Mapping[str, Any], data: Map
 
 
 PROVIDERS: dict[str, FactProvider] = {
-    "email_taken": email_taken,
     "credit_granted": credit_granted,
     "credits": credits,
     "payable_methods": payable_methods,
@@ -88,7 +98,15 @@ RELATED_WORKFLOWS: dict[str, tuple[str, ...]] = {
 
 def missing_providers(definitions: Mapping[str, Definition]) -> list[str]:
     """Facts a definition declares that no provider here answers (checked at start-up)."""
-    return [f"{d.name}.{fact}" for d in definitions.values() for fact in d.facts if fact not in PROVIDERS]
+    return [f"{d.name}.{fact}" for d in definitions.values() for fact in d.facts
+            if fact not in PROVIDERS and fact not in d.fact_keys]
+
+
+def provider(definition: Definition, name: str) -> FactProvider:
+    """The provider of the fact `name` of `definition`: the generic one of a declared key, or the
+    named one of `PROVIDERS`."""
+    key = definition.fact_keys.get(name)
+    return PROVIDERS[name] if key is None else key_taken(definition.keys[key], definition.name)
 
 
 _FACTS_FOR: dict[tuple[int, str], tuple[Definition, tuple[str, ...]]] = {}
@@ -105,7 +123,7 @@ def facts_for(definition: Definition, event: str) -> tuple[str, ...]:
 
 def providers_for(definition: Definition, event: str) -> tuple[tuple[str, FactProvider], ...]:
     """(fact name, provider) for each fact `definition` declares for `event`."""
-    return tuple((name, PROVIDERS[name]) for name in facts_for(definition, event))
+    return tuple((name, provider(definition, name)) for name in facts_for(definition, event))
 
 
 def gather(uow: FactReader, definition: Definition, event: str, record: Mapping[str, Any],
@@ -113,4 +131,4 @@ def gather(uow: FactReader, definition: Definition, event: str, record: Mapping[
     names = facts_for(definition, event)
     if not names:
         return {}
-    return {name: PROVIDERS[name](uow, record, data) for name in names}
+    return {name: provider(definition, name)(uow, record, data) for name in names}

@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tollgate.service.application import facts
 from tollgate.service.storage.unit_of_work import _MISSING, _NOTIFICATION, UnitOfWork
-from tollgate.workflows.definitions import Definition
+from tollgate.workflows.definitions import Definition, Key, definitions
 from tollgate.workflows.engine import Engine
 from tollgate.workflows.exceptions import (
     BadRequest,
@@ -94,8 +94,9 @@ class EventUnit(UnitOfWork):
     """A unit of work that judges events under one rules version (its `engine`)."""
 
     def __init__(self, conn: Connection, version: RulesVersion, engine: Engine, *,
-                 now: Callable[[], datetime], lock: bool, optimistic: bool = False) -> None:
-        super().__init__(conn, version_id=version.id, now=now, lock=lock, optimistic=optimistic)
+                 now: Callable[[], datetime], lock: bool, keys: Mapping[str, tuple[Key, ...]] | None = None,
+                 optimistic: bool = False) -> None:
+        super().__init__(conn, version_id=version.id, now=now, lock=lock, keys=keys, optimistic=optimistic)
         self.version = version
         self.engine = engine
         self._plans: dict[tuple[str, str], _Plan] = {}
@@ -175,8 +176,6 @@ class EventUnit(UnitOfWork):
             context = outcome.context
             updated["context"] = context if type(context) is dict else dict(context)
             changed = True
-            if record["workflow"] == "signup":
-                updated["email"] = context.get("email")
         secrets = outcome.secrets
         if secrets != (record["secrets"] or {}):
             updated["secrets"] = secrets if type(secrets) is dict else dict(secrets)
@@ -189,6 +188,8 @@ class EventUnit(UnitOfWork):
         self.records[instance_id] = updated
         if instance_id not in self.new_ids:
             self.dirty.add(instance_id)
+            if record["workflow"] in self.keys:  # its declared keys may move (`storage/keys.py`)
+                self.rekeyed.setdefault(instance_id, record)
         if not applied:
             raise GuardDenied(event, list(outcome.reasons))
         updated["state"] = outcome.target
@@ -269,9 +270,11 @@ class Units:
         self.now = now
         #: Whether units load instances `FOR UPDATE` (PostgreSQL; SQLite serialises its writers).
         self.row_locks = row_locks
+        #: The keys each workflow declares (storage keeps them in `instance_keys`).
+        self.keys = {d.name: tuple(d.keys.values()) for d in definitions().values() if d.keys}
 
     def open(self, conn: Connection, *, optimistic: bool = False, lock: bool | None = None) -> EventUnit:
         """A unit on `conn` under the version active in it (`lock=False`: no row locks, for reads)."""
         version = self.versions.active(conn)
         return EventUnit(conn, version, self.versions.engine_for(version), now=self.now,
-                         lock=self.row_locks if lock is None else lock, optimistic=optimistic)
+                         lock=self.row_locks if lock is None else lock, keys=self.keys, optimistic=optimistic)

@@ -201,7 +201,7 @@ class Workers:
     def active(self) -> bool:
         """Whether big sweeps and batches go to worker processes: more than one asked for, and a
         SQLite file for them to share (PostgreSQL scales out with `tollgate worker` instead)."""
-        return self.count > 1 and self.db.is_sqlite and not self.db.memory
+        return self.count > 1 and self.db.dialect.single_writer and not self.db.memory
 
     def run(self, work: Callable[[WorkerPool], _T]) -> _T:
         """`work` on the worker pool, started on first use. A pool that lost a process (killed,

@@ -216,11 +216,14 @@ class Sweeps:
         # Every query here is a primary-key look-up of the batch's own rows: a join on
         # coalesce(account, id), or a filter on due_at, made PostgreSQL scan every instance or
         # every due timer per batch (O(N) a batch; bench.workers fell from 5,321 to 1,750 /s).
-        account_of = dict(fetch("SELECT id, coalesce(account, id) FROM instances WHERE id = ANY(?)", [ids]))
+        dialect = uow.reader.dialect
+        where, params = dialect.in_clause("id", ids)
+        account_of = dict(fetch(f"SELECT id, coalesce(account, id) FROM instances WHERE {where}", params))
         # the account rows this transaction could lock (an instance whose account another
         # transaction holds is left out)
-        locked = {row[0] for row in fetch("SELECT id FROM instances WHERE id = ANY(?) FOR UPDATE SKIP LOCKED",
-                                          [sorted(set(account_of.values()))])}
+        where, params = dialect.in_clause("id", sorted(set(account_of.values())))
+        locked = {row[0] for row in fetch(f"SELECT id FROM instances WHERE {where}"
+                                          f"{dialect.lock_suffix(skip_locked=True)}", params)}
         mine = [t for t in claimed if account_of.get(t.instance) in locked]
         if not mine:
             return mine
@@ -228,9 +231,9 @@ class Sweeps:
         last = max(t.due_at for t in mine)
         first_other: dict[str, tuple[Any, str]] = {}
         # (only real-time timers due by the last one kept can come before one of them)
+        where, params = dialect.in_clause("instance", list(dict.fromkeys(t.instance for t in mine)))
         for instance, name, clock, due_at in fetch(
-                "SELECT instance, name, clock, due_at FROM timers WHERE instance = ANY(?)",
-                [list(dict.fromkeys(t.instance for t in mine))]):
+                f"SELECT instance, name, clock, due_at FROM timers WHERE {where}", params):
             if clock is None and due_at <= last and (instance, name) not in held:
                 other = first_other.get(instance)
                 if other is None or (due_at, name) < other:
@@ -259,8 +262,7 @@ class Sweeps:
                 params.append(span.high)
         sql = (f"SELECT instance, name, event, due_at FROM timers WHERE {where} "
                "ORDER BY due_at, instance, name LIMIT ?")
-        if self.db.for_update():
-            sql += " FOR UPDATE SKIP LOCKED"
+        sql += self.db.dialect.lock_suffix(skip_locked=True)
         rows = [_Timer(*row) for row in reader.fetch(sql, [*params, batch])]
         if not rows:
             return rows, None

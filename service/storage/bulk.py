@@ -9,84 +9,33 @@ written here and rows written through `service/tables.py` read back the same.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from itertools import chain
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection
 
-MULTI_ROWS = 100  # rows per multi-row INSERT on SQLite (100 x 13 columns, far below its 32,766 parameters)
+from tollgate.service.storage.dialects import (
+    Dialect,
+    aware_utc,
+    dialect_of,
+    dumps,
+    parse_sqlite_timestamp,
+    sqlite_timestamp,
+)
 
-
-#: Append-only tables written with COPY on PostgreSQL (no conflict clause, no unique key but the id).
-_COPY_TABLES = frozenset({"history", "notifications"})
-
-
-def dumps(value: Any) -> str:
-    """JSON text as SQLAlchemy's JSON type reads it (orjson: ~8x faster than json.dumps)."""
-    if not value:  # the empty containers as constant text (a non-empty one skips this test at once)
-        kind = type(value)
-        if kind is dict:
-            return "{}"
-        if kind is list:
-            return "[]"
-        if isinstance(value, dict | list):
-            return "{}" if isinstance(value, dict) else "[]"
-    return orjson.dumps(value).decode()
-
-
-def sqlite_timestamp(value: datetime | None) -> str | None:
-    """The text SQLAlchemy stores for a DateTime on SQLite ('YYYY-MM-DD HH:MM:SS.ffffff', UTC)."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-
-
-def parse_sqlite_timestamp(text: str | None) -> datetime | None:
-    """The aware UTC datetime `service.tables.UTCDateTime` reads back from SQLite's text."""
-    if text is None:
-        return None
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-def parse_sqlite_json(text: str | None) -> Any:
-    return None if text is None else orjson.loads(text)
-
-
-def aware_utc(value: datetime | None) -> datetime | None:
-    """What `UTCDateTime` reads back from PostgreSQL (aware, in UTC)."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class _TimestampMemo(dict[datetime, str | None]):
-    """sqlite_timestamp per distinct instant: a batch's rows share a handful of them."""
-
-    def __missing__(self, key: datetime) -> str | None:
-        value = self[key] = sqlite_timestamp(key)
-        return value
+__all__ = ["BulkWriter", "aware_utc", "dumps", "parse_sqlite_timestamp", "sqlite_timestamp"]
 
 
 class BulkWriter:
     """executemany with the dialect's placeholders, timestamp and JSON conversions."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, dialect: Dialect | None = None) -> None:
         self.conn = conn
-        self.sqlite = conn.dialect.name == "sqlite"
-        self.mark = "?" if self.sqlite else "%s"
-        if self.sqlite:
-            memo = _TimestampMemo()
-            # Text is what SQLite stores already (a record's timestamps as read by the unit of work).
-            self.ts: Callable[[datetime | str | None], Any] = (
-                lambda v: v if v is None or isinstance(v, str) else memo[v])
-            self.js: Callable[[Any], Any] = dumps
-        else:
-            from psycopg.types.json import Jsonb
-
-            self.ts = lambda v: v
-            self.js = Jsonb
+        self.dialect = dialect = dialect or dialect_of(conn)
+        self.mark = dialect.placeholder
+        self.ts = dialect.timestamp_writer()
+        self.js = dialect.json_writer
 
     def fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
         """Rows of a query on the DBAPI cursor (`?` placeholders), as the driver returns them."""
@@ -111,11 +60,12 @@ class BulkWriter:
     def delete_pairs(self, table: str, first: str, second: str, keys: Sequence[tuple[Any, Any]]) -> None:
         """DELETE the rows whose (`first`, `second`) is one of `keys`.
 
-        On SQLite the keys are grouped by `second` (a batch's fired timers share a few names) and
-        each group deleted `second = ? AND first IN (…)`, up to `MULTI_ROWS` at a time: one
-        statement run per 100 rows (2.0 -> 1.5 us a timer row); elsewhere executemany.
+        With `grouped_deletes` (SQLite) the keys are grouped by `second` (a batch's fired timers
+        share a few names) and each group deleted `second = ? AND first IN (…)`, up to
+        `multi_rows` at a time: one statement run per 100 rows (2.0 -> 1.5 us a timer row);
+        elsewhere executemany.
         """
-        if not self.sqlite:
+        if not self.dialect.grouped_deletes:
             self.executemany(f"DELETE FROM {table} WHERE {first} = ? AND {second} = ?", keys)
             return
         groups: dict[Any, list[Any]] = {}
@@ -124,8 +74,8 @@ class BulkWriter:
         cursor = self.conn.connection.cursor()
         try:
             for two, ones in groups.items():
-                for lo in range(0, len(ones), MULTI_ROWS):
-                    part = ones[lo:lo + MULTI_ROWS]
+                for lo in range(0, len(ones), self.dialect.multi_rows):
+                    part = ones[lo:lo + self.dialect.multi_rows]
                     cursor.execute(f"DELETE FROM {table} WHERE {second} = ? AND {first} IN "
                                    f"({', '.join('?' * len(part))})", [two, *part])
         finally:
@@ -135,12 +85,14 @@ class BulkWriter:
                suffix: str = "") -> None:
         """INSERT `rows` (then `suffix`, e.g. an ON CONFLICT clause).
 
-        On SQLite, full groups of `MULTI_ROWS` rows go in one multi-row `VALUES` statement each
-        (one statement run instead of 100: 2.2 -> 1.7 us a history row, 2.7 -> 1.8 us a timer
-        upsert), the rest through executemany; rows are inserted in the order given either way.
-        psycopg pipelines executemany already.
+        With `multi_rows` (SQLite), full groups of that many rows go in one multi-row `VALUES`
+        statement each (one statement run instead of 100: 2.2 -> 1.7 us a history row, 2.7 -> 1.8
+        us a timer upsert), the rest through executemany; rows are inserted in the order given
+        either way. The dialect's `copy_tables` go through COPY (PostgreSQL); psycopg pipelines
+        executemany already.
         """
-        if not self.sqlite and table in _COPY_TABLES and rows:
+        dialect = self.dialect
+        if rows and table in dialect.copy_tables:
             cursor = self.conn.connection.cursor()
             try:
                 with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
@@ -151,13 +103,38 @@ class BulkWriter:
             return
         head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
         one = "(" + ", ".join("?" for _ in columns) + ")"
-        full = len(rows) - len(rows) % MULTI_ROWS if self.sqlite else 0
+        many = dialect.multi_rows
+        full = len(rows) - len(rows) % many if many else 0
         if full:
-            sql = head + ", ".join([one] * MULTI_ROWS) + suffix
+            sql = head + ", ".join([one] * many) + suffix
             cursor = self.conn.connection.cursor()
             try:
-                for lo in range(0, full, MULTI_ROWS):
-                    cursor.execute(sql, list(chain.from_iterable(rows[lo:lo + MULTI_ROWS])))
+                for lo in range(0, full, many):
+                    cursor.execute(sql, list(chain.from_iterable(rows[lo:lo + many])))
             finally:
                 cursor.close()
         self.executemany(head + one + suffix, rows[full:])
+
+
+class Reader:
+    """Raw reads for a unit of work: the dialect's placeholders, JSON and timestamp conversions (those
+    of `service/storage/tables.py`), every read kept in `log` when one is given."""
+
+    def __init__(self, conn: Connection, log: list[tuple[str, list[Any], list[Any]]] | None = None) -> None:
+        self.writer = writer = BulkWriter(conn)
+        self.dialect = dialect = writer.dialect
+        #: Every read as (sql, params, rows), when the unit judges outside the write lock.
+        self.log = log
+        self.loads: Callable[[Any], Any] = dialect.json_reader
+        self.stamp: Callable[[Any], Any] = dialect.stamp_reader
+        self.stamp_now: Callable[[Any], Any] = dialect.moment_reader
+
+    def fetch(self, sql: str, params: list[Any]) -> list[Any]:
+        rows = self.writer.fetch(sql, params)
+        if self.log is not None:
+            self.log.append((sql, params, rows))
+        return rows
+
+    def moment(self, value: Any) -> datetime | None:
+        """An aware UTC datetime from a record's or row's timestamp (stored text or datetime)."""
+        return parse_sqlite_timestamp(value) if type(value) is str else aware_utc(value)

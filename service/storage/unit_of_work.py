@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
-import orjson
 from sqlalchemy import Connection, update
 
-from tollgate.service.storage.bulk import BulkWriter, aware_utc, parse_sqlite_timestamp
+from tollgate.service.storage import keys as declared_keys
+from tollgate.service.storage.bulk import BulkWriter, Reader
+from tollgate.service.storage.dialects import same
 from tollgate.service.storage.tables import clocks
+from tollgate.workflows.definitions import Key
 from tollgate.workflows.exceptions import NotFound, StaleBatch
 
 _MISSING = object()
@@ -28,7 +30,7 @@ TIMER_COLUMNS = ("instance", "name", "event", "due_at", "clock")
 FAILED_TIMER_COLUMNS = ("instance", "name", "event", "due_at", "clock", "error", "failed_at", "rules_version")
 NOTIFICATION_COLUMNS = ("instance", "template", "channel", "recipient", "payload", "created_at")
 INSTANCE_COLUMNS = ("id", "workflow", "state", "context", "secrets", "version", "history_seq", "clock",
-                    "account", "email", "usage_month", "created_at", "updated_at")
+                    "account", "created_at", "updated_at")
 
 
 log = logging.getLogger("tollgate.timers")
@@ -47,8 +49,7 @@ class Pending(NamedTuple):
     """The rows a unit of work writes (`UnitOfWork.pending`), one list per statement kind."""
 
     inserted: list[tuple[Any, ...]]
-    signups: list[tuple[Any, ...]]
-    others: list[tuple[Any, ...]]
+    updated: list[tuple[Any, ...]]
     history: list[tuple[Any, ...]]
     timers_deleted: list[tuple[str, str]]
     timers_armed: list[TimerRow]
@@ -56,59 +57,33 @@ class Pending(NamedTuple):
     clocks: dict[str, datetime]
     #: Timers whose event failed (`record_rules_failure`), as `failed_timers` rows.
     parked: list[tuple[Any, ...]]
+    #: Declared keys (`storage/keys.py`): rows dropped ((instance, name)) and written.
+    keys_deleted: list[tuple[str, str]]
+    keys_written: list[tuple[Any, ...]]
     #: Optimistic: each UPDATE row ends with the version and history_seq the unit read, and
     #: `write` raises StaleBatch unless every one of them still matched.
     checked: bool = False
-
-
-class _Reader:
-    """The dialect's raw reads: placeholders, JSON and timestamp conversions of `service.tables`."""
-
-    def __init__(self, conn: Connection, log: list[tuple[str, list[Any], list[Any]]] | None = None) -> None:
-        self.writer = BulkWriter(conn)
-        #: Every read as (sql, params, rows), when the unit judges outside the write lock.
-        self.log = log
-        if conn.dialect.name == "sqlite":
-            # context and secrets are NOT NULL: their text always parses.
-            self.loads: Callable[[Any], Any] = orjson.loads
-            # created_at / updated_at of a loaded record are only ever written back by `flush`,
-            # so SQLite's stored text is kept as it is (BulkWriter.ts passes text through).
-            self.stamp: Callable[[Any], Any] = _same
-            self.stamp_now: Callable[[Any], Any] = parse_sqlite_timestamp
-        else:
-            self.loads = _same
-            self.stamp = self.stamp_now = aware_utc
-
-    def fetch(self, sql: str, params: list[Any]) -> list[Any]:
-        rows = self.writer.fetch(sql, params)
-        if self.log is not None:
-            self.log.append((sql, params, rows))
-        return rows
-
-    def moment(self, value: Any) -> datetime | None:
-        """An aware UTC datetime from a record's or row's timestamp (stored text or datetime)."""
-        return parse_sqlite_timestamp(value) if type(value) is str else aware_utc(value)
-
-
-def _same(value: Any) -> Any:
-    return value
 
 
 class UnitOfWork:
     """In-memory instance records and pending writes for one database transaction."""
 
     def __init__(self, conn: Connection, *, version_id: int, now: Callable[[], datetime], lock: bool,
-                 optimistic: bool = False) -> None:
+                 keys: Mapping[str, tuple[Key, ...]] | None = None, optimistic: bool = False) -> None:
         """`version_id`: the rules version the unit's history rows record; `now`: real time (read
-        once per unit); `lock`: load instances `FOR UPDATE` (PostgreSQL)."""
+        once per unit); `lock`: load instances `FOR UPDATE` (PostgreSQL); `keys`: the keys each
+        workflow declares (only workflows with keys), kept in `instance_keys` by `write`."""
         self.conn = conn
+        self.keys: Mapping[str, tuple[Key, ...]] = keys or {}
+        #: Instances of keyed workflows changed by this unit: id → the record as stored.
+        self.rekeyed: dict[str, dict[str, Any]] = {}
         self.version_id = version_id
         self._now = now
         self.lock = lock
         #: optimistic: judged outside the write lock; every read is kept, so that `reads_unchanged`
         #: can tell under the lock whether the batch still stands (`Batches.judge_then_write`).
         self.reads: list[tuple[str, list[Any], list[Any]]] | None = [] if optimistic else None
-        self.reader = _Reader(conn, self.reads)
+        self.reader = Reader(conn, self.reads)
         #: optimistic: (version, history_seq) of each instance as first read, which were read by
         #: id, and the ids asked for and not found. An instance the unit updates is checked by its
         #: UPDATE (`write`: `AND version = ? AND history_seq = ?`), the others by `reads_unchanged`.
@@ -152,9 +127,9 @@ class UnitOfWork:
         reader = self.reader
         sql = f"SELECT {', '.join(INSTANCE_COLUMNS)} FROM instances WHERE {where}"
         if lock:
-            sql += " FOR UPDATE"
+            sql += reader.dialect.lock_suffix()
         loads, stamp = reader.loads, reader.stamp
-        convert = stamp is not _same  # SQLite keeps the stored text: no call per timestamp
+        convert = stamp is not same  # SQLite keeps the stored text: no call per timestamp
         records, by_account = self.records, self.by_account
         rows = reader.writer.fetch(sql, params)
         if self.reads is not None:  # kept for `reads_unchanged`: a row's version and history_seq
@@ -168,16 +143,16 @@ class UnitOfWork:
             else:
                 self.reads.append((f"SELECT id, version, history_seq FROM instances WHERE {where}", params,
                                    [(row[0], row[5], row[6]) for row in rows]))
-        for (id_, workflow, state, context, secrets, version, history_seq, clock, account, email,
-             usage_month, created_at, updated_at) in rows:
+        for (id_, workflow, state, context, secrets, version, history_seq, clock, account,
+             created_at, updated_at) in rows:
             if id_ in records:
                 continue
             if convert:
                 created_at, updated_at = stamp(created_at), stamp(updated_at)
             records[id_] = {"id": id_, "workflow": workflow, "state": state, "context": loads(context),
                             "secrets": {} if secrets == "{}" else loads(secrets), "version": version,
-                            "history_seq": history_seq, "clock": clock, "account": account, "email": email,
-                            "usage_month": usage_month, "created_at": created_at, "updated_at": updated_at}
+                            "history_seq": history_seq, "clock": clock, "account": account,
+                            "created_at": created_at, "updated_at": updated_at}
             if account:  # _index, inline
                 ids = by_account.get((account, workflow))
                 if ids is None:
@@ -185,22 +160,21 @@ class UnitOfWork:
                 else:
                     ids.append(id_)
 
-    def _in(self, column: str, values: list[str]) -> tuple[str, list[Any]]:
-        """`column IN (…)` on SQLite, `column = ANY(?)` (one array parameter) on PostgreSQL."""
-        if self.conn.dialect.name == "sqlite":
-            return f"{column} IN ({', '.join('?' * len(values))})", list(values)
-        return f"{column} = ANY(?)", [list(values)]
-
     def load(self, ids: Iterable[str]) -> None:
         """Load (and lock) the instances not yet in memory, in one query per 10,000."""
         missing = [i for i in dict.fromkeys(ids) if i not in self.records]
         for lo in range(0, len(missing), _CHUNK):
-            where, params = self._in("id", missing[lo:lo + _CHUNK])
+            where, params = self.reader.dialect.in_clause("id", missing[lo:lo + _CHUNK])
             self._select(where, params, lock=self.lock, by_id=True)
 
     def fetch(self, sql: str, params: list[Any]) -> list[Any]:
         """Rows of a raw query (`?` placeholders) in this unit's transaction (kept if optimistic)."""
         return self.reader.fetch(sql, params)
+
+    def unique_holder(self, workflow: str, key: str, value: str) -> str | None:
+        """The stored instance of `workflow` that holds the unique `key` with `value`, if any."""
+        rows = self.reader.fetch(declared_keys.UNIQUE_HOLDER_SQL, [workflow, key, value])
+        return str(rows[0][0]) if rows else None
 
     def get(self, instance_id: str) -> dict[str, Any]:
         if instance_id not in self.records:
@@ -224,8 +198,8 @@ class UnitOfWork:
         account_ids = sorted({a for a, _ in wanted})
         names = sorted({w for _, w in wanted})
         for lo in range(0, len(account_ids), _CHUNK):
-            where, params = self._in("account", account_ids[lo:lo + _CHUNK])
-            workflows_in, more = self._in("workflow", names)
+            where, params = self.reader.dialect.in_clause("account", account_ids[lo:lo + _CHUNK])
+            workflows_in, more = self.reader.dialect.in_clause("workflow", names)
             self._select(f"{where} AND {workflows_in}", params + more)
         self.groups.update(wanted)
 
@@ -263,10 +237,13 @@ class UnitOfWork:
     # ── changing, with a journal for rollback ────────────────────────────────────────────────
 
     def _replace(self, record: dict[str, Any]) -> None:
-        self.journal.append(("record", record["id"], self.records.get(record["id"], _MISSING)))
+        previous = self.records.get(record["id"], _MISSING)
+        self.journal.append(("record", record["id"], previous))
         self.records[record["id"]] = record
         if record["id"] not in self.new_ids:
             self.dirty.add(record["id"])
+            if previous is not _MISSING and record["workflow"] in self.keys:
+                self.rekeyed.setdefault(record["id"], previous)  # type: ignore[arg-type]
 
     def insert(self, record: dict[str, Any]) -> None:
         self.journal.append(("record", record["id"], _MISSING))
@@ -337,7 +314,7 @@ class UnitOfWork:
         ids.extend(self.absent)
         for lo in range(0, len(ids), _CHUNK):
             part = ids[lo:lo + _CHUNK]
-            where, params = self._in("id", part)
+            where, params = self.reader.dialect.in_clause("id", part)
             found = {row[0]: (row[1], row[2]) for row in writer.fetch(
                 f"SELECT id, version, history_seq FROM instances WHERE {where}", params)}
             if found != {i: marks[i] for i in part if i in marks}:
@@ -348,7 +325,7 @@ class UnitOfWork:
         """Write through `conn` (the write transaction) from now on; reads are no longer kept."""
         self.conn = conn
         self.reads = None
-        self.reader = _Reader(conn)
+        self.reader = Reader(conn)
 
     def flush(self) -> None:
         """Write everything pending with one executemany per table and kind."""
@@ -360,30 +337,23 @@ class UnitOfWork:
         ts, js = self._ts, self._js
         records, new_ids = self.records, self.new_ids
         inserted = [(r["id"], r["workflow"], r["state"], js(r["context"]), js(r["secrets"]), r["version"],
-                     r["history_seq"], r["clock"], r["account"], r["email"], r["usage_month"],
-                     ts(r["created_at"]), ts(r["updated_at"]))
+                     r["history_seq"], r["clock"], r["account"], ts(r["created_at"]), ts(r["updated_at"]))
                     for r in (records[i] for i in new_ids if i in records)]
-        # Only a signup's email can change, and `email` is indexed: other rows leave it out of
-        # the UPDATE so SQLite does not rewrite that index entry. Rows go in key order.
-        signups: list[tuple[Any, ...]] = []
-        others: list[tuple[Any, ...]] = []
+        updated: list[tuple[Any, ...]] = []  # in key order
         marks = self.marks if self.reads is not None else None
         for i in sorted(i for i in self.dirty if i in records and i not in new_ids):
             r = records[i]
-            if r["workflow"] == "signup":
-                row: tuple[Any, ...] = (r["state"], js(r["context"]), js(r["secrets"]), r["version"],
-                                        r["history_seq"], r["email"], ts(r["updated_at"]), i)
-                signups.append(row if marks is None else (*row, *marks[i]))
-            else:
-                row = (r["state"], js(r["context"]), js(r["secrets"]), r["version"], r["history_seq"],
-                       ts(r["updated_at"]), i)
-                others.append(row if marks is None else (*row, *marks[i]))
+            row = (r["state"], js(r["context"]), js(r["secrets"]), r["version"], r["history_seq"],
+                   ts(r["updated_at"]), i)
+            updated.append(row if marks is None else (*row, *marks[i]))
         ops = self.timer_ops
         deleted = [key for key, t in ops.items() if t is None]
         armed = [t for t in ops.values() if t is not None]
-        return Pending(inserted, signups, others, self.history_rows, deleted, armed,
+        keys_deleted, keys_written = (declared_keys.changes(self.keys, records, new_ids, self.rekeyed)
+                                      if self.keys else ([], []))
+        return Pending(inserted, updated, self.history_rows, deleted, armed,
                        self.notification_rows, {c: self.clock_times[c] for c in self.moved_clocks},
-                       self.parked_rows, marks is not None)
+                       self.parked_rows, keys_deleted, keys_written, marks is not None)
 
     def write(self, rows: Pending) -> None:
         """Write `rows` (from `pending`) on this unit's connection; the unit is empty afterwards."""
@@ -391,11 +361,13 @@ class UnitOfWork:
         bulk.insert("instances", INSTANCE_COLUMNS, rows.inserted)
         where = "id = ? AND version = ? AND history_seq = ?" if rows.checked else "id = ?"
         updated = bulk.executemany("UPDATE instances SET state = ?, context = ?, secrets = ?, version = ?, "
-                                   f"history_seq = ?, email = ?, updated_at = ? WHERE {where}", rows.signups)
-        updated += bulk.executemany("UPDATE instances SET state = ?, context = ?, secrets = ?, version = ?, "
-                                    f"history_seq = ?, updated_at = ? WHERE {where}", rows.others)
-        if rows.checked and updated != len(rows.signups) + len(rows.others):
+                                   f"history_seq = ?, updated_at = ? WHERE {where}", rows.updated)
+        if rows.checked and updated != len(rows.updated):
             raise StaleBatch("An instance this batch updates changed after it was judged.")
+        if rows.keys_deleted:
+            bulk.delete_pairs("instance_keys", "instance", "name", rows.keys_deleted)
+        if rows.keys_written:
+            bulk.insert("instance_keys", declared_keys.KEY_COLUMNS, rows.keys_written, declared_keys.UPSERT)
         bulk.insert("history", HISTORY_COLUMNS, rows.history)
         # cancelled or fired: deleted; armed: inserted or replaced in one statement
         bulk.delete_pairs("timers", "instance", "name", rows.timers_deleted)
@@ -420,6 +392,7 @@ class UnitOfWork:
         self.moved_clocks.clear()
         self.new_ids.clear()
         self.dirty.clear()
+        self.rekeyed.clear()
         self.history_rows = []
         self.notification_rows = []
         self.timer_ops.clear()
