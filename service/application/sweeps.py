@@ -178,7 +178,7 @@ class Sweeps:
             key = (instance, name)
             if key in timer_ops:  # cancelled or re-armed by an earlier event of this batch
                 continue
-            # deleted whatever its event does: no journal entry (_attempt starts a new journal)
+            # deleted whatever its event does: no journal entry (`attempt` starts a new journal)
             timer_ops[key] = None
             record = records.get(instance)
             if record is None:
@@ -285,7 +285,7 @@ class Sweeps:
         """
         # Effects of earlier events are final (only this event may be rolled back): the journal
         # starts afresh, so the records it kept are freed now rather than at the end of the batch.
-        uow.journal.clear()
+        uow.keep_effects()
         mark = 0
         try:
             outcome = uow.apply(instance_id, event, data, actor)

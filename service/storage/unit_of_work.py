@@ -269,6 +269,10 @@ class UnitOfWork:
             (js(data if type(data) is dict else dict(data)) if data else self._empty_dict),
             self._ts(at), self.version_id, actor))
 
+    def keep_effects(self) -> None:
+        """Make every change so far final: `rollback_to` undoes only what comes after."""
+        self.journal.clear()
+
     def checkpoint(self) -> int:
         return len(self.journal)
 
