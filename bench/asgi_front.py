@@ -29,7 +29,7 @@ from urllib.parse import unquote_to_bytes
 from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers import gasgi
 
-from tollgate.service.problems import TYPE_BASE
+from tollgate.service.application.problems import TYPE_BASE
 
 #: Seconds a connection may take to send a whole request head (request line and headers); then it
 #: is closed. nginx's `client_header_timeout` is 60 s; a real client sends its head at once.

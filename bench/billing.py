@@ -109,10 +109,10 @@ def seed_month(url: str, n: int, *, clock: str | None = CLOCK, usage_month: str 
                progress: Progress | None = None) -> None:
     """Migrate, activate rules.yaml and write n accounts (80 % with an active card), n open invoices
     and their issue timers with bulk inserts (not through the runtime: this is the seed)."""
-    from tollgate.service.bulk import BulkWriter
-    from tollgate.service.db import Database
-    from tollgate.service.runtime import Runtime
-    from tollgate.service.unit_of_work import INSTANCE_COLUMNS
+    from tollgate.service.application.runtime import Runtime
+    from tollgate.service.storage.bulk import BulkWriter
+    from tollgate.service.storage.db import Database
+    from tollgate.service.storage.unit_of_work import INSTANCE_COLUMNS
 
     runtime = Runtime(Database(url))
     runtime.bootstrap(ROOT / "rules.yaml")
@@ -130,14 +130,14 @@ def seed_month(url: str, n: int, *, clock: str | None = CLOCK, usage_month: str 
                 accounts.append((account, "signup", "active",
                                  js({"country": "KR", "member_type": "business", "email": email,
                                      "phone": "+821000000000"}),
-                                 js({}), 5, 0, clock, None, email, None, t0, t0))
+                                 js({}), 5, 0, clock, None, t0, t0))
                 if payer_kind(i) in ("charged", "unpaid_autopay"):
                     methods.append((f"pm{i}", "payment_method", "active",
                                     js({"account": account, "channel": "web", "method": "credit_card"}),
-                                    js({}), 4, 0, clock, account, None, None, t0, t0))
+                                    js({}), 4, 0, clock, account, t0, t0))
                 invoices.append((f"inv{i}", "invoice", "open",
                                  js({"account": account, "usage_month": usage_month, "usage": usage_of(i)}),
-                                 js({}), 1, 0, clock, account, None, usage_month, t0, t0))
+                                 js({}), 1, 0, clock, account, t0, t0))
                 timers.append((f"inv{i}", "invoice_issue", "issue", ts(issue_at), clock))
             for rows in (accounts, methods, invoices):
                 bulk.insert("instances", INSTANCE_COLUMNS, rows)
@@ -186,7 +186,7 @@ def _time_trigger(seconds: float, rounds: int, ready: Callable[[], object] = lam
     from statistics import median
 
     from bench.core import CASES, bare_trigger
-    from tollgate.service.policy_files import load_policy_file
+    from tollgate.service.application.policy_files import load_policy_file
 
     case = next(c for c in CASES if c.event == "pay_now")
     call = bare_trigger(load_policy_file(ROOT / "rules.yaml").definitions[case.workflow], case)
@@ -204,8 +204,8 @@ def _time_trigger_together(barrier: Any, results: Any, seconds: float, rounds: i
 def run_month(url: str, n: int, *, progress: Progress | None = None, workers: int = 1) -> dict[str, Any]:
     """Drive the seeded month to its end; return seconds, applied transitions, peak RSS and the
     bare trigger's cost before and after the month (µs)."""
-    from tollgate.service.db import Database
-    from tollgate.service.runtime import Runtime
+    from tollgate.service.application.runtime import Runtime
+    from tollgate.service.storage.db import Database
 
     say = progress or (lambda _: None)
     runtime = Runtime(Database(url, synchronous=os.environ.get("TOLLGATE_BENCH_SYNCHRONOUS", "FULL")),
@@ -233,7 +233,8 @@ def run_month(url: str, n: int, *, progress: Progress | None = None, workers: in
                       actor="bank_feed", batch=BATCH)
     runtime.advance_clock(CLOCK, MONTH_END, batch=BATCH, collect=False)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    optimistic = dict(runtime.optimistic_counts + (runtime._pool.counts if runtime._pool else Counter()))
+    pool = runtime.parallel.pool
+    optimistic = dict(runtime.sweeps.optimistic_counts + (pool.counts if pool else Counter()))
     runtime.close()  # the worker processes end here, so their peak RSS is counted below
     peak_kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)

@@ -29,8 +29,8 @@ from zoneinfo import ZoneInfo
 from transitions import EventData, Machine
 
 from bench.report import Figure, print_table, write_json
-from tollgate.service.passwords import new_engine
-from tollgate.service.policy_files import load_policy_file
+from tollgate.service.application.passwords import new_engine
+from tollgate.service.application.policy_files import load_policy_file
 from tollgate.workflows.definitions import Definition
 from tollgate.workflows.engine import Engine
 from tollgate.workflows.outcome import Snapshot

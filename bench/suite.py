@@ -35,7 +35,7 @@ Measure = Callable[[bool, Progress], list[Any]]
 def _core(quick: bool, progress: Progress) -> list[Any]:
     from bench.core import core_figures
     from tollgate.bundled import default_rules_path
-    from tollgate.service.policy_files import load_policy_file
+    from tollgate.service.application.policy_files import load_policy_file
 
     rules = default_rules_path()
     policy = load_policy_file(rules if Path(rules).exists() else REPO / "rules.yaml")

@@ -82,8 +82,8 @@ def run_workers(n: int, workers: int, progress: Progress, *, admin_url: str = PO
     import psycopg
     from sqlalchemy import text
 
-    from tollgate.service.db import Database
-    from tollgate.service.runtime import Runtime
+    from tollgate.service.application.runtime import Runtime
+    from tollgate.service.storage.db import Database
 
     name, url = _database(admin_url)
     with psycopg.connect(admin_url, autocommit=True) as admin:

@@ -1,10 +1,9 @@
-"""The Flask app factory: config (defaults → environment → test overrides), runtime, blueprints."""
+"""The Flask app factory: settings (environment → test overrides), the wired runtime, blueprints."""
 
 from __future__ import annotations
 
 import io
 import logging
-import os
 import re
 import time
 import uuid
@@ -13,86 +12,52 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from tollgate.bundled import default_rules_path
 from tollgate.service import api, auth, errors
-from tollgate.service.db import DEFAULT_URL, Database
-from tollgate.service.parallel import auto_workers
-from tollgate.service.runtime import Runtime, system_now
+from tollgate.service.bootstrap import start_runtime
+from tollgate.service.settings import Settings
 from tollgate.workflows.exceptions import BadRequest
 
 log = logging.getLogger("tollgate.api")
 #: An `X-Request-Id` a client or proxy sends is kept if it looks like an id; otherwise one is made.
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
-#: Environment variables read by `create_app`, and the config key each one sets.
-ENVIRONMENT = {"TOLLGATE_DATABASE_URL": "DATABASE_URL", "TOLLGATE_RULES": "RULES",
-               "TOLLGATE_TOKENS": "TOKENS", "TOLLGATE_BATCH_WORKERS": "BATCH_WORKERS",
-               "TOLLGATE_SECRET_KEY": "SECRET_KEY",  # keys idempotency fingerprints (Runtime.fingerprint)
-               "TOLLGATE_MAX_BODY_BYTES": "MAX_CONTENT_LENGTH"}
-DEFAULTS: dict[str, Any] = {
-    "DATABASE_URL": DEFAULT_URL,
-    "RULES": None,  # None: ./rules.yaml if there is one, else the bundled policy (tollgate.bundled)
-    "TOKENS": "",
-    # processes that judge a big clock advance or batch of events on a SQLite file (service/parallel.py):
-    # "auto" is one per core, at most 2 (`parallel.auto_workers`); 1 keeps it all in the server's process
-    "BATCH_WORKERS": "auto",
-    "NOW": None,  # a callable returning an aware datetime; tests pin real time with it
-    # the largest request body accepted (bytes); a longer one is refused with 413, chunked or not
-    "MAX_CONTENT_LENGTH": 1024 * 1024,
-}
+#: `create_app`'s config keys that are settings (`service/settings.py`), and the setting of each.
+SETTINGS = {"DATABASE_URL": "database_url", "RULES": "rules", "TOKENS": "tokens",
+            "BATCH_WORKERS": "batch_workers", "SECRET_KEY": "secret_key",
+            "MAX_CONTENT_LENGTH": "max_body_bytes", "NOW": "now"}
 
 
-def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settings | None = None) -> Flask:
     """Build the app: migrate the database, import the rules file if it changed since its last
-    import, wire the API."""
+    import, wire the API. `settings`: the environment's unless given; `test_config` overrides them
+    by config key (`SETTINGS`) and sets any other Flask config key."""
+    overrides = dict(test_config or {})
+    given = {SETTINGS[key]: overrides.pop(key) for key in list(overrides) if key in SETTINGS}
+    if settings is None:
+        settings = Settings.from_environment(**given)
+    elif given:
+        settings = Settings.checked({**settings.__dict__, **given})
     app = Flask(__name__, static_folder=None)  # every route is in ROUTES, behind auth
-    app.config.from_mapping(DEFAULTS)
-    app.config.from_mapping({key: os.environ[var] for var, key in ENVIRONMENT.items() if var in os.environ})
-    if test_config is not None:
-        app.config.from_mapping(test_config)
-    app.config["MAX_CONTENT_LENGTH"] = max_body(app.config["MAX_CONTENT_LENGTH"])
+    app.config.from_mapping({"DATABASE_URL": settings.database_url, "RULES": settings.rules,
+                             "TOKENS": settings.tokens, "MAX_CONTENT_LENGTH": settings.max_body_bytes})
+    app.config.from_mapping(overrides)
     app.json.ensure_ascii = False  # type: ignore[attr-defined]  # Korean messages stay readable
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    runtime = Runtime(Database(app.config["DATABASE_URL"]), now=app.config["NOW"] or system_now,
-                      workers=_batch_workers(app.config["BATCH_WORKERS"]),
-                      secret_key=app.config.get("SECRET_KEY") or None)
     # strict=False: a gunicorn worker (re)started while the rules file has problems keeps serving
     # the active version; `tollgate serve` and `tollgate worker` refuse such a file before this.
-    runtime.bootstrap(app.config["RULES"] or default_rules_path(), strict=False)
+    runtime, _ = start_runtime(settings, strict=False)
     app.extensions["tollgate"] = runtime
+    app.extensions["tollgate.settings"] = settings
 
     app.before_request(_start_request)  # first: a refused request (401, 400) is logged too
     errors.init_app(app)
     auth.init_app(app)
     api.init_app(app)
-    app.wsgi_app = _WholeBody(app.wsgi_app, app.config["MAX_CONTENT_LENGTH"])  # type: ignore[method-assign]
+    app.wsgi_app = _WholeBody(app.wsgi_app, settings.max_body_bytes)  # type: ignore[method-assign]
     app.before_request(_refuse_nul)
     app.after_request(_log_request)
     return app
-
-
-def _batch_workers(value: Any) -> int:
-    if value == "auto":
-        return auto_workers()
-    return _positive_int(value, f"TOLLGATE_BATCH_WORKERS must be \"auto\" or a whole number of at least 1, "
-                                f"not {value!r}.")
-
-
-def max_body(value: Any) -> int:
-    return _positive_int(value, f"TOLLGATE_MAX_BODY_BYTES must be a whole number of bytes, at least 1, not "
-                                f"{value!r}; the default is {DEFAULTS['MAX_CONTENT_LENGTH']} (1 MiB).")
-
-
-def _positive_int(value: Any, refusal: str) -> int:
-    """`value` as a whole number of at least 1; otherwise ValueError(`refusal`)."""
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if number < 1:
-        raise ValueError(refusal)
-    return number
 
 
 class _WholeBody:

@@ -4,10 +4,8 @@ Every route but `/healthz` needs a token (401 with `WWW-Authenticate: Bearer` wi
 one) whose role grants the route's permission from `service/api/routes.py` (403 otherwise).
 Tokens are compared in constant time and never logged; the role is the actor in the history.
 
-Firing an event is also checked per event (`event_refusal`, called by the runtime once it knows
-the instance's workflow, for real calls and dry runs alike): support actions need a role their
-definition names, the payment gateway reports only charges and deposits, and timer events are
-the scheduler's (an admin may fire one by hand, recorded as `admin` in the history).
+Firing an event is also checked per event, with the role found here, by the application once it
+knows the instance's workflow (`service/application/roles.py`), for real calls and dry runs alike.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from dataclasses import dataclass
 from flask import Flask, current_app, g, request
 
 from tollgate.service.api.routes import BY_ENDPOINT, PERMISSIONS
-from tollgate.workflows.definitions import Event
+from tollgate.service.application.roles import EVENT_LIMITS, TIMER_ROLES, event_refusal  # noqa: F401
 from tollgate.workflows.exceptions import TollgateError
 
 ROLES: Mapping[str, frozenset[str]] = {
@@ -31,12 +29,6 @@ ROLES: Mapping[str, frozenset[str]] = {
     "gateway": frozenset({"events"}),
     "admin": frozenset(PERMISSIONS),
 }
-#: Roles that may fire only the events named here (SPEC §6), whatever the workflow.
-EVENT_LIMITS: Mapping[str, frozenset[str]] = {
-    "gateway": frozenset({"charge_succeeded", "charge_failed", "deposit"}),
-}
-#: Besides the scheduler (which needs no token), the roles that may fire a timer event over the API.
-TIMER_ROLES = frozenset({"admin"})
 CHALLENGE = 'Bearer realm="tollgate"'
 
 
@@ -110,27 +102,6 @@ def role_of(header: str | None, tokens: tuple[Token, ...]) -> str | None:
 
 def allowed(role: str, permission: str | None) -> bool:
     return permission is None or permission in ROLES[role]
-
-
-def event_refusal(role: str, event: Event, timers: tuple[str, ...]) -> str | None:
-    """Why `role` may not fire `event` over the API (a sentence for the 403), or None if it may.
-
-    `timers` are the ids of the active rules' timer schedules that fire this event; an event
-    with one, or marked `timed` in its definition, is a timer event.
-    """
-    if event.roles and role not in event.roles:
-        return (f"The event '{event.name}' is a support action: only the role(s) {', '.join(event.roles)} "
-                f"may fire it, not {role}.")
-    limit = EVENT_LIMITS.get(role)
-    if limit is not None and event.name not in limit:
-        return (f"The role '{role}' may only report {', '.join(sorted(limit))}; it may not fire "
-                f"'{event.name}'.")
-    if (event.timed or timers) and role not in TIMER_ROLES:
-        schedules = f" (timer {', '.join(timers)} of the rules)" if timers else ""
-        return (f"The event '{event.name}' is fired by the scheduler when it falls due{schedules}; the "
-                f"role '{role}' may not fire it over the API. Advance a test clock to fire it, or ask an "
-                f"{' or '.join(sorted(TIMER_ROLES))} to fire it by hand.")
-    return None
 
 
 def _authenticate() -> None:

@@ -36,7 +36,7 @@ from typing import Any
 from gunicorn import util
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from tollgate.service.problems import TYPE_BASE
+from tollgate.service.application.problems import TYPE_BASE
 
 #: Seconds a client may take to send a whole request (head and body) once it has connected or
 #: started a request on a kept-alive connection. nginx's client_header_timeout is 60 s.

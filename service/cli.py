@@ -13,14 +13,17 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tollgate import __version__
 from tollgate.bundled import default_rules_path
-from tollgate.service.policy_files import load_policy_file
+from tollgate.service.application.policy_files import load_policy_file
 from tollgate.workflows.diagrams import RENDERERS, render, workflow_diagram
 from tollgate.workflows.exceptions import NotFound, Problem, RulesError, TollgateError
 from tollgate.workflows.policy import Policy
+
+if TYPE_CHECKING:
+    from tollgate.service.settings import Settings
 
 Handler = Callable[[argparse.Namespace], int]
 Subparsers = Any  # argparse's _SubParsersAction is private; its API is add_parser().
@@ -71,10 +74,10 @@ def _rules_activate(args: argparse.Namespace) -> int:
 
     Running servers and workers judge the next event by it (they read the active version from the
     database); a restart does not import the file again unless it changes."""
-    from tollgate.service.db import Database
-    from tollgate.service.runtime import Runtime
+    from tollgate.service.bootstrap import build_runtime
+    from tollgate.service.settings import Settings
 
-    runtime = Runtime(Database(args.database or os.environ.get("TOLLGATE_DATABASE_URL")))
+    runtime = build_runtime(Settings.from_environment(database_url=args.database), batch_workers=1)
     try:
         runtime.db.migrate()
         version, imported = runtime.import_rules_file(args.path, force=True, actor="cli")
@@ -185,21 +188,20 @@ def _register_diagram(subparsers: Subparsers) -> None:
 
 # ── tollgate serve / worker / demo ───────────────────────────────────────────────────────────
 
-def _prepare(args: argparse.Namespace) -> Any:
-    """Point the environment at --database/--rules, migrate, import the rules file if it changed
-    since its last import; the Runtime."""
-    from tollgate.service.db import Database
-    from tollgate.service.runtime import Runtime
+def _prepare(args: argparse.Namespace, settings: Settings) -> Any:
+    """Point the environment at --database/--rules (the gunicorn workers read their settings from
+    it), migrate, import the rules file if it changed since its last import; the Runtime."""
+    from tollgate.service.bootstrap import start_runtime
 
     if args.database:
         os.environ["TOLLGATE_DATABASE_URL"] = args.database
-    rules = args.rules or default_rules_path()
+    rules = settings.rules_path
     os.environ["TOLLGATE_RULES"] = rules
     if _load_rules(rules) is None:  # before the database is touched: a bad file leaves nothing behind
         return None
-    runtime = Runtime(Database(os.environ.get("TOLLGATE_DATABASE_URL")))
     try:
-        version = runtime.bootstrap(rules)
+        # one process for the start's own work; `tollgate serve`'s workers get theirs from the settings
+        runtime, version = start_runtime(settings, batch_workers=1)
     except RulesError as error:
         _print_problems(error.problems, rules)
         return None
@@ -210,11 +212,9 @@ def _prepare(args: argparse.Namespace) -> Any:
 
 def _serve(args: argparse.Namespace) -> int:
     """Run the HTTP API on gunicorn with a timer scheduler in each worker."""
-    from tollgate.service.app import max_body
     from tollgate.service.logs import configure_logging
     from tollgate.service.server import serve
 
-    configure_logging()
     if args.batch_workers is not None:
         if args.batch_workers < 1:
             print("tollgate serve: --batch-workers must be at least 1.", file=sys.stderr)
@@ -223,17 +223,18 @@ def _serve(args: argparse.Namespace) -> int:
     if args.max_body_bytes is not None:
         os.environ["TOLLGATE_MAX_BODY_BYTES"] = str(args.max_body_bytes)
     try:
-        max_body(os.environ.get("TOLLGATE_MAX_BODY_BYTES", 1))
+        settings = _settings(args)
     except ValueError as error:
         print(f"tollgate serve: {error}", file=sys.stderr)
         return 2
-    runtime = _prepare(args)
+    configure_logging(settings)
+    runtime = _prepare(args, settings)
     if runtime is None:
         return 1
     runtime.db.dispose()
     # SQLite has one writer: a second process only adds lock waits (p99 53 ms → 949 ms measured with
     # wrk); PostgreSQL scales with a process per core.
-    workers = args.workers or (1 if runtime.db.is_sqlite else max(2, os.cpu_count() or 2))
+    workers = args.workers or (1 if runtime.db.dialect.single_writer else max(2, os.cpu_count() or 2))
     return serve(args.host, args.port, workers=workers, threads=args.threads,
                  scheduler=not args.no_scheduler)
 
@@ -243,8 +244,9 @@ def _worker(args: argparse.Namespace) -> int:
     from tollgate.service.logs import configure_logging
     from tollgate.service.scheduler import Scheduler, sleep_until_stopped
 
-    configure_logging()
-    runtime = _prepare(args)
+    settings = _settings(args)
+    configure_logging(settings)
+    runtime = _prepare(args, settings)
     if runtime is None:
         return 1
     scheduler = Scheduler(runtime, interval=args.interval, batch=args.batch)
@@ -258,6 +260,13 @@ def _worker(args: argparse.Namespace) -> int:
     finally:
         runtime.close()
     return 0
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The environment's settings with the command line's --database and --rules over them."""
+    from tollgate.service.settings import Settings
+
+    return Settings.from_environment(database_url=args.database, rules=args.rules)
 
 
 def _demo(args: argparse.Namespace) -> int:

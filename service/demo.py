@@ -13,9 +13,10 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
-from tollgate.service.db import Database
-from tollgate.service.runtime import Runtime
-from tollgate.service.tables import history, instances
+from tollgate.service.application.runtime import Runtime
+from tollgate.service.bootstrap import start_runtime
+from tollgate.service.settings import Settings
+from tollgate.service.storage.tables import history, instances
 
 KST = ZoneInfo("Asia/Seoul")
 
@@ -109,8 +110,7 @@ def render(rows: list[dict[str, Any]], out: TextIO) -> None:
 
 
 def run(out: TextIO = sys.stdout, rules: str = "rules.yaml", database_url: str = "sqlite://") -> int:
-    runtime = Runtime(Database(database_url))
-    runtime.bootstrap(rules)
+    runtime, _ = start_runtime(Settings(database_url=database_url, rules=rules))
     account = script(runtime)
     render(timeline(runtime, account), out)
     states = {i["id"]: i["state"] for i in runtime.list_instances(account=account, limit=50)["items"]}

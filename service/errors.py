@@ -9,7 +9,7 @@ from sqlalchemy.exc import StatementError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from tollgate.service.api.support import reply
-from tollgate.service.problems import TYPE_BASE, problem
+from tollgate.service.application.problems import TYPE_BASE, problem
 from tollgate.workflows.exceptions import TollgateError
 
 log = logging.getLogger("tollgate.api")

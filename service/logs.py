@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
+from tollgate.service.settings import Settings
+
 ROOT_LOGGER = "tollgate"
-FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
 #: `extra={"fields": {...}}` on a log call adds these as JSON keys (and nothing to the text line).
 FIELDS = "fields"
@@ -44,21 +44,16 @@ class _TollgateHandler(logging.StreamHandler):
     """The handler `configure_logging` installs (recognised so that a second call adds none)."""
 
 
-def configure_logging(environ: Mapping[str, str] | None = None) -> logging.Logger:
-    """Send every `tollgate.*` log record at or above `TOLLGATE_LOG_LEVEL` to stderr.
+def configure_logging(settings: Settings | None = None) -> logging.Logger:
+    """Send every `tollgate.*` log record at or above the settings' level (`TOLLGATE_LOG_LEVEL`)
+    to stderr, as text or JSON lines (`TOLLGATE_LOG_FORMAT`); `settings`: the environment's if None.
 
     Idempotent: a second call (a gunicorn worker forked from a server that already called it)
-    only applies the environment's level and format again. A bad value fails at start.
+    only applies the level and format again. A bad value fails at start (`Settings`).
     """
-    env = os.environ if environ is None else environ
-    level_name = (env.get("TOLLGATE_LOG_LEVEL") or "INFO").strip().upper()
-    level = logging.getLevelNamesMapping().get(level_name)
-    if level is None:
-        raise ValueError(f"TOLLGATE_LOG_LEVEL={level_name!r} is not a log level; use DEBUG, INFO, WARNING, "
-                         "ERROR or CRITICAL.")
-    fmt = (env.get("TOLLGATE_LOG_FORMAT") or "text").strip().lower()
-    if fmt not in FORMATS:
-        raise ValueError(f"TOLLGATE_LOG_FORMAT={fmt!r} is not a log format; use text or json.")
+    if settings is None:
+        settings = Settings.from_environment()
+    level, fmt = settings.log_level, settings.log_format
     logger = logging.getLogger(ROOT_LOGGER)
     handler = next((h for h in logger.handlers if isinstance(h, _TollgateHandler)), None)
     if handler is None:

@@ -5,7 +5,7 @@ fires it, with `FOR UPDATE SKIP LOCKED` on PostgreSQL and `BEGIN IMMEDIATE` on S
 fires twice and a crash before commit leaves it due. Two sweeps never fire events of one account
 at once (SQLite's write lock; on PostgreSQL a lock on the account's row, `Sweeps._take_accounts`),
 so one instance's timers fire in due order. A timer whose event the rules fail on is parked, not retried
-(`Sweeps._attempt`); a sweep that fails as a whole (the database is down) is retried with a
+(`Sweeps.attempt`); a sweep that fails as a whole (the database is down) is retried with a
 back-off that doubles up to `MAX_BACKOFF` seconds, so a failing batch never spins the loop.
 """
 
@@ -17,7 +17,7 @@ import threading
 import time
 from types import FrameType
 
-from tollgate.service.runtime import Runtime
+from tollgate.service.application.runtime import Runtime
 
 log = logging.getLogger("tollgate.scheduler")
 

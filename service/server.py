@@ -37,9 +37,11 @@ class TollgateServer(BaseApplication):
     def load(self) -> Any:
         from tollgate.service.app import create_app
         from tollgate.service.logs import configure_logging
+        from tollgate.service.settings import Settings
 
-        configure_logging()  # each worker process; a no-op after the fork from `serve`
-        return create_app()
+        settings = Settings.from_environment()  # as `tollgate serve` left it for its workers
+        configure_logging(settings)  # each worker process; a no-op after the fork from `serve`
+        return create_app(settings=settings)
 
 
 def _start_scheduler(worker: Any) -> None:

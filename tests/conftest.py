@@ -20,8 +20,8 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from tollgate.service.passwords import new_engine
-from tollgate.service.policy_files import load_policy
+from tollgate.service.application.passwords import new_engine
+from tollgate.service.application.policy_files import load_policy
 from tollgate.workflows.engine import Engine
 from tollgate.workflows.outcome import Outcome, Snapshot
 from tollgate.workflows.policy import Policy

@@ -177,7 +177,7 @@ def test_openapi_is_self_contained_and_embeds_the_validating_schemas(api: Api) -
 
 def test_openapi_names_the_workflows_their_events_and_data_and_links_create_to_fire(api: Api) -> None:
     from tollgate.service.api.routes import JSON
-    from tollgate.service.policy_files import definitions
+    from tollgate.service.application.policy_files import definitions
 
     doc = api.get("/openapi.json").get_json()
     schemas = doc["components"]["schemas"]

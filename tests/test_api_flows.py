@@ -10,7 +10,7 @@ from conftest import Api
 from flask import Flask
 from sqlalchemy import select
 
-from tollgate.service.tables import metadata
+from tollgate.service.storage.tables import metadata
 
 PASSWORD = "Zq#8secret!x"  # 12 characters: letters, digits and specials
 

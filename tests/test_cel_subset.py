@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tollgate.service.policy_files import load_policy_file
+from tollgate.service.application.policy_files import load_policy_file
 from tollgate.workflows.cel_subset import PURE, Fallback
 from tollgate.workflows.expressions import Expression, compile_expression
 from tollgate.workflows.guards import helper_functions

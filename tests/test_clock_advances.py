@@ -22,13 +22,14 @@ from sqlalchemy import text, update
 
 from tests.conftest import KST, RULES_PATH
 from tests.test_sweep import START, Month
-from tollgate.service.bulk import BulkWriter
-from tollgate.service.db import Database
+from tollgate.service.application.parallel import Workers
+from tollgate.service.application.runtime import Runtime
+from tollgate.service.application.times import rfc3339
 from tollgate.service.exceptions import ClockBusy, ClockError
-from tollgate.service.runtime import Runtime
-from tollgate.service.sweeps import Sweeps, rfc3339
-from tollgate.service.tables import clocks
-from tollgate.service.unit_of_work import INSTANCE_COLUMNS
+from tollgate.service.storage.bulk import BulkWriter
+from tollgate.service.storage.db import Database
+from tollgate.service.storage.tables import clocks
+from tollgate.service.storage.unit_of_work import INSTANCE_COLUMNS
 
 END = datetime(2026, 11, 15, tzinfo=KST)
 #: Four advances at once, to different targets: the clock must end at the latest.
@@ -42,7 +43,7 @@ TIMELINE = ["issue"] + ["start_autopay"] * 5 + ["mark_overdue", "begin_grace"]
 def runtime(request: pytest.FixtureRequest, tmp_path: Path,
             monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
     if request.param == "sqlite":
-        monkeypatch.setattr(Sweeps, "PARALLEL_MIN_TIMERS", 20)
+        monkeypatch.setattr(Workers, "PARALLEL_MIN_TIMERS", 20)
         runtime = Runtime(Database(f"sqlite:///{tmp_path / 'advances.db'}"), workers=2)
     else:
         runtime = Runtime(Database(str(request.getfixturevalue("postgres_database"))))
@@ -148,8 +149,8 @@ def test_an_advance_waits_for_the_one_holding_the_clock_then_answers_409(
         runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     month = Month(runtime)
     invoice = month.invoice(1, card=True)
-    lease = runtime._take_lease(month.clock)  # another advance holds the clock
-    monkeypatch.setattr(runtime, "ADVANCE_WAIT_SECONDS", 0.3)
+    lease = runtime.leases.take(month.clock)  # another advance holds the clock
+    monkeypatch.setattr(runtime.leases, "ADVANCE_WAIT_SECONDS", 0.3)
     with pytest.raises(ClockBusy, match="being advanced by another request"):
         runtime.advance_clock(month.clock, END)
     assert month.events(invoice) == []  # it fired nothing meanwhile
@@ -161,7 +162,7 @@ def test_an_advance_waits_for_the_one_holding_the_clock_then_answers_409(
     assert [e for e, _, _ in month.events(invoice)] == TIMELINE
     # the dead holder, back, finds its lease gone and writes nothing
     with pytest.raises(ClockBusy, match="lost its lease"), runtime.db.transaction() as conn:
-        runtime._hold_lease(conn, month.clock, lease)
+        runtime.leases.hold(conn, month.clock, lease)
 
 
 def _real_time_invoices(runtime: Runtime, tag: str, count: int) -> list[str]:
@@ -175,13 +176,12 @@ def _real_time_invoices(runtime: Runtime, tag: str, count: int) -> list[str]:
             account, invoice, card = f"acct_{tag}_{n}", f"inv_{tag}_{n}", f"pm_{tag}_{n}"
             rows += [(account, "signup", "active", js({"country": "KR", "member_type": "business",
                                                        "email": f"{account}@example.com"}),
-                      js({}), 1, 0, None, None, None, None, t0, t0),
+                      js({}), 1, 0, None, None, t0, t0),
                      (invoice, "invoice", "open", js({"account": account, "usage_month": "2026-10",
-                                                      "usage": 1_000}), js({}), 1, 0, None, account, None,
-                      "2026-10", t0, t0),
+                                                      "usage": 1_000}), js({}), 1, 0, None, account, t0, t0),
                      (card, "payment_method", "active", js({"account": account, "channel": "web",
                                                             "method": "credit_card"}),
-                      js({}), 1, 0, None, account, None, None, t0, t0)]
+                      js({}), 1, 0, None, account, t0, t0)]
             timer_rows.append((invoice, "invoice_issue", "issue", bulk.ts(START + timedelta(days=2)), None))
             ids.append(invoice)
         bulk.insert("instances", INSTANCE_COLUMNS, rows)
@@ -202,7 +202,7 @@ def test_real_time_sweepers_fire_each_timer_once_in_due_order(runtime: Runtime) 
         while sweepers[0].run_due_timers(limit=100):  # 11-05: every invoice issued
             pass
         moment[0] = datetime(2026, 11, 20, 10, tzinfo=KST)  # its autopay days and due date passed
-        prefetch = sweepers[0]._prefetch_for
+        prefetch = sweepers[0].sweeps.prefetch_for
         slow = threading.Event()
 
         def slow_first_batch(uow: Any, claimed: list[Any]) -> None:
@@ -211,7 +211,7 @@ def test_real_time_sweepers_fire_each_timer_once_in_due_order(runtime: Runtime) 
                 time.sleep(1.0)
             prefetch(uow, claimed)
 
-        sweepers[0]._prefetch_for = slow_first_batch  # type: ignore[method-assign]
+        sweepers[0].sweeps.prefetch_for = slow_first_batch  # type: ignore[method-assign]
 
         def sweep(index: int) -> int:
             if index:

@@ -14,7 +14,7 @@ from random import Random
 
 import pytest
 
-from tollgate.service.passwords import HASHER, verify_password
+from tollgate.service.application.passwords import HASHER, verify_password
 from tollgate.workflows.engine import Engine
 from tollgate.workflows.outcome import Snapshot
 from tollgate.workflows.policy import Policy

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tollgate.service.application.policy_files import load_policy_file
 from tollgate.service.cli import main
 from tollgate.service.exceptions import DiagramUnavailable
-from tollgate.service.policy_files import load_policy_file
 from tollgate.service.svg import MISSING, render_svg
 from tollgate.workflows.definitions import Transition
 from tollgate.workflows.diagrams import (

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tollgate.service.policy_files import definitions
+from tollgate.service.application.policy_files import definitions
 from tollgate.workflows.actions import code_digest
 from tollgate.workflows.engine import REDACTED, fast_check
 from tollgate.workflows.exceptions import BadRequest, InvalidTransition

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from conftest import RULES_PATH, Api, kst_instant
 
-from tollgate.service.policy_files import definitions, load_policy_file
+from tollgate.service.application.policy_files import definitions, load_policy_file
 
 #: (workflow, event) of every timer event: marked `timed` in its definition or fired by a timer.
 TIMER_EVENTS = sorted({(wf, name) for wf, d in definitions().items() for name, e in d.events.items()

@@ -18,7 +18,7 @@ import cel
 import pytest
 from conftest import Api
 
-from tollgate.service.policy_files import check, definitions, load_policy
+from tollgate.service.application.policy_files import check, definitions, load_policy
 from tollgate.workflows.exceptions import ExpressionError, Problem, RulesError
 from tollgate.workflows.expression_budget import (
     MAX_AST_NODES,

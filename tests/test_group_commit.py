@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, event, insert, select
 
-from tollgate.service.db import Database
-from tollgate.service.tables import clocks
+from tollgate.service.storage.db import Database
+from tollgate.service.storage.tables import clocks
 
 NOW = datetime(2026, 11, 26, tzinfo=UTC)
 
@@ -95,7 +95,7 @@ def test_a_writer_alone_is_undone_whole_and_the_next_one_commits(tmp_path: Path)
 
 
 def test_bulk_transactions_checkpoint_rarely_and_api_ones_at_sqlites_default(tmp_path: Path) -> None:
-    from tollgate.service.db import BULK_AUTOCHECKPOINT_BYTES, PAGE_SIZE, WAL_AUTOCHECKPOINT_BYTES
+    from tollgate.service.storage.db import BULK_AUTOCHECKPOINT_BYTES, PAGE_SIZE, WAL_AUTOCHECKPOINT_BYTES
 
     db = Database(f"sqlite:///{tmp_path / 'g.db'}")
     db.migrate()
@@ -142,7 +142,7 @@ def test_a_new_database_gets_16_kib_pages_and_an_existing_one_keeps_its_own(tmp_
 def test_bulk_work_raises_the_gc_threshold_until_the_last_overlapping_one_ends(tmp_path: Path) -> None:
     import gc
 
-    from tollgate.service.db import BULK_GC_THRESHOLD
+    from tollgate.service.storage.db import BULK_GC_THRESHOLD
 
     db = Database(f"sqlite:///{tmp_path / 'g.db'}")
     before = gc.get_threshold()

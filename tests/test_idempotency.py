@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from tollgate.service.db import Database
+from tollgate.service.application.idempotency import Idempotency
+from tollgate.service.application.runtime import Runtime
 from tollgate.service.exceptions import IdempotencyMismatch
-from tollgate.service.runtime import Runtime
+from tollgate.service.storage.db import Database
 
 RULES = Path(__file__).resolve().parent.parent / "rules.yaml"
 
@@ -66,15 +67,15 @@ def test_a_request_that_raced_past_the_check_is_undone_and_answers_the_stored_re
         runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     invoice = _invoice(runtime, "c")
     first = _usage(runtime, invoice, 700, "k3")
-    real = Runtime._idempotent_replay
+    real = Idempotency.replay
     calls = {"n": 0}
     in_transaction_checks = 1 if runtime.db.is_sqlite else 2  # PostgreSQL checks again after the lock
 
-    def blind_then_real(self: Runtime, *args: Any) -> Any:
+    def blind_then_real(self: Idempotency, *args: Any) -> Any:
         calls["n"] += 1
         return None if calls["n"] <= in_transaction_checks else real(self, *args)
 
-    monkeypatch.setattr(Runtime, "_idempotent_replay", blind_then_real)
+    monkeypatch.setattr(Idempotency, "replay", blind_then_real)
     raced = _usage(runtime, invoice, 700, "k3")
     assert raced.replayed and raced.body == first.body
     assert runtime.get_instance(invoice)["context"]["usage"] == 700, "the twin's event was rolled back"
@@ -88,7 +89,7 @@ def database_at_0004(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     from alembic.config import Config
     from sqlalchemy import text
 
-    from tollgate.service.db import MIGRATIONS
+    from tollgate.service.storage.db import MIGRATIONS
 
     def reset_schema(db: Database) -> None:
         with db.engine.begin() as conn:
@@ -119,7 +120,7 @@ def test_a_key_stored_with_an_unkeyed_digest_still_replays_after_the_upgrade(
 
     from sqlalchemy import insert, select
 
-    from tollgate.service.tables import idempotency
+    from tollgate.service.storage.tables import idempotency
 
     body = {"event": "set_password", "data": {"password": "Kp4#vLq9", "password_confirm": "Kp4#vLq9"}}
     request = ["POST", "/instances/acct_old/events", body]

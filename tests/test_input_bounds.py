@@ -15,7 +15,7 @@ import yaml
 from conftest import Api, kst_instant
 
 from tollgate.service.api.support import API_SCHEMAS
-from tollgate.service.policy_files import definitions
+from tollgate.service.application.policy_files import definitions
 from tollgate.workflows import limits
 
 DEFINITIONS = Path(__file__).resolve().parent.parent / "workflows" / "definitions"

@@ -16,11 +16,12 @@ import pytest
 
 from tests.conftest import KST, RULES_PATH
 from tests.test_sweep import ISSUE_AT, Month
-from tollgate.service.db import Database
-from tollgate.service.passwords import new_engine
-from tollgate.service.policy_files import load_policy_file
-from tollgate.service.runtime import Runtime
-from tollgate.service.unit_of_work import LazyAccount, UnitOfWork, account_view
+from tollgate.service.application.judging import LazyAccount, account_view
+from tollgate.service.application.passwords import new_engine
+from tollgate.service.application.policy_files import load_policy_file
+from tollgate.service.application.runtime import Runtime
+from tollgate.service.storage.db import Database
+from tollgate.service.storage.unit_of_work import UnitOfWork
 from tollgate.workflows.actions import ACTIONS, reads_account
 from tollgate.workflows.engine import Engine
 from tollgate.workflows.outcome import Step
@@ -121,7 +122,7 @@ def test_a_lazy_account_is_the_account_view_or_empty_when_there_is_none(runtime:
     month.invoice(1)
     account_id = f"acct_{month.tag}_1"
     with runtime.db.transaction() as conn:
-        uow = UnitOfWork(runtime, conn, runtime._active(conn))
+        uow = runtime.units.open(conn)
         lazy = LazyAccount(uow, account_id)
         assert account_id not in uow.records  # nothing read yet
         assert dict(lazy) == account_view(uow.get(account_id))

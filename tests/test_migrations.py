@@ -11,7 +11,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import inspect, text
 
-from tollgate.service.db import MIGRATIONS, Database
+from tollgate.service.storage.db import MIGRATIONS, Database
 
 
 def _config(db: Database) -> Config:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from jsonschema import Draft202012Validator
 
-from tollgate.service.policy_files import definitions
+from tollgate.service.application.policy_files import definitions
 from tollgate.workflows.documents import data_problems
 from tollgate.workflows.exceptions import Reason
 from tollgate.workflows.secrets import REDACTED, redact_payload, redact_reasons, write_only_fields

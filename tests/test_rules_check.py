@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tollgate.service.application.policy_files import check, load_definition
 from tollgate.service.cli import main
-from tollgate.service.policy_files import check, load_definition
 from tollgate.workflows.exceptions import DefinitionError, Problem
 
 REPO = Path(__file__).resolve().parent.parent

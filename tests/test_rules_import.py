@@ -21,9 +21,9 @@ import yaml
 from conftest import make_app
 from sqlalchemy import select
 
-from tollgate.service.db import Database
-from tollgate.service.runtime import Runtime
-from tollgate.service.tables import rules_file_imports, rules_versions
+from tollgate.service.application.runtime import Runtime
+from tollgate.service.storage.db import Database
+from tollgate.service.storage.tables import rules_file_imports, rules_versions
 from tollgate.workflows.exceptions import RulesError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,7 +232,7 @@ def test_a_worker_restarted_while_the_file_has_problems_keeps_serving_the_active
 
 
 def test_a_rules_file_path_too_long_to_record_is_refused_by_name() -> None:
-    from tollgate.service.rules_files import read_rules_file
+    from tollgate.service.application.rules_files import read_rules_file
 
     with pytest.raises(RulesError) as refused:
         read_rules_file("/" + "r" * 600 + ".yaml")

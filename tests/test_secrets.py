@@ -16,7 +16,7 @@ from conftest import RULES_PATH, Api, make_app
 from flask import Flask
 from sqlalchemy import inspect, select, text
 
-from tollgate.service.tables import idempotency
+from tollgate.service.storage.tables import idempotency
 
 PASSWORD = "Kp4#vLq9"  # 8 characters: a brute-force search of this size takes under a second
 LONG_PASSWORD = "Qz#9" * 75  # 300 characters, over the schema's maxLength of 256

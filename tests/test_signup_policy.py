@@ -7,7 +7,7 @@ from random import Random
 
 import pytest
 
-from tollgate.service.passwords import verify_password
+from tollgate.service.application.passwords import verify_password
 from tollgate.workflows.calendar import parse_instant
 from tollgate.workflows.engine import REDACTED
 from tollgate.workflows.exceptions import BadRequest, InvalidTransition

@@ -18,11 +18,11 @@ import yaml
 from sqlalchemy import func, inspect, select, text
 
 from tests.conftest import KST, RULES_PATH
-from tollgate.service.bulk import BulkWriter
-from tollgate.service.db import Database
-from tollgate.service.runtime import Runtime
-from tollgate.service.tables import timers
-from tollgate.service.unit_of_work import INSTANCE_COLUMNS
+from tollgate.service.application.runtime import Runtime
+from tollgate.service.storage.bulk import BulkWriter
+from tollgate.service.storage.db import Database
+from tollgate.service.storage.tables import timers
+from tollgate.service.storage.unit_of_work import INSTANCE_COLUMNS
 
 START = datetime(2026, 11, 1, tzinfo=KST)
 ISSUE_AT = datetime(2026, 11, 3, tzinfo=KST)
@@ -74,7 +74,7 @@ class Month:
 
         def row(id_: str, workflow: str, state: str, context: dict[str, Any], ref: str | None,
                 month: str | None = None) -> tuple[Any, ...]:
-            return (id_, workflow, state, js(context), js({}), 1, 0, self.clock, ref, None, month, t0, t0)
+            return (id_, workflow, state, js(context), js({}), 1, 0, self.clock, ref, t0, t0)
 
         rows = [row(account, "signup", "active", {"country": "KR", "member_type": "business",
                                                    "email": f"{account}@example.com"}, None),
@@ -224,8 +224,8 @@ def test_bulk_history_and_notifications_read_back_exactly(runtime: Runtime) -> N
     SQLite: awkward JSON (Korean, quotes, backslashes, tabs, newlines, nesting) reads back as written."""
     from sqlalchemy import insert, select
 
-    from tollgate.service.tables import history, instances, notifications
-    from tollgate.service.unit_of_work import HISTORY_COLUMNS, NOTIFICATION_COLUMNS
+    from tollgate.service.storage.tables import history, instances, notifications
+    from tollgate.service.storage.unit_of_work import HISTORY_COLUMNS, NOTIFICATION_COLUMNS
 
     tag = secrets.token_hex(4)
     awkward = {"ko": "즉시납부는 \"전액\"만", "path": "C:\\tmp\\x", "lines": "a\tb\nc",

@@ -23,11 +23,11 @@ from sqlalchemy import update
 
 from tests.conftest import KST, RULES_PATH
 from tests.test_sweep import ISSUE_AT, Month
-from tollgate.service.db import Database
-from tollgate.service.runtime import Runtime
+from tollgate.service.application.parallel import Workers
+from tollgate.service.application.runtime import Runtime
 from tollgate.service.scheduler import MAX_BACKOFF, Scheduler
-from tollgate.service.sweeps import Sweeps
-from tollgate.service.tables import clocks, timers
+from tollgate.service.storage.db import Database
+from tollgate.service.storage.tables import clocks, timers
 
 BROKEN_USAGE = 4_242
 END = datetime(2026, 11, 15, tzinfo=KST)
@@ -49,7 +49,7 @@ def runtime(request: pytest.FixtureRequest, tmp_path: Path,
     if request.param == "postgresql":
         runtime = Runtime(Database(str(request.getfixturevalue("postgres_database"))))
     elif request.param == "sqlite-pool":  # instants of 20 timers or more go to 2 worker processes
-        monkeypatch.setattr(Sweeps, "PARALLEL_MIN_TIMERS", 20)
+        monkeypatch.setattr(Workers, "PARALLEL_MIN_TIMERS", 20)
         runtime = Runtime(Database(f"sqlite:///{tmp_path / 'failures.db'}"), workers=2)
     else:
         runtime = Runtime(Database(f"sqlite:///{tmp_path / 'failures.db'}"))
@@ -82,7 +82,7 @@ def test_a_broken_timer_is_parked_and_every_other_timer_fires(
     assert (parked["name"], parked["event"], parked["status"]) == ("invoice_issue", "issue", "failed")
     assert "ts" in parked["error"] and parked["at"] == "2026-11-02T15:00:00+00:00"
     assert [e["outcome"] for e in result["fired"] if e["instance"] == broken] == ["failed"]
-    if not runtime._has_workers:  # the worker processes log in their own process
+    if not runtime.parallel.active:  # the worker processes log in their own process
         logged = [r.getMessage() for r in caplog.records if r.name == "tollgate.timers"]
         assert len(logged) == 1
         assert broken in logged[0] and "invoice_issue" in logged[0] and "issue" in logged[0]

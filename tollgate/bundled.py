@@ -36,7 +36,7 @@ def definitions() -> Traversable:
 
 def migrations() -> Path:
     """The Alembic script folder (`env.py`, `versions/`)."""
-    with as_file(files("tollgate.service") / "migrations") as path:
+    with as_file(files("tollgate.service.storage") / "migrations") as path:
         return Path(path)
 
 

@@ -3,7 +3,7 @@
 Definitions are code-owned data (states, events, transitions, action names); policy (guards,
 routes, timers, numbers) lives in rules.yaml. A definition is checked when it is loaded: schema,
 unknown states and events, unreachable and dead-end states, unknown actions, branch order. The
-files are read by the I/O side (`service/policy_files.py`), which hands over their text.
+files are read by the I/O side (`service/application/policy_files.py`), which hands over their text.
 """
 
 from __future__ import annotations
@@ -56,6 +56,34 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class Key:
+    """A declared key (`keys:` of a definition): values of the context that storage keeps findable,
+    and unique among the workflow's instances when `unique`."""
+
+    name: str
+    fields: tuple[str, ...]
+    description: str = ""
+    case_insensitive: bool = False
+    released_in: frozenset[str] = frozenset()
+    unique: bool = False
+    conflict: str = ""
+
+    def value(self, values: Mapping[str, Any], state: str | None = None) -> str | None:
+        """The key's value from `values` (a context, or event data), None when a field is missing or
+        the instance's `state` releases it; several fields are joined by a unit separator."""
+        if state is not None and state in self.released_in:
+            return None
+        parts = []
+        for name in self.fields:
+            part = values.get(name)
+            if part is None:
+                return None
+            text = str(part)
+            parts.append(text.strip().lower() if self.case_insensitive else text)
+        return parts[0] if len(parts) == 1 else "\x1f".join(parts)
+
+
+@dataclass(frozen=True)
 class Definition:
     name: str
     description: str
@@ -70,6 +98,8 @@ class Definition:
     context_schema: Mapping[str, Any]
     context_validator: Draft202012Validator = field(compare=False, repr=False)
     file: str = ""
+    keys: Mapping[str, Key] = field(default_factory=dict)
+    fact_keys: Mapping[str, str] = field(default_factory=dict)  # fact name → the key it asks about
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -147,6 +177,21 @@ def _build(doc: Document, schema: Draft202012Validator) -> tuple[Definition | No
             if event not in events and event != CREATE_EVENT:
                 problems.append(doc.problem(("facts", name, "events", i),
                                             f"The event '{event}' is not defined."))
+    keys: dict[str, Key] = {}
+    for key_name, spec in raw.get("keys", {}).items():
+        released = spec.get("released_in", [])
+        keys[key_name] = Key(key_name, tuple(spec["fields"]), spec["description"],
+                             bool(spec.get("case_insensitive")), frozenset(released),
+                             bool(spec.get("unique")), spec.get("conflict", ""))
+        for i, state in enumerate(released):
+            if state not in names:
+                problems.append(doc.problem(("keys", key_name, "released_in", i),
+                                            f"The state '{state}' is not defined."))
+    fact_keys = {name: spec["key"] for name, spec in raw.get("facts", {}).items() if "key" in spec}
+    for name, key_name in fact_keys.items():
+        if key_name not in keys:
+            problems.append(doc.problem(("facts", name, "key"), f"The key '{key_name}' is not declared "
+                                        "under keys."))
     definition = Definition(
         name=raw["workflow"], description=raw.get("description", ""), initial=raw["initial"],
         references_account=raw["references_account"], states=states, events=events,
@@ -154,7 +199,7 @@ def _build(doc: Document, schema: Draft202012Validator) -> tuple[Definition | No
         fact_descriptions={n: s["description"] for n, s in raw.get("facts", {}).items()},
         secret_fields=write_only_fields(spec["data"] for spec in raw["events"].values()),
         context_schema=raw["context"],
-        context_validator=validator_for(raw["context"]), file=doc.file)
+        context_validator=validator_for(raw["context"]), file=doc.file, keys=keys, fact_keys=fact_keys)
     if not problems:
         problems.extend(_structure_problems(definition, doc))
     return definition, problems

@@ -3,7 +3,7 @@
 `load_yaml` uses PyYAML's safe constructor on a composed node tree, so no tag can build Python
 objects, and records the line and column of each value by JSON path. `schema_problems` validates
 a document against one of our JSON Schemas and returns every error, most relevant first, with
-its position. Reading files is the caller's (`service/policy_files.py`): this module gets text
+its position. Reading files is the caller's (`service/application/policy_files.py`): this module gets text
 and parsed schemas.
 """
 

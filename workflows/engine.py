@@ -258,7 +258,7 @@ class Engine:
 
     def __init__(self, policy: Policy, *, entropy: Entropy, hasher: SecretHasher) -> None:
         """`entropy` draws the codes sent to people, `hasher` hashes passwords: the caller's
-        (`service/passwords.py`), bound here once rather than passed with every event."""
+        (`service/application/passwords.py`), bound here once rather than passed with every event."""
         self.policy = policy
         self.version = policy.version
         self.entropy = entropy

@@ -34,7 +34,7 @@ def is_helper_failure(message: str) -> bool:
     The engine logs each one, with the error quoting its arguments (a password given to `ts()`),
     as a warning before it raises; the raise is what counts: it becomes a rule's reason here
     (redacted where the data holds secrets), so the caller drops such records from its logs
-    (`service/passwords.py`): the core itself does no logging."""
+    (`service/application/passwords.py`): the core itself does no logging."""
     return message.startswith("Python function ")
 
 

@@ -4,7 +4,7 @@ YAML (safe loader, positions kept) → JSON Schema (every error, with line, colu
 policy consistency → compiled CEL expressions → rules and timers bound to the workflow
 definitions. Any problem anywhere refuses the whole file with every problem listed; nothing
 downstream re-validates. The caller reads the file and hands over its text, the workflow
-definitions and the rules schema (`service/policy_files.py`).
+definitions and the rules schema (`service/application/policy_files.py`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What the pure core asks of its caller: entropy and a secret hasher, bound once per `Engine`.
 
 The core draws no randomness and runs no deliberately slow hashing of its own. The I/O side
-supplies the system's (`service/passwords.py`: `secrets.SystemRandom`, argon2); a test may supply
+supplies the system's (`service/application/passwords.py`: `secrets.SystemRandom`, argon2); a test may supply
 a seeded `random.Random` and a fast hasher.
 """
 

@@ -1,4 +1,4 @@
-"""`/openapi.json`: the OpenAPI 3.1 description of every route (see `service/openapi.py`)."""
+"""`/openapi.json`: the OpenAPI 3.1 description of every route (see `service/api/description.py`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from tollgate.service import openapi as description
+from tollgate.service.api import description
 from tollgate.service.api.routes import bind
 from tollgate.service.api.support import reply
 

@@ -8,7 +8,7 @@ from flask import Blueprint, Response
 
 from tollgate.service.api.routes import bind
 from tollgate.service.api.support import actor, reply, runtime, text_body
-from tollgate.service.rules_files import API_SOURCE
+from tollgate.service.application.rules_files import API_SOURCE
 from tollgate.workflows.exceptions import RulesError
 
 bp = Blueprint("rules", __name__)

@@ -17,7 +17,7 @@ from flask import Response, current_app, g, request
 from jsonschema import Draft202012Validator, FormatChecker
 from werkzeug.exceptions import UnsupportedMediaType
 
-from tollgate.service.runtime import Runtime
+from tollgate.service.application.runtime import Runtime
 from tollgate.workflows import limits
 from tollgate.workflows.documents import data_problems, json_path
 from tollgate.workflows.engine import fast_check

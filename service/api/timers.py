@@ -1,4 +1,4 @@
-"""`/timers/failed`: timers parked because their event failed at run time (`Sweeps._attempt`)."""
+"""`/timers/failed`: timers parked because their event failed at run time (`Sweeps.attempt`)."""
 
 from __future__ import annotations
 

@@ -126,8 +126,8 @@ def test_four_concurrent_advances_of_one_clock_fire_every_timer_once_in_time_ord
     1,500, so that an instant takes two batches of the sweep (1,000 a transaction)."""
     from tests.test_clock_advances import END, TARGETS, TIMELINE, written
     from tests.test_sweep import Month
-    from tollgate.service.db import Database
-    from tollgate.service.runtime import Runtime
+    from tollgate.service.application.runtime import Runtime
+    from tollgate.service.storage.db import Database
 
     seeder = Runtime(Database(server.database_url))
     try:

@@ -20,7 +20,7 @@ import pytest
 from helpers.server import Client, StartServer, TollgateServer, poll
 from sqlalchemy import create_engine, text
 
-from tollgate.service.db import normalise_url
+from tollgate.service.storage.db import normalise_url
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ import yaml
 from helpers.server import RULES_PATH, StartServer, TollgateServer
 from sqlalchemy import create_engine, inspect, text
 
-from tollgate.service.db import normalise_url
+from tollgate.service.storage.db import normalise_url
 
 pytestmark = pytest.mark.e2e
 

@@ -22,8 +22,8 @@ import yaml
 from helpers.server import ROOT, RULES_PATH, Client, StartServer, TollgateServer, poll
 from sqlalchemy import select
 
-from tollgate.service.db import Database
-from tollgate.service.tables import rules_versions
+from tollgate.service.storage.db import Database
+from tollgate.service.storage.tables import rules_versions
 
 pytestmark = pytest.mark.e2e
 

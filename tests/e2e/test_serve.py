@@ -106,15 +106,14 @@ def _spawned_workers(group: int) -> list[int]:
 def test_by_default_the_server_judges_a_big_clock_advance_on_a_worker_process_per_core(
         start_server: StartServer) -> None:
     from bench.billing import CHARGED_AT, CLOCK, seed_month
-    from tollgate.service.parallel import auto_workers
-    from tollgate.service.sweeps import Sweeps
+    from tollgate.service.application.parallel import Workers, auto_workers
 
     if auto_workers() < 2:
         pytest.skip("one usable core: by default the server starts no worker process")
     server = start_server("sqlite", workers=1)
     assert server.process is not None
     group = server.process.pid
-    n = Sweeps.PARALLEL_MIN_TIMERS + 1_000  # one instant big enough for the workers
+    n = Workers.PARALLEL_MIN_TIMERS + 1_000  # one instant big enough for the workers
     seed_month(server.database_url, n)  # accounts, invoices and their issue timers, on clock CLOCK
     assert _spawned_workers(group) == []  # none before a big advance needs them
 

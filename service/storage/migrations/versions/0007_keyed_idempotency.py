@@ -21,7 +21,7 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
-LEGACY = "legacy"  # service/runtime.py LEGACY_FINGERPRINT
+LEGACY = "legacy"  # service/application/idempotency.py LEGACY_FINGERPRINT
 
 
 def upgrade() -> None:

@@ -1,4 +1,8 @@
-"""Database connections: SQLite (WAL, default) or PostgreSQL (psycopg 3), migrated by Alembic."""
+"""Database connections: SQLite (WAL, default) or PostgreSQL (psycopg 3), migrated by Alembic.
+
+The transaction discipline (write queue and group commit where the dialect has one writer, bulk
+checkpoints, cluster locks) is here; what differs between the dialects is `dialects.py`'s.
+"""
 
 from __future__ import annotations
 
@@ -13,18 +17,14 @@ from typing import Any, Generic, TypeVar
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.pool import StaticPool
+from sqlalchemy import Connection, Engine, create_engine, text
 
-from tollgate.service.bulk import dumps
+from tollgate.service.storage.dialects import PAGE_SIZE, dialect_for_url, dumps
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 DEFAULT_URL = "sqlite:///tollgate.db"
-#: Page size of a new SQLite database (an existing file keeps its own): 16 KiB instead of SQLite's
-#: 4 KiB. A month of billing reads and writes the same bytes in a quarter of the system calls
-#: (pread 788k → 218k, pwrite 1.17M → 0.46M for 380,000 transitions) and the b-trees are shallower;
-#: bench/NOTES.md has the A/B runs.
-PAGE_SIZE = 16_384
+__all__ = ["BULK_AUTOCHECKPOINT_BYTES", "BULK_GC_THRESHOLD", "DEFAULT_URL", "MIGRATIONS", "PAGE_SIZE",
+           "WAL_AUTOCHECKPOINT_BYTES", "Database", "normalise_url"]
 WAL_AUTOCHECKPOINT_BYTES = 4 * 1024 * 1024  # SQLite's default (1,000 pages of 4 KiB)
 BULK_AUTOCHECKPOINT_BYTES = 40 * 1024 * 1024  # inside bulk transactions (timer sweeps, fire_many)
 #: gc.set_threshold while bulk work runs (CPython's default: 700, 10, 10).
@@ -35,9 +35,6 @@ BULK_GC_THRESHOLD = (50_000, 20, 10)
 #: worker` on one database) enters at a time, until the transaction that entered it ends; the
 #: number is the PostgreSQL advisory lock key.
 CLUSTER_LOCKS = {"schema": 0x746F6C6C_0001, "rules_versions": 0x746F6C6C_0002}
-#: How each dialect takes such a lock inside a write transaction. SQLite needs no statement: its
-#: write transaction (BEGIN IMMEDIATE) already shuts out every other writer of the file.
-CLUSTER_LOCK_SQL = {"postgresql": "SELECT pg_advisory_xact_lock(:key)", "sqlite": None}
 
 _GC_LOCK = threading.Lock()
 _bulk_depth = 0
@@ -86,53 +83,31 @@ class Database:
             raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}.")
         self.synchronous = synchronous
         self.url = normalise_url(url or os.environ.get("TOLLGATE_DATABASE_URL") or DEFAULT_URL)
-        kwargs: dict[str, Any] = {"echo": echo, "json_serializer": dumps, "json_deserializer": orjson.loads}
-        self.is_sqlite = self.url.startswith("sqlite")
-        self.memory = memory = self.url in ("sqlite://", "sqlite:///:memory:")
-        if self.is_sqlite:
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-            if memory:
-                kwargs["poolclass"] = StaticPool
-        else:
-            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        self.dialect = dialect = dialect_for_url(self.url)
+        self.is_sqlite = dialect.name == "sqlite"  # for tests and benchmarks; storage asks `dialect`
+        self.memory = dialect.is_memory(self.url)
+        kwargs: dict[str, Any] = {"echo": echo, "json_serializer": dumps, "json_deserializer": orjson.loads,
+                                  **dialect.engine_options(self.url)}
         self.engine: Engine = create_engine(self.url, **kwargs)
-        self._write_lock: threading.Lock | None = threading.Lock() if self.is_sqlite else None
-        #: SQLite: a lock shared with sibling processes (the worker pool of `service/parallel.py`),
-        #: taken around every write transaction so they hand the database to each other at once
-        #: instead of through SQLite's busy handler, which sleeps 1-100 ms a try.
-        self._shared_write_lock = shared_write_lock if self.is_sqlite else None
+        single = dialect.single_writer
+        self._write_lock: threading.Lock | None = threading.Lock() if single else None
+        #: One writer at a time: a lock shared with sibling processes (the worker pool of
+        #: `application/parallel.py`), taken around every write transaction so they hand the
+        #: database to each other at once instead of through SQLite's busy handler, which sleeps
+        #: 1-100 ms a try.
+        self._shared_write_lock = shared_write_lock if single else None
         #: wal_autocheckpoint in pages of this database: (API transactions, bulk transactions).
         self.checkpoint_pages = (WAL_AUTOCHECKPOINT_BYTES // 4096, BULK_AUTOCHECKPOINT_BYTES // 4096)
         self._queue_lock = threading.Lock()
         self._queue: list[_Job[Any]] = []
-        if self.is_sqlite:
-            self._sqlite_discipline(memory=self.url in ("sqlite://", "sqlite:///:memory:"))
+        dialect.install(self.engine, self.url, synchronous, self._page_size)
 
-    def _sqlite_discipline(self, *, memory: bool) -> None:
-        @event.listens_for(self.engine, "connect")
-        def on_connect(dbapi_connection: Any, _record: Any) -> None:
-            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
-            cursor = dbapi_connection.cursor()
-            if not memory:
-                cursor.execute(f"PRAGMA page_size={PAGE_SIZE}")  # a no-op unless the file is new
-                cursor.execute("PRAGMA journal_mode=WAL")
-                page = int(cursor.execute("PRAGMA page_size").fetchone()[0])
-                self.checkpoint_pages = (max(1, WAL_AUTOCHECKPOINT_BYTES // page),
-                                         max(1, BULK_AUTOCHECKPOINT_BYTES // page))
-                cursor.execute(f"PRAGMA wal_autocheckpoint={self.checkpoint_pages[0]}")
-            cursor.execute(f"PRAGMA synchronous={self.synchronous}")
-            # Statement journals (the undo of one multi-row statement inside a transaction, e.g.
-            # 100 history rows in one INSERT) and temporary b-trees in memory, not in temporary
-            # files: the billing month wrote 1.9 GB less (4.49 → 2.60 GB, 479k → 252k writes).
-            cursor.execute("PRAGMA temp_store=MEMORY")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        @event.listens_for(self.engine, "begin")
-        def on_begin(connection: Connection) -> None:
-            readonly = connection.get_execution_options().get("tollgate_readonly")
-            connection.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+    def _page_size(self, page: int) -> int:
+        """The WAL checkpoint thresholds in pages of `page` bytes (`install`, once a file is open);
+        the one for API transactions."""
+        self.checkpoint_pages = (max(1, WAL_AUTOCHECKPOINT_BYTES // page),
+                                 max(1, BULK_AUTOCHECKPOINT_BYTES // page))
+        return self.checkpoint_pages[0]
 
     @contextmanager
     def transaction(self, *, bulk: bool = False) -> Iterator[Connection]:
@@ -157,13 +132,13 @@ class Database:
             raw = connection.connection.driver_connection if bulk and not self.memory else None
             normal, bulky = self.checkpoint_pages
             if raw is not None:
-                raw.execute(f"PRAGMA wal_autocheckpoint={bulky}")
+                self.dialect.set_checkpoint(raw, bulky)
             try:
                 with connection.begin():
                     yield connection
             finally:
                 if raw is not None:
-                    raw.execute(f"PRAGMA wal_autocheckpoint={normal}")
+                    self.dialect.set_checkpoint(raw, normal)
 
     @contextmanager
     def bulk_work(self) -> Iterator[None]:
@@ -264,13 +239,13 @@ class Database:
     def cluster_lock(self, connection: Connection, name: str) -> None:
         """Enter the critical section `name` of `CLUSTER_LOCKS` for the rest of `connection`'s
         write transaction: other processes on this database wait until it commits or rolls back."""
-        statement = CLUSTER_LOCK_SQL[connection.dialect.name]
+        statement = self.dialect.cluster_lock_sql
         if statement is not None:
             connection.execute(text(statement), {"key": CLUSTER_LOCKS[name]})
 
     def for_update(self) -> bool:
         """Whether row locks are available (SQLite serialises writers with BEGIN IMMEDIATE)."""
-        return not self.is_sqlite
+        return self.dialect.row_locks
 
     def dispose(self) -> None:
         self.engine.dispose()

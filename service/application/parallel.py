@@ -2,7 +2,7 @@
 batches judged on every core.
 
 SQLite lets one process write at a time, but most of a batch's work — reading its instances,
-judging its events, building its rows — needs no write lock. `Runtime(…, workers=k)` with k > 1
+judging its events, building its rows — needs no write lock. `Workers(…, count=k)` with k > 1
 keeps a pool of k processes (spawned once, on first use; each with its own connection and its own
 engine for the active rules). The calling process hands them work and waits:
 
@@ -19,12 +19,12 @@ A process that starts workers must guard its entry point with `if __name__ == "_
 `tollgate` command, gunicorn and pytest do): spawned processes import the main module again.
 
 Each batch is judged outside the write lock and written only if every row it read is still the
-same (`Sweeps._judge_then_write`); otherwise it is judged again under the lock. The workers also
+same (`Sweeps.judge_then_write`); otherwise it is judged again under the lock. The workers also
 share a lock around their write transactions, so they hand the file to each other at once rather
 than through SQLite's sleeping busy handler. Workers use the system clock for real time.
 
 Two advances of one clock never share an instant: the second waits for the first's lease on the
-clock (`Sweeps._take_lease`), and every batch a worker writes renews and checks that lease.
+clock (`ClockLeases.take`), and every batch a worker writes renews and checks that lease.
 """
 
 from __future__ import annotations
@@ -32,13 +32,21 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import threading
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, wait
-from typing import TYPE_CHECKING, Any
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
 
-if TYPE_CHECKING:
-    from tollgate.service.runtime import Runtime
-    from tollgate.service.sweeps import Span, _Event
+from tollgate.service.application.judging import Units
+from tollgate.service.application.leases import ClockLeases
+from tollgate.service.application.rules_versions import RulesVersions
+from tollgate.service.application.sweeps import Span, Sweeps, _Event
+from tollgate.service.application.times import system_now
+from tollgate.service.storage.db import Database
+
+_T = TypeVar("_T")
 
 #: Windows of `fire_many` events dealt at once, in batches per worker.
 WINDOW_BATCHES = 16
@@ -54,7 +62,7 @@ SPANS_PER_WORKER = 4
 #: would soon wait on it. Not measured on more than 2 cores: set the number to try more.
 MAX_AUTO_WORKERS = 2
 
-_runtime: Runtime | None = None
+_sweeps: Sweeps | None = None
 
 
 def auto_workers() -> int:
@@ -68,22 +76,21 @@ def auto_workers() -> int:
 
 
 def _start(url: str, synchronous: str, lock: Any) -> None:
-    """Pool initializer: this process's runtime over the shared file, its engine built now."""
-    from tollgate.service.db import Database
-    from tollgate.service.runtime import Runtime
+    """Pool initializer: this process's sweeps over the shared file, its engine built now."""
+    global _sweeps
+    db = Database(url, synchronous=synchronous, shared_write_lock=lock)
+    versions = RulesVersions(db, system_now)
+    sweeps = Sweeps(db, Units(versions, system_now, row_locks=db.for_update()), ClockLeases(db))
+    with db.read() as conn:
+        versions.active(conn)
+    gc.freeze()  # as at a server's start: what lives as long as the process, out of the collector's way
+    _sweeps = sweeps
 
-    global _runtime
-    runtime = Runtime(Database(url, synchronous=synchronous, shared_write_lock=lock))
-    with runtime.db.read() as conn:
-        runtime._active(conn)
-    gc.freeze()  # as Runtime.bootstrap: what lives as long as the process, out of the collector's way
-    _runtime = runtime
 
-
-def _worker() -> Runtime:
-    if _runtime is None:
+def _worker() -> Sweeps:
+    if _sweeps is None:
         raise RuntimeError("This process was not started by a WorkerPool.")
-    return _runtime
+    return _sweeps
 
 
 def _ready() -> int:
@@ -93,28 +100,28 @@ def _ready() -> int:
 
 def _sweep_span(clock_id: str, span: Span, batch: int, actor: str, collect: bool,
                 lease: str | None = None) -> tuple[int, list[dict[str, Any]], Counter[str]]:
-    runtime = _worker()
-    before = Counter(runtime.optimistic_counts)
+    sweeps = _worker()
+    before = Counter(sweeps.optimistic_counts)
     handled, entries = 0, []
-    with runtime.db.bulk_work():
+    with sweeps.db.bulk_work():
         while True:
-            count, more = runtime.sweep_span(clock_id, span, batch=batch, actor=actor, collect=collect,
+            count, more = sweeps.sweep_span(clock_id, span, batch=batch, actor=actor, collect=collect,
                                              lease=lease)
             if not count:
                 break
             handled += count
             entries.extend(more)
-    return handled, entries, runtime.optimistic_counts - before
+    return handled, entries, sweeps.optimistic_counts - before
 
 
 def _fire(events: list[_Event], actor: str, batch: int) -> tuple[Counter[str], Counter[str]]:
-    runtime = _worker()
-    before = Counter(runtime.optimistic_counts)
+    sweeps = _worker()
+    before = Counter(sweeps.optimistic_counts)
     counts: Counter[str] = Counter()
-    with runtime.db.bulk_work():
+    with sweeps.db.bulk_work():
         for lo in range(0, len(events), batch):
-            counts.update(runtime.fire_chunk_optimistic(events[lo:lo + batch], actor))
-    return counts, runtime.optimistic_counts - before
+            counts.update(sweeps.fire_chunk_optimistic(events[lo:lo + batch], actor))
+    return counts, sweeps.optimistic_counts - before
 
 
 class WorkerPool:
@@ -171,3 +178,56 @@ class WorkerPool:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
+
+
+class Workers:
+    """The worker processes of one process (`count` > 1 on a SQLite file; started on first use),
+    shared by clock advances and `fire_many`."""
+
+    #: Fewest timers due at one instant (or events given to `fire_many`) handed to the worker
+    #: processes: fewer are done here, sooner than the ~1 s it takes to start the workers.
+    PARALLEL_MIN_TIMERS = 5_000
+
+    def __init__(self, db: Database, count: int) -> None:
+        if count < 1:
+            raise ValueError(f"workers must be at least 1, not {count}.")
+        self.db = db
+        self.count = count
+        self.pool: WorkerPool | None = None
+        #: Held while the pool is started or replaced: a server's threads may advance clocks at once.
+        self._lock = threading.Lock()
+
+    @property
+    def active(self) -> bool:
+        """Whether big sweeps and batches go to worker processes: more than one asked for, and a
+        SQLite file for them to share (PostgreSQL scales out with `tollgate worker` instead)."""
+        return self.count > 1 and self.db.dialect.single_writer and not self.db.memory
+
+    def run(self, work: Callable[[WorkerPool], _T]) -> _T:
+        """`work` on the worker pool, started on first use. A pool that lost a process (killed,
+        out of memory) is stopped and the error raised: what that process had not committed is
+        still due, and the next call starts a new pool."""
+        with self._lock:
+            if self.pool is None:
+                self.pool = WorkerPool(self.db.url, self.db.synchronous, self.count)
+            pool = self.pool
+        try:
+            return work(pool)
+        except BrokenProcessPool:
+            with self._lock:
+                if self.pool is pool:  # not yet replaced by another thread that saw it break
+                    self.pool = None
+            pool.close()
+            raise
+
+    def start(self) -> None:
+        """Start the worker processes now rather than at the first big sweep (no-op without)."""
+        if self.active:
+            self.run(lambda pool: pool.start())
+
+    def close(self) -> None:
+        """Stop the worker processes (if any were started)."""
+        with self._lock:
+            pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.close()

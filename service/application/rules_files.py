@@ -6,7 +6,7 @@ its absolute path), read by every server, gunicorn worker and `tollgate worker` 
 or on purpose by `tollgate rules activate PATH`. A start imports the file only when the file
 itself changed since its last import — a digest kept per path in `rules_file_imports` — so a
 version activated over the API since is never replaced behind the editor's back. `plan` decides;
-`import_file` (`Runtime.import_rules_file`) runs it under a cluster-wide lock, so processes
+`RulesVersions.import_rules_file` runs it under a cluster-wide lock, so processes
 starting together import a changed file once.
 """
 
@@ -18,16 +18,12 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from sqlalchemy import Connection, insert, select, update
 
-from tollgate.service.policy_files import load_policy
-from tollgate.service.tables import rules_file_imports, rules_versions
+from tollgate.service.storage.tables import rules_file_imports, rules_versions
 from tollgate.workflows.exceptions import Problem, RulesError
-
-if TYPE_CHECKING:
-    from tollgate.service.runtime import RulesVersion, Runtime
 
 log = logging.getLogger("tollgate.rules")
 
@@ -121,31 +117,3 @@ def record(conn: Connection, rules: RulesFile, version: int, now: datetime) -> N
                            .values(**values))
     if not updated.rowcount:
         conn.execute(insert(rules_file_imports).values(path=rules.path, **values))
-
-
-def import_file(runtime: Runtime, path: str | Path, *, force: bool, actor: str) -> tuple[RulesVersion, bool]:
-    """`Runtime.import_rules_file`: plan, then import or record under a cluster-wide lock, so that
-    processes starting together import a changed file once; log what was done.
-
-    Compiling the file (the slow part) happens before the lock, when the first look says it will
-    be imported; the plan is made again under the lock, where it counts."""
-    rules = read_rules_file(path)
-    with runtime.db.read() as conn:
-        first = plan(conn, rules, force=force)
-    policy = load_policy(rules.text, rules.path) if first.action == "import" else None
-    with runtime.db.transaction() as conn:
-        runtime.db.cluster_lock(conn, "rules_versions")
-        chosen = plan(conn, rules, force=force)
-        if chosen.action == "import":
-            policy = policy or load_policy(rules.text, rules.path)
-            imported = runtime.insert_version(conn, policy, rules.source, actor)
-            record(conn, rules, imported.id, imported.activated_at)
-        elif chosen.action == "record" and chosen.version is not None:
-            record(conn, rules, chosen.version, runtime.now())
-    if policy is not None and chosen.action == "import":
-        runtime.keep_engine(policy)
-    version = runtime.active_rules()
-    done = "imported as" if chosen.action == "import" else "not imported; kept"
-    log.info("rules file %s (sha256 %s) %s rules version %d (sha256 %s, source %s): %s", rules.path,
-             rules.sha256, done, version.id, version.sha256, version.source, chosen.reason)
-    return version, chosen.action == "import"

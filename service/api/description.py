@@ -20,7 +20,7 @@ from typing import Any
 
 from tollgate.service.api.routes import JSON, ROUTES, Reply, Route
 from tollgate.service.api.support import API_SCHEMAS, schema
-from tollgate.service.policy_files import definitions
+from tollgate.service.application.policy_files import definitions
 from tollgate.workflows.definitions import Definition
 
 PROBLEM = "application/problem+json"

@@ -22,6 +22,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
 
+from tollgate.service.storage.dialects import DIALECTS
+
 metadata = MetaData()
 
 
@@ -37,7 +39,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             raise ValueError("Naive datetimes are not stored; give a timezone.")
         value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return value.replace(tzinfo=None) if DIALECTS[dialect.name].naive_timestamps else value
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
@@ -60,7 +62,7 @@ rules_versions = Table(
 
 #: The last import of each rules file (by absolute path): a server start imports the file again
 #: only when its digest differs from the one recorded here, never because the API activated
-#: another version since (`Runtime.bootstrap`).
+#: another version since (`RulesVersions.start`).
 rules_file_imports = Table(
     "rules_file_imports", metadata,
     Column("path", String(500), primary_key=True),
@@ -74,7 +76,7 @@ clocks = Table(
     Column("id", String(64), primary_key=True),
     Column("now", UTCDateTime, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
-    # The advance that holds the clock (service/sweeps.py): one at a time, each batch renews it,
+    # The advance that holds the clock (service/application/sweeps.py): one at a time, each batch renews it,
     # and a lease whose holder died lapses at `lease_expires` (migration 0005).
     Column("lease_owner", String(32), nullable=True),
     Column("lease_expires", UTCDateTime, nullable=True),
@@ -91,15 +93,25 @@ instances = Table(
     Column("history_seq", Integer, nullable=False, server_default="0"),
     Column("clock", String(64), ForeignKey("clocks.id"), nullable=True),
     Column("account", String(128), nullable=True),
-    Column("email", String(254), nullable=True),
-    Column("usage_month", String(7), nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Index("ix_instances_workflow_state", "workflow", "state"),
     Index("ix_instances_account", "account", "workflow"),
-    Index("ix_instances_email", "email"),
     Index("ix_instances_created", "created_at", "id"),
-    Index("ux_invoice_month", "account", "usage_month", unique=True),
+)
+
+#: The keys the workflow definitions declare (`keys:`), one row per instance and key while the
+#: instance holds it (migration 0008): `value` to find its holders, `unique_value` (the same, for a
+#: unique key; NULL otherwise) for the database to refuse a second holder.
+instance_keys = Table(
+    "instance_keys", metadata,
+    Column("instance", String(128), ForeignKey("instances.id"), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("workflow", String(32), nullable=False),
+    Column("value", String(600), nullable=False),
+    Column("unique_value", String(600), nullable=True),
+    Index("ix_instance_keys_value", "workflow", "name", "value"),
+    Index("ux_instance_keys_unique", "workflow", "name", "unique_value", unique=True),
 )
 
 history = Table(
@@ -169,7 +181,7 @@ idempotency = Table(
 )
 
 server_keys = Table(
-    "server_keys", metadata,  # secrets every server and worker of a cluster shares (runtime.py)
+    "server_keys", metadata,  # secrets every server and worker of a cluster shares (idempotency.py)
     Column("name", String(64), primary_key=True),
     Column("secret", String(128), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),

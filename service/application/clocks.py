@@ -1,0 +1,143 @@
+"""Test clocks: create, read, and advance them, firing every timer due on the way in time order.
+
+Ordering under concurrency: the advances of one test clock take turns, by a lease on the clock's
+row (`service/application/leases.py`) that every batch of the advance renews and checks, so one
+advance runs its instants in time order while another waits (then goes on from where the clock
+is). A clock only moves forward. Big instants go to the worker processes (`parallel.py`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from tollgate.service.application.leases import ClockLeases
+from tollgate.service.application.parallel import SPANS_PER_WORKER, WorkerPool, Workers
+from tollgate.service.application.sweeps import TIMER_ACTOR, Span, Sweeps
+from tollgate.service.application.times import rfc3339
+from tollgate.service.exceptions import ClockError, Conflict
+from tollgate.service.storage.bulk import BulkWriter
+from tollgate.service.storage.db import Database
+from tollgate.service.storage.tables import clocks
+from tollgate.workflows.exceptions import NotFound
+
+
+class Clocks:
+    """The test clocks of `db`; advances sweep with `sweeps`, on `workers` when an instant is big."""
+
+    def __init__(self, db: Database, now: Callable[[], datetime], sweeps: Sweeps, leases: ClockLeases,
+                 workers: Workers) -> None:
+        self.db = db
+        self.now = now
+        self.sweeps = sweeps
+        self.leases = leases
+        self.workers = workers
+
+    def clock_now(self, conn: Connection, clock_id: str | None) -> datetime:
+        if clock_id is None:
+            return self.now()
+        value = conn.execute(select(clocks.c.now).where(clocks.c.id == clock_id)).scalar_one_or_none()
+        if value is None:
+            raise NotFound(f"There is no clock '{clock_id}'.")
+        return value
+
+    def create_clock(self, now: datetime, clock_id: str | None = None) -> dict[str, Any]:
+        clock_id = clock_id or "clk_" + secrets.token_hex(6)
+        with self.db.transaction() as conn:
+            if conn.execute(select(clocks.c.id).where(clocks.c.id == clock_id)).first():
+                raise Conflict(f"A clock '{clock_id}' already exists.")
+            conn.execute(insert(clocks).values(id=clock_id, now=now, created_at=self.now()))
+        return {"id": clock_id, "now": rfc3339(now), "fired": []}
+
+    def get_clock(self, clock_id: str) -> dict[str, Any]:
+        with self.db.read() as conn:
+            return {"id": clock_id, "now": rfc3339(self.clock_now(conn, clock_id)), "fired": []}
+
+    def advance_clock(self, clock_id: str, to: datetime, *, actor: str = TIMER_ACTOR,
+                      batch: int = 1000, collect: bool = True) -> dict[str, Any]:
+        """Move a test clock to `to`, firing every timer due on the way in time order.
+
+        Timers set by the fired transitions are fired too when they fall due before `to`. With
+        `collect=False` only the number fired is returned (for runs of millions of timers). With
+        `workers` > 1 on a SQLite file, an instant with `PARALLEL_MIN_TIMERS` timers or more is
+        fired by the worker processes (`parallel.py`), each instant before the next.
+
+        One advance of a clock runs at a time (any thread or process): this one waits up to
+        `ClockLeases.ADVANCE_WAIT_SECONDS` for the lease on the clock (then ClockBusy, 409) and goes on from
+        wherever the clock then is. The clock ends at the later of `to` and where it was: a target
+        another advance overtook meanwhile moves nothing. A target before the clock's time when
+        the request arrives is refused (ClockError).
+        """
+        with self.db.read() as conn:
+            current = self.clock_now(conn, clock_id)
+        if to < current:
+            raise ClockError(f"The clock '{clock_id}' is at {rfc3339(current)}; it cannot go back to "
+                             f"{rfc3339(to)}.")
+        lease = self.leases.take(clock_id)
+        released = False
+        fired: list[dict[str, Any]] = []
+        count = 0
+        try:
+            with self.db.bulk_work():
+                while True:
+                    spans = self.parallel_spans(clock_id, to, lease) if self.workers.active else None
+                    if spans:
+                        handled, entries = self.workers.run(partial(
+                            WorkerPool.sweep, clock_id=clock_id, spans=spans, batch=batch, actor=actor,
+                            collect=collect, lease=lease))
+                    else:
+                        handled, entries = self.sweeps.sweep(clock_id, to, batch=batch, actor=actor,
+                                                             collect=collect, lease=lease)
+                    if not handled:
+                        break
+                    count += handled
+                    fired.extend(entries)
+            with self.db.transaction() as conn:
+                self.leases.hold(conn, clock_id, lease)
+                conn.execute(update(clocks).where(clocks.c.id == clock_id, clocks.c.now < to).values(now=to))
+                conn.execute(update(clocks).where(clocks.c.id == clock_id)
+                             .values(lease_owner=None, lease_expires=None))
+                now = conn.execute(select(clocks.c.now).where(clocks.c.id == clock_id)).scalar_one()
+            released = True
+        finally:
+            if not released:
+                self.leases.release(clock_id, lease)
+        result: dict[str, Any] = {"id": clock_id, "now": rfc3339(now), "fired": fired}
+        if not collect:
+            result["fired_count"] = count
+        return result
+
+    # ── the lease that serializes the advances of one clock ─────────────────────────────────
+
+    def parallel_spans(self, clock_id: str, to: datetime, lease: str | None = None) -> list[Span] | None:
+        """If the clock's next instant ≤ `to` has `PARALLEL_MIN_TIMERS` timers or more: move the
+        clock to it and cut its timers into `SPANS_PER_WORKER` ranges of instance ids per worker.
+        None when the calling process should sweep it alone (or when nothing is due)."""
+        with self.db.read() as conn:
+            writer = BulkWriter(conn)
+            where = "clock = ? AND due_at = ?"
+            first = writer.fetch("SELECT min(due_at) FROM timers WHERE clock = ? AND due_at <= ?",
+                                 [clock_id, writer.ts(to)])[0][0]
+            if first is None:
+                return None
+            due = writer.fetch(f"SELECT count(*) FROM timers WHERE {where}", [clock_id, first])[0][0]
+            if due < self.workers.PARALLEL_MIN_TIMERS:
+                return None
+            step = -(-due // (self.workers.count * SPANS_PER_WORKER))
+            # every step-th instance id in order, in one pass over the index
+            bounds = sorted({row[0] for row in writer.fetch(
+                "SELECT instance FROM (SELECT instance, row_number() OVER (ORDER BY instance) AS n "
+                f"FROM timers WHERE {where}) WHERE n > 1 AND n % ? = 1", [clock_id, first, step])})
+        instant = writer.dialect.moment_reader(first)
+        assert instant is not None
+        with self.db.transaction() as conn:
+            if lease is not None:
+                self.leases.hold(conn, clock_id, lease)
+            conn.execute(update(clocks).where(clocks.c.id == clock_id, clocks.c.now < instant)
+                         .values(now=instant))
+        return [Span(instant, low, high) for low, high in zip([None, *bounds], [*bounds, None], strict=True)]
