@@ -124,8 +124,8 @@ def test_four_concurrent_advances_of_one_clock_fire_every_timer_once_in_time_ord
     advance records, each firing once and at its instant, and the clock ends at the latest target.
     The invoices are seeded straight into the server's database (as tests/test_sweep.py does):
     1,500, so that an instant takes two batches of the sweep (1,000 a transaction)."""
-    from tests.test_clock_advances import END, TARGETS, TIMELINE, written
-    from tests.test_sweep import Month
+    from tests.service.test_clock_advances import END, TARGETS, TIMELINE, written
+    from tests.service.test_sweep import Month
     from tollgate.service.db import Database
     from tollgate.service.runtime import Runtime
 

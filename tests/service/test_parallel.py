@@ -26,7 +26,7 @@ from sqlalchemy import text
 
 from bench.billing import run_month, seed_month
 from tests.conftest import RULES_PATH
-from tests.test_sweep import ISSUE_AT, START, Month
+from tests.service.test_sweep import ISSUE_AT, START, Month
 from tollgate.service.bulk import BulkWriter
 from tollgate.service.db import Database
 from tollgate.service.parallel import MAX_AUTO_WORKERS, WINDOW_BATCHES, auto_workers

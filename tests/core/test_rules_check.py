@@ -18,7 +18,7 @@ from tollgate.workflows.definitions import DEFINITIONS, load_definition
 from tollgate.workflows.exceptions import DefinitionError, Problem
 from tollgate.workflows.policy import check
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "rules.yaml"
 LINE = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<column>\d+) (?P<path>\$\S*): (?P<message>.+)$")
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import KST, RULES_PATH
-from tests.test_sweep import ISSUE_AT, Month
+from tests.service.test_sweep import ISSUE_AT, Month
 from tollgate.service.db import Database
 from tollgate.service.runtime import Runtime
 from tollgate.service.unit_of_work import LazyAccount, UnitOfWork, account_view

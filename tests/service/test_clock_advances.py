@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import text, update
 
 from tests.conftest import KST, RULES_PATH
-from tests.test_sweep import START, Month
+from tests.service.test_sweep import START, Month
 from tollgate.service.bulk import BulkWriter
 from tollgate.service.db import Database
 from tollgate.service.runtime import Runtime

@@ -18,7 +18,7 @@ from tollgate.service.api.support import API_SCHEMAS
 from tollgate.workflows import limits
 from tollgate.workflows.definitions import definitions
 
-DEFINITIONS = Path(__file__).resolve().parent.parent / "workflows" / "definitions"
+DEFINITIONS = Path(__file__).resolve().parents[2] / "workflows" / "definitions"
 
 
 def refused(response: Any, path: str, file: str | None = None) -> dict[str, Any]:

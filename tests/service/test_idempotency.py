@@ -14,7 +14,7 @@ from tollgate.service.db import Database
 from tollgate.service.runtime import Runtime
 from tollgate.workflows.exceptions import IdempotencyMismatch
 
-RULES = Path(__file__).resolve().parent.parent / "rules.yaml"
+RULES = Path(__file__).resolve().parents[2] / "rules.yaml"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -22,7 +22,7 @@ from conftest import Api, assert_conforms, kst_instant
 from sqlalchemy import update
 
 from tests.conftest import KST, RULES_PATH
-from tests.test_sweep import ISSUE_AT, Month
+from tests.service.test_sweep import ISSUE_AT, Month
 from tollgate.service.db import Database
 from tollgate.service.runtime import Runtime
 from tollgate.service.scheduler import MAX_BACKOFF, Scheduler

@@ -31,7 +31,7 @@ from tollgate.workflows.expressions import combine, compile_expression
 from tollgate.workflows.guards import GuardSet, Rule
 from tollgate.workflows.policy import check, load_policy
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 RULES = TESTS.parent / "rules.yaml"
 RULES_TEXT = RULES.read_text(encoding="utf-8")
 ANCHOR = "guard: data.country in params.signup.countries"  # country_supported, fired by select_type

@@ -26,7 +26,7 @@ from tollgate.service.runtime import Runtime
 from tollgate.service.tables import rules_file_imports, rules_versions
 from tollgate.workflows.exceptions import RulesError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STARTS = 4  # processes (here: runtimes on threads, each with its own connections) starting at once
 
 

@@ -27,7 +27,7 @@ from tollgate.workflows.diagrams import (
 from tollgate.workflows.exceptions import DiagramUnavailable, NotFound
 from tollgate.workflows.policy import Policy, load_policy_file
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "rules.yaml"
 WORKFLOWS = ("signup", "payment_method", "credit", "invoice")
 SVG = "{http://www.w3.org/2000/svg}"
