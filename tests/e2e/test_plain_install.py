@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, RULES_PATH
 
+pytestmark = pytest.mark.e2e
+
 STEP_TIMEOUT = 600  # seconds per pip or script step; the machine is shared
 
 SCRIPT = textwrap.dedent("""
@@ -104,7 +106,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
 
 
 @pytest.mark.slow
-def test_a_plain_install_answers_a_malformed_deposited_at_with_400(installed: Installed, tmp_path: Path) -> None:
+def test_a_plain_install_answers_a_malformed_deposited_at_with_400(installed: Installed,
+                                                                   tmp_path: Path) -> None:
     script = tmp_path / "check.py"
     script.write_text(SCRIPT, encoding="utf-8")
     # run outside the checkout, so that the installed package is imported, not the worktree

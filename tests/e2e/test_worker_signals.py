@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, RULES_PATH
 
+pytestmark = pytest.mark.e2e
+
 WAIT = 120.0  # seconds; generous, the machine is shared
 
 
