@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import API_TOKENS, Api, kst_instant, make_app
 from flask import Flask
 
+from tests.helpers.app import API_TOKENS, make_app
+from tests.helpers.client import Api
+from tests.helpers.kst import kst_instant
 from tollgate.service.api.routes import ROUTES, Route
 from tollgate.service.auth import parse_tokens, role_of
 

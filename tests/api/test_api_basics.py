@@ -6,8 +6,9 @@ import shutil
 from typing import Any
 
 import pytest
-from conftest import Api, assert_conforms
 
+from tests.helpers.client import Api
+from tests.helpers.schemas import assert_conforms
 from tollgate.service.api.routes import ROUTES
 
 

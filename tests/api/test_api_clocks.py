@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from conftest import Api, assert_conforms, kst_instant
+from tests.helpers.client import Api
+from tests.helpers.kst import kst_instant
+from tests.helpers.schemas import assert_conforms
 
 
 def test_create_a_clock_201_with_location_then_read_it(api: Api) -> None:

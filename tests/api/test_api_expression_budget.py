@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Api
 
-from tests.core.test_expression_budget import FOUR_HUNDRED, PARENS_70000, TESTS, guard_line, with_guard
+from tests.core.test_expression_budget import FOUR_HUNDRED, PARENS_70000, guard_line, with_guard
+from tests.helpers.client import Api
+from tests.helpers.paths import ROOT
 
 YAML = {"Content-Type": "application/yaml"}
 SELECT_TYPE = {"country": "KR", "member_type": "business"}
@@ -31,8 +32,8 @@ MACRO_OVER_A_LONG_SUM = "[1].all(x, " + " + ".join(["x"] * 20_000) + " > 0)"
 _API_SCRIPT = """
 import json, sys
 args = json.load(sys.stdin)
-sys.path.insert(0, args["tests"])
-from conftest import API_TOKENS, make_app
+sys.path.insert(0, args["root"])
+from tests.helpers.app import API_TOKENS, make_app
 client = make_app(args["database"]).test_client()
 auth = {"Authorization": "Bearer " + API_TOKENS["admin"]}
 yaml_body = {**auth, "Content-Type": "application/yaml"}
@@ -53,10 +54,10 @@ print(json.dumps(out))
 def run_api(tmp_path: Path, rules: str) -> dict[str, Any]:
     """POST /rules/validate, PUT /rules, then fire an event, with the Flask test client in a child
     process over a fresh SQLite file; the child's crash is a test failure, not the run's."""
-    args = {"tests": str(TESTS), "database": f"sqlite:///{tmp_path / 'tollgate.db'}", "rules": rules,
+    args = {"root": str(ROOT), "database": f"sqlite:///{tmp_path / 'tollgate.db'}", "rules": rules,
             "data": SELECT_TYPE}
     done = subprocess.run([sys.executable, "-c", _API_SCRIPT], input=json.dumps(args), text=True,
-                          capture_output=True, timeout=300, cwd=TESTS.parent)
+                          capture_output=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, f"the worker died ({done.returncode}): {done.stderr[-2000:]}"
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result

@@ -6,10 +6,10 @@ import logging
 from typing import Any
 
 import pytest
-from conftest import Api
 from flask import Flask
 from sqlalchemy import select
 
+from tests.helpers.client import Api
 from tollgate.service.tables import metadata
 
 PASSWORD = "Zq#8secret!x"  # 12 characters: letters, digits and specials

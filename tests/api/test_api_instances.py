@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import Api, assert_conforms
+
+from tests.helpers.client import Api
+from tests.helpers.schemas import assert_conforms
 
 KR_INDIVIDUAL = {"country": "KR", "member_type": "individual", "birth_date": "1990-01-01"}
 

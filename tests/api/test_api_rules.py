@@ -7,7 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 import yaml
-from conftest import Api, assert_conforms
+
+from tests.helpers.client import Api
+from tests.helpers.schemas import assert_conforms
 
 YAML = {"Content-Type": "application/yaml"}
 NINETEEN_IN_2025 = {"country": "KR", "member_type": "individual", "birth_date": "2006-01-01"}

@@ -7,8 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-from conftest import Api, assert_conforms, kst_instant
 
+from tests.helpers.client import Api
+from tests.helpers.kst import kst_instant
+from tests.helpers.schemas import assert_conforms
 from tests.service.test_timer_failures import BROKEN_USAGE, broken_rules
 
 

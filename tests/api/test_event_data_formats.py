@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import Api
+
+from tests.helpers.client import Api
 
 
 def _issued_invoice(api: Api) -> str:

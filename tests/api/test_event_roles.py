@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import RULES_PATH, Api, kst_instant
 
+from tests.helpers.client import Api
+from tests.helpers.kst import kst_instant
+from tests.helpers.paths import RULES_PATH
 from tollgate.workflows.definitions import definitions
 from tollgate.workflows.policy import load_policy_file
 

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import Api, kst_instant
 
+from tests.helpers.client import Api
+from tests.helpers.kst import kst_instant
 from tollgate.service.api.support import API_SCHEMAS
 from tollgate.workflows import limits
 from tollgate.workflows.definitions import definitions

@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import Api, kst_instant
+
+from tests.helpers.client import Api
+from tests.helpers.kst import kst_instant
 
 
 def _partner_with_card(api: Api, order: str) -> tuple[str, str, str]:

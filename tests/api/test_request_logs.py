@@ -10,7 +10,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, Api
+
+from tests.helpers.client import Api
+from tests.helpers.paths import ROOT
 
 
 def _request_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import RULES_PATH, Api, make_app
 from flask import Flask
 from sqlalchemy import inspect, select, text
 
+from tests.helpers.app import make_app
+from tests.helpers.client import Api
+from tests.helpers.paths import RULES_PATH
 from tollgate.service.tables import idempotency
 
 PASSWORD = "Kp4#vLq9"  # 8 characters: a brute-force search of this size takes under a second

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 from typing import Any
 
 import cel
 import pytest
 
+from tests.helpers.paths import RULES_PATH
 from tollgate.workflows.definitions import definitions
 from tollgate.workflows.exceptions import ExpressionError, Problem, RulesError
 from tollgate.workflows.expression_budget import (
@@ -28,9 +28,7 @@ from tollgate.workflows.expressions import combine, compile_expression
 from tollgate.workflows.guards import GuardSet, Rule
 from tollgate.workflows.policy import check, load_policy
 
-TESTS = Path(__file__).resolve().parents[1]
-RULES = TESTS.parent / "rules.yaml"
-RULES_TEXT = RULES.read_text(encoding="utf-8")
+RULES_TEXT = RULES_PATH.read_text(encoding="utf-8")
 ANCHOR = "guard: data.country in params.signup.countries"  # country_supported, fired by select_type
 
 PARENS_70000 = "(" * 70_000 + "true" + ")" * 70_000

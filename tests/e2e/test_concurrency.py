@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from helpers.server import Client, Response, StartServer, TollgateServer
+
+from tests.helpers.server import Client, Response, StartServer, TollgateServer
 
 pytestmark = pytest.mark.e2e
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from helpers.server import Client, StartServer, TollgateServer, poll
 from sqlalchemy import create_engine, text
 
+from tests.helpers.server import Client, StartServer, TollgateServer, poll
 from tollgate.service.db import normalise_url
 
 pytestmark = pytest.mark.e2e

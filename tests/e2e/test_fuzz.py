@@ -26,12 +26,12 @@ from urllib.parse import quote
 import pytest
 import requests
 import schemathesis
-from helpers.server import Client, StartServer, TollgateServer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Flaky
 from schemathesis.checks import not_a_server_error
 
+from tests.helpers.server import Client, StartServer, TollgateServer
 from tollgate.workflows.limits import MAX_AMOUNT, MAX_JSON_DEPTH, MAX_JSON_INTEGER
 
 pytestmark = pytest.mark.e2e
@@ -68,7 +68,7 @@ def tally_report() -> Iterator[None]:
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def fuzz_server(request: pytest.FixtureRequest,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[TollgateServer]:
-    from e2e.conftest import running
+    from tests.e2e.conftest import running
 
     with running(request.param, tmp_path_factory.mktemp(f"fuzz-{request.param}")) as server:
         yield server

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers.server import Client, TollgateServer
+
+from tests.helpers.server import Client, TollgateServer
 
 pytestmark = pytest.mark.e2e
 

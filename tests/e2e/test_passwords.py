@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers.server import RULES_PATH, StartServer, TollgateServer
 from sqlalchemy import create_engine, inspect, text
 
+from tests.helpers.paths import RULES_PATH
+from tests.helpers.server import StartServer, TollgateServer
 from tollgate.service.db import normalise_url
 
 pytestmark = pytest.mark.e2e

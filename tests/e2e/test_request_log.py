@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from helpers.server import StartServer, poll
+
+from tests.helpers.server import StartServer, poll
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers.server import RULES_PATH, Client, StartServer, TollgateServer, poll
+
+from tests.helpers.paths import RULES_PATH
+from tests.helpers.server import Client, StartServer, TollgateServer, poll
 
 pytestmark = pytest.mark.e2e
 

@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers.server import ROOT, RULES_PATH, Client, StartServer, TollgateServer, poll
 from sqlalchemy import select
 
+from tests.helpers.paths import ROOT, RULES_PATH
+from tests.helpers.server import Client, StartServer, TollgateServer, poll
 from tollgate.service.db import Database
 from tollgate.service.tables import rules_versions
 

@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers.server import ROOT, RULES_PATH, StartServer, TollgateServer, poll
+
+from tests.helpers.paths import ROOT, RULES_PATH
+from tests.helpers.server import StartServer, TollgateServer, poll
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,9 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from helpers.server import LOOPBACK, ROOT, RULES_PATH, Client, Response, StartServer, TollgateServer
+
+from tests.helpers.paths import ROOT, RULES_PATH
+from tests.helpers.server import LOOPBACK, Client, Response, StartServer, TollgateServer
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, RULES_PATH
+
+from tests.helpers.paths import ROOT, RULES_PATH
 
 pytestmark = pytest.mark.e2e
 

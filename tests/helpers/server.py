@@ -3,7 +3,6 @@
 `TollgateServer` starts the server in its own session (so its gunicorn master and workers form
 one process group that can be stopped — or `kill -9`ed — together), on a free loopback port,
 with a token for every role, its output captured to files, and waits for `/healthz`.
-`fresh_postgres_database` makes (and drops) a PostgreSQL database of its own for one server.
 
 Only the standard library talks HTTP here (`http.client`), one connection per request, always
 closed, so tests stay clean under `filterwarnings = error`.
@@ -21,16 +20,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-RULES_PATH = ROOT / "rules.yaml"
+from tests.helpers.paths import ROOT, RULES_PATH
+
 LOOPBACK = "127.0.0.1"
 ROLES = ("viewer", "operator", "policy_editor", "admin")
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 START_TIMEOUT = 90.0  # seconds; generous, the machine is shared
 STOP_TIMEOUT = 20.0
 
@@ -331,34 +329,3 @@ class TollgateServer:
                 self.process.kill()
                 self.process.wait()
             self.process = None
-
-
-# ── databases ────────────────────────────────────────────────────────────────────────────────
-
-
-def postgres_base_url() -> str:
-    return os.environ.get("TOLLGATE_TEST_POSTGRES_URL") or POSTGRES_URL
-
-
-@contextlib.contextmanager
-def fresh_postgres_database(skip: Any) -> Iterator[str]:
-    """A new, empty PostgreSQL database (dropped afterwards); `skip(reason)` when none answers."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    base = postgres_base_url()
-    try:
-        admin = psycopg.connect(base, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as error:
-        skip(f"PostgreSQL at {base} does not answer ({' '.join(str(error).split())}); set "
-             "TOLLGATE_TEST_POSTGRES_URL to run the end-to-end tests on PostgreSQL too.")
-        raise  # skip() raises; this keeps type checkers honest
-    name = f"tollgate_e2e_{secrets.token_hex(6)}"
-    try:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        try:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            admin.close()

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text, update
 
-from tests.conftest import KST, RULES_PATH
+from tests.helpers.kst import KST
+from tests.helpers.paths import RULES_PATH
 from tests.service.test_sweep import START, Month
 from tollgate.service.bulk import BulkWriter
 from tollgate.service.db import Database

@@ -22,10 +22,10 @@ def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runtime]
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'i.db'}"
     else:
-        from conftest import _empty_postgres
+        from tests.helpers.postgres import empty_postgres
 
         url = request.getfixturevalue("postgres_database")
-        _empty_postgres(url)
+        empty_postgres(url)
     rt = Runtime(Database(url), now=lambda: datetime(2026, 10, 20, 3, tzinfo=UTC))
     rt.bootstrap(RULES)
     yield rt

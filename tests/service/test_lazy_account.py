@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import KST, RULES_PATH
+from tests.helpers.kst import KST
+from tests.helpers.paths import RULES_PATH
 from tests.service.test_sweep import ISSUE_AT, Month
 from tollgate.service.db import Database
 from tollgate.service.runtime import Runtime

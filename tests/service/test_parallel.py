@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import text
 
 from bench.billing import run_month, seed_month
-from tests.conftest import RULES_PATH
+from tests.helpers.paths import RULES_PATH
 from tests.service.test_sweep import ISSUE_AT, START, Month
 from tollgate.service.bulk import BulkWriter
 from tollgate.service.db import Database

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import make_app
 from sqlalchemy import select
 
+from tests.helpers.app import make_app
 from tollgate.service.db import Database
 from tollgate.service.runtime import Runtime
 from tollgate.service.tables import rules_file_imports, rules_versions

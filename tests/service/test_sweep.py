@@ -17,7 +17,8 @@ import pytest
 import yaml
 from sqlalchemy import func, inspect, select, text
 
-from tests.conftest import KST, RULES_PATH
+from tests.helpers.kst import KST
+from tests.helpers.paths import RULES_PATH
 from tollgate.service.bulk import BulkWriter
 from tollgate.service.db import Database
 from tollgate.service.runtime import Runtime

@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import assert_conforms
 from sqlalchemy import update
 
-from tests.conftest import KST, RULES_PATH
+from tests.helpers.kst import KST
+from tests.helpers.paths import RULES_PATH
+from tests.helpers.schemas import assert_conforms
 from tests.service.test_sweep import ISSUE_AT, Month
 from tollgate.service.db import Database
 from tollgate.service.runtime import Runtime
