@@ -1,4 +1,5 @@
-"""The API layer's fixtures: the Flask app on each database, and the HTTP test client over it.
+"""The API layer's fixtures: the Flask app on each database, and the HTTP test client over it
+(the same `Client` the end-to-end tests use against a real server, here over WSGI).
 
 `app`, `client` and `api` run every API test on SQLite and on PostgreSQL. PostgreSQL gets one
 fresh database per session (tests/conftest.py) whose tables are emptied before each test; when
@@ -15,7 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.helpers.app import dispose_app, make_app
-from tests.helpers.client import Api
+from tests.helpers.client import Client
 from tests.helpers.kst import kst_instant
 from tests.helpers.postgres import BACKENDS, empty_database_url
 
@@ -47,11 +48,12 @@ def client(app: Flask) -> FlaskClient:
 
 
 @pytest.fixture
-def api(client: FlaskClient) -> Api:
-    return Api(client)
+def api(client: FlaskClient) -> Client:
+    """The shared HTTP test client (tests/helpers/client.py) in process, as `admin` by default."""
+    return Client.wsgi(client)
 
 
 @pytest.fixture
-def clock(api: Api) -> str:
+def clock(api: Client) -> str:
     """A test clock at 2025-03-05 12:00 KST."""
     return api.clock(kst_instant(2025, 3, 5, 12))

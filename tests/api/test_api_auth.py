@@ -17,7 +17,7 @@ import pytest
 from flask import Flask
 
 from tests.helpers.app import API_TOKENS, make_app
-from tests.helpers.client import Api
+from tests.helpers.client import Client
 from tests.helpers.kst import kst_instant
 from tollgate.service.api.routes import ROUTES, Route
 from tollgate.service.auth import parse_tokens, role_of
@@ -39,7 +39,7 @@ def allowed_roles(route: Route) -> set[str]:
 @pytest.fixture(scope="module")
 def concrete(module_app: Flask) -> Iterator[dict[str, str]]:
     """Real ids for the path parameters, made once per backend."""
-    api = Api(module_app.test_client())
+    api = Client.wsgi(module_app.test_client())
     instance = api.create("signup")["id"]
     clock = api.clock(kst_instant(2025, 3, 5, 12))
     yield {"wf": "signup", "id": instance, "clock": clock}
@@ -52,7 +52,7 @@ def _path(route: Route, ids: dict[str, str]) -> str:
 
 @pytest.mark.parametrize("route", ROUTES, ids=lambda r: f"{r.method} {r.path}")
 def test_every_route_for_every_role(module_app: Flask, concrete: dict[str, str], route: Route) -> None:
-    api = Api(module_app.test_client())
+    api = Client.wsgi(module_app.test_client())
     path = _path(route, concrete)
     if route.permission is None:
         assert api.call(route.method, path, role=None).status_code == 200
@@ -74,7 +74,7 @@ def test_every_route_for_every_role(module_app: Flask, concrete: dict[str, str],
 
 
 def test_nothing_changed_after_the_matrix(module_app: Flask, concrete: dict[str, str]) -> None:
-    api = Api(module_app.test_client())
+    api = Client.wsgi(module_app.test_client())
     assert api.get("/rules").get_json()["version"] == 1
     assert api.get(f"/instances/{concrete['id']}").get_json()["version"] == 1
 
@@ -109,7 +109,7 @@ def test_bad_token_configuration_fails_at_start(config: str, message: str) -> No
 def test_without_tokens_every_protected_route_is_401(tmp_path: Path) -> None:
     app = make_app(f"sqlite:///{tmp_path / 'bare.db'}", TOKENS="")
     try:
-        client = app.test_client()
+        client = Client.wsgi(app.test_client(), role=None)
         assert client.get("/healthz").status_code == 200
         response: Any = client.get("/rules", headers={"Authorization": "Bearer "})
         assert response.status_code == 401

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.client import Api
+from tests.helpers.client import Client
 from tests.helpers.schemas import assert_conforms
 from tollgate.service.api.routes import ROUTES
 
@@ -24,53 +24,53 @@ def assert_problem(response: Any, status: int, slug: str) -> dict[str, Any]:
     return body
 
 
-def test_healthz_answers_without_a_token_with_the_rules_version(api: Api) -> None:
+def test_healthz_answers_without_a_token_with_the_rules_version(api: Client) -> None:
     response = api.get("/healthz", role=None)
     assert response.status_code == 200
     assert response.get_json() == {"status": "ok", "rules_version": 1}
 
 
-def test_unknown_route_is_a_problem_404(api: Api) -> None:
+def test_unknown_route_is_a_problem_404(api: Client) -> None:
     assert_problem(api.get("/no/such/route"), 404, "not_found")
 
 
-def test_wrong_method_is_a_problem_405_listing_the_allowed_ones(api: Api) -> None:
+def test_wrong_method_is_a_problem_405_listing_the_allowed_ones(api: Client) -> None:
     response = api.call("DELETE", "/rules")
     body = assert_problem(response, 405, "method_not_allowed")
     assert "GET, PUT" in body["detail"]
     assert "PUT" in response.headers["Allow"]
 
 
-def test_a_body_that_is_not_json_is_415(api: Api) -> None:
+def test_a_body_that_is_not_json_is_415(api: Client) -> None:
     response = api.post("/clocks", data="now=2025-03-05", content_type="application/x-www-form-urlencoded")
     assert_problem(response, 415, "unsupported_media_type")
 
 
-def test_malformed_json_is_400_saying_where(api: Api) -> None:
+def test_malformed_json_is_400_saying_where(api: Client) -> None:
     response = api.post("/clocks", data='{"now": ', content_type="application/json")
     body = assert_problem(response, 400, "bad_request")
     assert "not valid JSON" in body["detail"] and "line 1, column" in body["detail"]
 
 
-def test_a_missing_body_is_400(api: Api) -> None:
+def test_a_missing_body_is_400(api: Client) -> None:
     body = assert_problem(api.post("/clocks"), 400, "bad_request")
     assert "missing" in body["detail"]
 
 
-def test_unknown_top_level_fields_are_refused_with_their_path(api: Api) -> None:
+def test_unknown_top_level_fields_are_refused_with_their_path(api: Client) -> None:
     response = api.post("/workflows/signup/instances", json={"context": {}, "colour": "red"})
     body = assert_problem(response, 400, "bad_request")
     assert body["errors"][0]["path"] == "$"
     assert "colour" in body["errors"][0]["message"]
 
 
-def test_schema_errors_name_every_path(api: Api) -> None:
+def test_schema_errors_name_every_path(api: Client) -> None:
     response = api.post("/instances/x/events", json={"event": 7, "data": []})
     body = assert_problem(response, 400, "bad_request")
     assert sorted(e["path"] for e in body["errors"]) == ["$.data", "$.event"]
 
 
-def test_workflows_lists_every_definition_with_bound_rule_ids(api: Api) -> None:
+def test_workflows_lists_every_definition_with_bound_rule_ids(api: Client) -> None:
     response = api.get("/workflows", role="viewer")
     assert response.status_code == 200
     body = response.get_json()
@@ -83,7 +83,7 @@ def test_workflows_lists_every_definition_with_bound_rule_ids(api: Api) -> None:
     assert {"password_policy", "password_confirmation"} <= set(rules["set_password"])
 
 
-def test_one_workflow_and_an_unknown_one(api: Api) -> None:
+def test_one_workflow_and_an_unknown_one(api: Client) -> None:
     response = api.get("/workflows/payment_method")
     assert response.status_code == 200
     body = response.get_json()
@@ -98,7 +98,7 @@ def test_one_workflow_and_an_unknown_one(api: Api) -> None:
     ("dot", "text/vnd.graphviz", b"digraph"),
     ("svg", "image/svg+xml", b"<svg"),
 ])
-def test_diagram_in_each_format(api: Api, fmt: str, media: str, marker: bytes) -> None:
+def test_diagram_in_each_format(api: Client, fmt: str, media: str, marker: bytes) -> None:
     response = api.get(f"/workflows/invoice/diagram?format={fmt}")
     if fmt == "svg" and shutil.which("dot") is None:
         assert_problem(response, 503, "diagram_unavailable")
@@ -108,7 +108,7 @@ def test_diagram_in_each_format(api: Api, fmt: str, media: str, marker: bytes) -
     assert marker in response.data
 
 
-def test_diagram_defaults_to_mermaid_and_highlights_an_instances_state(api: Api) -> None:
+def test_diagram_defaults_to_mermaid_and_highlights_an_instances_state(api: Client) -> None:
     account = api.create("signup")["id"]
     plain = api.get("/workflows/signup/diagram")
     assert plain.mimetype == "text/vnd.mermaid"
@@ -117,7 +117,7 @@ def test_diagram_defaults_to_mermaid_and_highlights_an_instances_state(api: Api)
     assert "class type_selection current" in marked
 
 
-def test_diagram_errors(api: Api) -> None:
+def test_diagram_errors(api: Client) -> None:
     account = api.create("signup")["id"]
     assert_problem(api.get("/workflows/signup/diagram?format=png"), 400, "bad_request")
     assert_problem(api.get("/workflows/mortgage/diagram"), 404, "not_found")
@@ -137,7 +137,7 @@ def _refs(node: Any) -> list[str]:
     return []
 
 
-def test_openapi_describes_every_route_status_and_the_bearer_scheme(api: Api) -> None:
+def test_openapi_describes_every_route_status_and_the_bearer_scheme(api: Client) -> None:
     response = api.get("/openapi.json", role="viewer")
     assert response.status_code == 200
     doc = response.get_json()
@@ -157,7 +157,7 @@ def test_openapi_describes_every_route_status_and_the_bearer_scheme(api: Api) ->
         "200", "400", "404", "409", "412", "422"}
 
 
-def test_openapi_is_self_contained_and_embeds_the_validating_schemas(api: Api) -> None:
+def test_openapi_is_self_contained_and_embeds_the_validating_schemas(api: Client) -> None:
     import json
 
     from tollgate.service.api.support import API_SCHEMAS
@@ -176,7 +176,7 @@ def test_openapi_is_self_contained_and_embeds_the_validating_schemas(api: Api) -
         "$ref": "#/components/schemas/create_instance"}
 
 
-def test_openapi_names_the_workflows_their_events_and_data_and_links_create_to_fire(api: Api) -> None:
+def test_openapi_names_the_workflows_their_events_and_data_and_links_create_to_fire(api: Client) -> None:
     from tollgate.service.api.routes import JSON
     from tollgate.workflows.definitions import definitions
 
@@ -213,14 +213,14 @@ def test_openapi_names_the_workflows_their_events_and_data_and_links_create_to_f
                     assert link["operationId"] in operation_ids
 
 
-def test_openapi_document_is_valid_openapi_3_1(api: Api) -> None:
+def test_openapi_document_is_valid_openapi_3_1(api: Client) -> None:
     validator = pytest.importorskip("openapi_spec_validator",
                                     reason="openapi-spec-validator is not installed")
     validator.validate(api.get("/openapi.json").get_json())
 
 
 def test_an_unexpected_error_is_a_problem_500_and_is_logged(
-        api: Api, app: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        api: Client, app: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     def broken(_id: str) -> None:
         raise RuntimeError("disk on fire")
 
@@ -230,7 +230,7 @@ def test_an_unexpected_error_is_a_problem_500_and_is_logged(
     assert "RuntimeError" in caplog.text
 
 
-def test_a_body_over_the_size_limit_is_a_problem_413(api: Api) -> None:
+def test_a_body_over_the_size_limit_is_a_problem_413(api: Client) -> None:
     response = api.put("/rules", data="#" * (1024 * 1024 + 1), headers={"Content-Type": "application/yaml"})
     assert_problem(response, 413, "payload_too_large")
 
@@ -240,12 +240,12 @@ def test_a_body_over_the_size_limit_is_a_problem_413(api: Api) -> None:
     ('{"now": NaN}', "not valid JSON"),
     (b'{"now": "\xff"}', "not UTF-8"),
 ])
-def test_json_no_store_can_hold_is_400_saying_why(api: Api, raw: Any, words: str) -> None:
+def test_json_no_store_can_hold_is_400_saying_why(api: Client, raw: Any, words: str) -> None:
     body = assert_problem(api.post("/clocks", data=raw, content_type="application/json"), 400, "bad_request")
     assert words in body["detail"]
 
 
-def test_a_surrogate_pair_is_an_ordinary_character(api: Api) -> None:
+def test_a_surrogate_pair_is_an_ordinary_character(api: Client) -> None:
     raw = '{"context": {}, "c\\ud83d\\ude00lour": "red"}'
     body = assert_problem(api.post("/workflows/signup/instances", data=raw, content_type="application/json"),
                           400, "bad_request")
@@ -253,7 +253,8 @@ def test_a_surrogate_pair_is_an_ordinary_character(api: Api) -> None:
 
 
 @pytest.mark.parametrize("path", ["/rules", "/rules/validate"])
-def test_a_rules_text_whose_escapes_make_lone_surrogates_is_answered_not_a_500(api: Api, path: str) -> None:
+def test_a_rules_text_whose_escapes_make_lone_surrogates_is_answered_not_a_500(api: Client,
+                                                                               path: str) -> None:
     # PyYAML turns the escaped pair "\ud80b\ude42" into two lone surrogates, which the 422 echoes
     # in its errors; a reply must still be JSON (found by schemathesis on PUT /rules).
     method = "PUT" if path == "/rules" else "POST"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from tests.helpers.client import Api
+from tests.helpers.client import Client
 from tests.helpers.kst import kst_instant
 from tests.helpers.schemas import assert_conforms
 
 
-def test_create_a_clock_201_with_location_then_read_it(api: Api) -> None:
+def test_create_a_clock_201_with_location_then_read_it(api: Client) -> None:
     response = api.post("/clocks", json={"now": "2025-03-05T12:00:00+09:00", "id": "clk_spring"},
                         role="operator")
     assert response.status_code == 201
@@ -19,7 +19,7 @@ def test_create_a_clock_201_with_location_then_read_it(api: Api) -> None:
     assert read.status_code == 200 and read.get_json() == body
 
 
-def test_clock_errors(api: Api) -> None:
+def test_clock_errors(api: Client) -> None:
     assert api.get("/clocks/clk_nope").status_code == 404
     naive = api.post("/clocks", json={"now": "2025-03-05T12:00:00"})
     assert naive.status_code == 400
@@ -31,14 +31,14 @@ def test_clock_errors(api: Api) -> None:
     assert api.post("/clocks/clk_twice/advance", json={"to": "tomorrow"}).status_code == 400
 
 
-def test_a_clock_cannot_go_backwards(api: Api, clock: str) -> None:
+def test_a_clock_cannot_go_backwards(api: Client, clock: str) -> None:
     response = api.post(f"/clocks/{clock}/advance", json={"to": "2025-03-01T00:00:00+09:00"})
     assert response.status_code == 422
     assert response.get_json()["type"].endswith("/clock_error")
     assert api.get(f"/clocks/{clock}").get_json()["now"] == "2025-03-05T03:00:00+00:00"
 
 
-def test_advancing_fires_every_due_timer_in_time_order_across_instances(api: Api, clock: str) -> None:
+def test_advancing_fires_every_due_timer_in_time_order_across_instances(api: Client, clock: str) -> None:
     account = api.signup(clock=clock)
     api.register_card(account)
     invoice = api.create("invoice", {"account": account, "usage_month": "2025-03"})["id"]
@@ -66,7 +66,7 @@ def test_advancing_fires_every_due_timer_in_time_order_across_instances(api: Api
     assert [h["actor"] for h in history[-3:]] == ["timer"] * 3  # timers fire as themselves
 
 
-def test_an_instance_runs_on_its_accounts_clock_and_refuses_another(api: Api, clock: str) -> None:
+def test_an_instance_runs_on_its_accounts_clock_and_refuses_another(api: Client, clock: str) -> None:
     account = api.create("signup", clock=clock)["id"]
     inherited = api.create("payment_method", {"account": account, "channel": "web"})
     assert inherited["clock"] == clock
@@ -77,7 +77,7 @@ def test_an_instance_runs_on_its_accounts_clock_and_refuses_another(api: Api, cl
     assert clock in response.get_json()["detail"]
 
 
-def test_notifications_list_the_outbox_of_an_instance(api: Api, clock: str) -> None:
+def test_notifications_list_the_outbox_of_an_instance(api: Client, clock: str) -> None:
     account = api.create("signup", clock=clock)["id"]
     other = api.create("signup", clock=clock)["id"]
     api.fire(account, "select_type", {"country": "KR", "member_type": "business"})
@@ -95,7 +95,7 @@ def test_notifications_list_the_outbox_of_an_instance(api: Api, clock: str) -> N
     assert len(api.get("/notifications").get_json()["items"]) == 1
 
 
-def test_notifications_for_an_unknown_instance_is_400(api: Api) -> None:
+def test_notifications_for_an_unknown_instance_is_400(api: Client) -> None:
     response = api.get("/notifications?instance=acct_nobody")
     assert response.status_code == 400
     assert response.mimetype == "application/problem+json"

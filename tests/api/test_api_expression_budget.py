@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.core.test_expression_budget import FOUR_HUNDRED, PARENS_70000, guard_line, with_guard
-from tests.helpers.client import Api
+from tests.helpers.client import Client
 from tests.helpers.paths import ROOT
 
 YAML = {"Content-Type": "application/yaml"}
@@ -33,18 +33,18 @@ _API_SCRIPT = """
 import json, sys
 args = json.load(sys.stdin)
 sys.path.insert(0, args["root"])
-from tests.helpers.app import API_TOKENS, make_app
-client = make_app(args["database"]).test_client()
-auth = {"Authorization": "Bearer " + API_TOKENS["admin"]}
-yaml_body = {**auth, "Content-Type": "application/yaml"}
+from tests.helpers.app import make_app
+from tests.helpers.client import Client
+client = Client.wsgi(make_app(args["database"]).test_client())  # as admin
+yaml_body = {"Content-Type": "application/yaml"}
 out = {}
 response = client.post("/rules/validate", data=args["rules"], headers=yaml_body)
 out["validate"] = [response.status_code, response.get_json()]
 response = client.put("/rules", data=args["rules"], headers=yaml_body)
 out["put"] = [response.status_code, response.get_json()]
-out["version"] = client.get("/rules", headers=auth).get_json()["version"]
-created = client.post("/workflows/signup/instances", json={"context": {}}, headers=auth).get_json()
-response = client.post(f"/instances/{created['id']}/events", headers=auth,
+out["version"] = client.get("/rules").get_json()["version"]
+created = client.post("/workflows/signup/instances", json={"context": {}}).get_json()
+response = client.post(f"/instances/{created['id']}/events",
                        json={"event": "select_type", "data": args["data"]})
 out["fire"] = response.status_code
 print(json.dumps(out))
@@ -86,7 +86,7 @@ def test_an_expression_that_crashed_a_worker_is_refused_with_422_and_the_old_ver
 # ── through the Flask test client, in process, on both databases ────────────────────────────────
 
 
-def test_validate_answers_422_for_text_that_made_the_engine_panic(api: Api) -> None:
+def test_validate_answers_422_for_text_that_made_the_engine_panic(api: Client) -> None:
     response = api.post("/rules/validate", data=with_guard(PARENS_70000), headers=YAML,
                         role="policy_editor")
     assert response.status_code == 422
@@ -94,7 +94,7 @@ def test_validate_answers_422_for_text_that_made_the_engine_panic(api: Api) -> N
     assert (error["path"], error["line"]) == ("$.rules.country_supported.guard", guard_line())
 
 
-def test_put_of_a_costly_or_non_boolean_guard_is_422_and_the_old_version_stays(api: Api) -> None:
+def test_put_of_a_costly_or_non_boolean_guard_is_422_and_the_old_version_stays(api: Client) -> None:
     before = api.get("/rules").get_json()["version"]
     for rules in (with_guard("params.big.all(x, params.big.all(y, x != y || x == y))", big=FOUR_HUNDRED),
                   with_guard("data.country")):

@@ -9,18 +9,18 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from tests.helpers.client import Api
+from tests.helpers.client import Client
 from tollgate.service.tables import metadata
 
 PASSWORD = "Zq#8secret!x"  # 12 characters: letters, digits and specials
 
 
-def state(api: Api, instance: str) -> tuple[str, int]:
+def state(api: Client, instance: str) -> tuple[str, int]:
     body = api.get(f"/instances/{instance}").get_json()
     return body["state"], body["version"]
 
 
-def test_payment_registration_activates_the_account_in_the_same_transaction(api: Api) -> None:
+def test_payment_registration_activates_the_account_in_the_same_transaction(api: Client) -> None:
     account = api.signup()
     assert state(api, account)[0] == "payment_method_required"
     pm = api.register_card(account)
@@ -31,7 +31,7 @@ def test_payment_registration_activates_the_account_in_the_same_transaction(api:
         "payment_method_registered", "applied", f"payment_method:{pm}")
 
 
-def test_a_refused_send_leaves_both_instances_unchanged(api: Api) -> None:
+def test_a_refused_send_leaves_both_instances_unchanged(api: Client) -> None:
     account = api.create("signup")["id"]
     api.fire(account, "select_type", {"country": "KR", "member_type": "business"})
     pm = api.create("payment_method", {"account": account, "channel": "web"})["id"]
@@ -59,7 +59,7 @@ def _database_dump(app: Flask) -> str:
 
 
 def test_passwords_are_never_in_responses_history_logs_or_the_database(
-        api: Api, app: Flask, caplog: pytest.LogCaptureFixture) -> None:
+        api: Client, app: Flask, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     account = api.signup(password=PASSWORD)
     again = {"event": "set_password", "data": {"password": PASSWORD, "password_confirm": PASSWORD}}
@@ -80,7 +80,7 @@ def test_passwords_are_never_in_responses_history_logs_or_the_database(
 
 
 @pytest.mark.parametrize("event, data", [("set_partner", {"partner": True}), ("lift_restriction", {})])
-def test_support_actions_need_the_admin_role(api: Api, event: str, data: dict[str, Any]) -> None:
+def test_support_actions_need_the_admin_role(api: Client, event: str, data: dict[str, Any]) -> None:
     account = api.signup()
     api.register_card(account)
     if event == "lift_restriction":
@@ -95,7 +95,7 @@ def test_support_actions_need_the_admin_role(api: Api, event: str, data: dict[st
     assert api.get(f"/instances/{account}/history").get_json()["items"][-1]["event"] == event
 
 
-def test_workflow_definitions_show_which_roles_may_fire_an_event(api: Api) -> None:
+def test_workflow_definitions_show_which_roles_may_fire_an_event(api: Client) -> None:
     events = {e["name"]: e for e in api.get("/workflows/payment_method").get_json()["events"]}
     assert events["enable_payment"]["roles"] == ["admin"]
     assert events["register"]["roles"] == []

@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.client import Api
+from tests.helpers.client import Client
 from tests.helpers.schemas import assert_conforms
 
 KR_INDIVIDUAL = {"country": "KR", "member_type": "individual", "birth_date": "1990-01-01"}
 
 
-def events(api: Api, instance: str) -> list[dict[str, Any]]:
+def events(api: Client, instance: str) -> list[dict[str, Any]]:
     response = api.get(f"/instances/{instance}/history")
     assert response.status_code == 200
     body = response.get_json()
@@ -25,7 +25,7 @@ def events(api: Api, instance: str) -> list[dict[str, Any]]:
 # ── create and read ──────────────────────────────────────────────────────────────────────────
 
 
-def test_create_answers_201_with_location_and_etag_and_get_reads_it_back(api: Api) -> None:
+def test_create_answers_201_with_location_and_etag_and_get_reads_it_back(api: Client) -> None:
     response = api.post("/workflows/signup/instances", json={"context": {}}, role="operator")
     assert response.status_code == 201
     created = response.get_json()
@@ -40,18 +40,18 @@ def test_create_answers_201_with_location_and_etag_and_get_reads_it_back(api: Ap
     assert created["created_at"].endswith("+00:00")
 
 
-def test_create_with_an_id_twice_is_409(api: Api) -> None:
+def test_create_with_an_id_twice_is_409(api: Client) -> None:
     api.create("signup", id="acct_fixed")
     response = api.post("/workflows/signup/instances", json={"id": "acct_fixed", "context": {}})
     assert response.status_code == 409
     assert response.mimetype == "application/problem+json"
 
 
-def test_create_of_an_unknown_workflow_is_404(api: Api) -> None:
+def test_create_of_an_unknown_workflow_is_404(api: Client) -> None:
     assert api.post("/workflows/mortgage/instances", json={"context": {}}).status_code == 404
 
 
-def test_create_with_a_bad_context_is_400_with_paths(api: Api) -> None:
+def test_create_with_a_bad_context_is_400_with_paths(api: Client) -> None:
     account = api.create("signup")["id"]
     response = api.post("/workflows/payment_method/instances",
                         json={"context": {"account": account, "channel": "fax"}})
@@ -59,13 +59,13 @@ def test_create_with_a_bad_context_is_400_with_paths(api: Api) -> None:
     assert [e["path"] for e in response.get_json()["errors"]] == ["$.channel"]
 
 
-def test_create_referencing_no_account_is_422(api: Api) -> None:
+def test_create_referencing_no_account_is_422(api: Client) -> None:
     response = api.post("/workflows/credit/instances", json={"context": {"account": "acct_nobody"}})
     assert response.status_code == 422
     assert "acct_nobody" in response.get_json()["detail"]
 
 
-def test_get_of_an_unknown_instance_is_404(api: Api) -> None:
+def test_get_of_an_unknown_instance_is_404(api: Client) -> None:
     response = api.get("/instances/acct_nobody")
     assert response.status_code == 404
     assert response.get_json()["detail"] == "There is no instance 'acct_nobody'."
@@ -74,7 +74,7 @@ def test_get_of_an_unknown_instance_is_404(api: Api) -> None:
 # ── list ─────────────────────────────────────────────────────────────────────────────────────
 
 
-def test_list_paginates_over_more_than_limit_items_without_gaps(api: Api) -> None:
+def test_list_paginates_over_more_than_limit_items_without_gaps(api: Client) -> None:
     made = [api.create("signup")["id"] for _ in range(5)]
     seen: list[str] = []
     cursor = None
@@ -95,7 +95,7 @@ def test_list_paginates_over_more_than_limit_items_without_gaps(api: Api) -> Non
     assert sorted(seen) == sorted(made) and len(set(seen)) == 5
 
 
-def test_list_filters_by_workflow_state_and_account(api: Api) -> None:
+def test_list_filters_by_workflow_state_and_account(api: Client) -> None:
     account = api.create("signup")["id"]
     api.fire(account, "select_type", KR_INDIVIDUAL)
     other = api.create("signup")["id"]
@@ -112,7 +112,7 @@ def test_list_filters_by_workflow_state_and_account(api: Api) -> None:
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=ten", "cursor=garbage",
                                    "workflow=mortgage"])
-def test_list_refuses_bad_parameters_with_400(api: Api, query: str) -> None:
+def test_list_refuses_bad_parameters_with_400(api: Client, query: str) -> None:
     response = api.get(f"/instances?{query}")
     assert response.status_code == 400
     assert response.mimetype == "application/problem+json"
@@ -121,7 +121,7 @@ def test_list_refuses_bad_parameters_with_400(api: Api, query: str) -> None:
 # ── events ───────────────────────────────────────────────────────────────────────────────────
 
 
-def test_an_applied_event_answers_the_instance_with_its_new_etag(api: Api) -> None:
+def test_an_applied_event_answers_the_instance_with_its_new_etag(api: Client) -> None:
     account = api.create("signup")["id"]
     response = api.post(f"/instances/{account}/events", json={"event": "select_type", "data": KR_INDIVIDUAL},
                         role="operator")
@@ -132,7 +132,7 @@ def test_an_applied_event_answers_the_instance_with_its_new_etag(api: Api) -> No
     assert response.headers["ETag"] == '"2"'
 
 
-def test_a_guard_denial_is_422_listing_every_failed_rule_in_two_languages(api: Api) -> None:
+def test_a_guard_denial_is_422_listing_every_failed_rule_in_two_languages(api: Client) -> None:
     account = api.create("signup")["id"]
     response = api.post(f"/instances/{account}/events",
                         json={"event": "select_type", "data": {"country": "ZZ", "member_type": "alien"}})
@@ -146,7 +146,7 @@ def test_a_guard_denial_is_422_listing_every_failed_rule_in_two_languages(api: A
     assert events(api, account)[-1]["outcome"] == "denied"
 
 
-def test_an_event_not_valid_in_the_state_is_409_invalid_transition(api: Api) -> None:
+def test_an_event_not_valid_in_the_state_is_409_invalid_transition(api: Client) -> None:
     account = api.create("signup")["id"]
     response = api.post(f"/instances/{account}/events", json={"event": "verify_email", "data": {"code": "1"}})
     assert response.status_code == 409
@@ -155,19 +155,19 @@ def test_an_event_not_valid_in_the_state_is_409_invalid_transition(api: Api) -> 
     assert body["allowed_events"]
 
 
-def test_event_data_against_the_events_schema_is_400(api: Api) -> None:
+def test_event_data_against_the_events_schema_is_400(api: Client) -> None:
     account = api.create("signup")["id"]
     response = api.post(f"/instances/{account}/events", json={"event": "select_type", "data": {"country": 1}})
     assert response.status_code == 400
     assert response.get_json()["errors"]
 
 
-def test_an_event_on_an_unknown_instance_is_404(api: Api) -> None:
+def test_an_event_on_an_unknown_instance_is_404(api: Client) -> None:
     response = api.post("/instances/acct_nobody/events", json={"event": "expire"})
     assert response.status_code == 404
 
 
-def test_if_match_with_the_current_etag_applies_and_a_stale_one_is_412(api: Api) -> None:
+def test_if_match_with_the_current_etag_applies_and_a_stale_one_is_412(api: Client) -> None:
     account = api.create("signup")["id"]
     api.fire(account, "select_type", KR_INDIVIDUAL, headers={"If-Match": '"1"'})
     stale = api.post(f"/instances/{account}/events", json={"event": "submit_email",
@@ -180,7 +180,7 @@ def test_if_match_with_the_current_etag_applies_and_a_stale_one_is_412(api: Api)
 
 
 @pytest.mark.parametrize("header", ["1", "W/\"1\"", '"one"', '"1", "2"'])
-def test_a_malformed_if_match_is_400(api: Api, header: str) -> None:
+def test_a_malformed_if_match_is_400(api: Client, header: str) -> None:
     account = api.create("signup")["id"]
     response = api.post(f"/instances/{account}/events", json={"event": "select_type", "data": KR_INDIVIDUAL},
                         headers={"If-Match": header})
@@ -188,7 +188,7 @@ def test_a_malformed_if_match_is_400(api: Api, header: str) -> None:
     assert "If-Match" in response.get_json()["detail"]
 
 
-def test_a_replayed_idempotency_key_returns_the_first_response_and_changes_nothing(api: Api) -> None:
+def test_a_replayed_idempotency_key_returns_the_first_response_and_changes_nothing(api: Client) -> None:
     account = api.create("signup")["id"]
     request = {"json": {"event": "select_type", "data": KR_INDIVIDUAL}, "headers": {"Idempotency-Key": "k-1"}}
     first = api.post(f"/instances/{account}/events", **request)
@@ -202,7 +202,7 @@ def test_a_replayed_idempotency_key_returns_the_first_response_and_changes_nothi
     assert api.get(f"/instances/{account}").get_json()["version"] == 2
 
 
-def test_a_replayed_denial_is_the_same_422(api: Api) -> None:
+def test_a_replayed_denial_is_the_same_422(api: Client) -> None:
     account = api.create("signup")["id"]
     request = {"json": {"event": "select_type", "data": {"country": "ZZ", "member_type": "business"}},
                "headers": {"Idempotency-Key": "k-denied"}}
@@ -214,7 +214,7 @@ def test_a_replayed_denial_is_the_same_422(api: Api) -> None:
     assert len(events(api, account)) == 2
 
 
-def test_the_same_idempotency_key_with_another_body_is_409(api: Api) -> None:
+def test_the_same_idempotency_key_with_another_body_is_409(api: Client) -> None:
     account = api.create("signup")["id"]
     api.fire(account, "select_type", KR_INDIVIDUAL, headers={"Idempotency-Key": "k-2"})
     response = api.post(f"/instances/{account}/events", json={"event": "expire"},
@@ -224,7 +224,7 @@ def test_the_same_idempotency_key_with_another_body_is_409(api: Api) -> None:
     assert len(events(api, account)) == 2
 
 
-def test_dry_run_says_what_would_happen_and_changes_nothing(api: Api) -> None:
+def test_dry_run_says_what_would_happen_and_changes_nothing(api: Client) -> None:
     account = api.create("signup")["id"]
     response = api.post(f"/instances/{account}/events?dry_run=true",
                         json={"event": "select_type", "data": KR_INDIVIDUAL})
@@ -242,7 +242,7 @@ def test_dry_run_says_what_would_happen_and_changes_nothing(api: Api) -> None:
     assert len(events(api, account)) == 1
 
 
-def test_dry_run_errors(api: Api) -> None:
+def test_dry_run_errors(api: Client) -> None:
     account = api.create("signup")["id"]
     missing = api.post("/instances/acct_nobody/events?dry_run=true", json={"event": "expire"})
     assert missing.status_code == 404
@@ -253,7 +253,7 @@ def test_dry_run_errors(api: Api) -> None:
     assert flag.status_code == 400
 
 
-def test_history_lists_every_attempt_with_version_and_the_callers_role(api: Api) -> None:
+def test_history_lists_every_attempt_with_version_and_the_callers_role(api: Client) -> None:
     account = api.create("signup")["id"]
     api.fire(account, "select_type", {"country": "ZZ", "member_type": "business"}, status=422,
              role="operator")

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from tests.helpers.client import Api
+from tests.helpers.client import Client
 from tests.helpers.schemas import assert_conforms
 
 YAML = {"Content-Type": "application/yaml"}
@@ -19,7 +19,7 @@ def _text(data: dict[str, Any]) -> str:
     return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
 
 
-def test_get_rules_returns_the_active_version(api: Api, rules_text: str) -> None:
+def test_get_rules_returns_the_active_version(api: Client, rules_text: str) -> None:
     response = api.get("/rules", role="viewer")
     assert response.status_code == 200
     body = response.get_json()
@@ -29,14 +29,14 @@ def test_get_rules_returns_the_active_version(api: Api, rules_text: str) -> None
     assert body["activated_at"].endswith("+00:00")
 
 
-def test_validate_accepts_the_bundled_rules(api: Api, rules_text: str) -> None:
+def test_validate_accepts_the_bundled_rules(api: Client, rules_text: str) -> None:
     response = api.post("/rules/validate", data=rules_text, headers=YAML, role="policy_editor")
     assert response.status_code == 200
     assert response.get_json()["valid"] is True
     assert api.get("/rules").get_json()["version"] == 1  # validation activates nothing
 
 
-def test_validate_reports_every_problem_with_path_line_and_column(api: Api, rules_text: str) -> None:
+def test_validate_reports_every_problem_with_path_line_and_column(api: Client, rules_text: str) -> None:
     broken = rules_text.replace("min_age: 19", "min_age: nineteen", 1).replace(
         "email_code_ttl_minutes: 10", "email_code_ttl_minutes: -5", 1)
     response = api.post("/rules/validate", data=broken, headers=YAML)
@@ -52,13 +52,13 @@ def test_validate_reports_every_problem_with_path_line_and_column(api: Api, rule
     assert rules_text.splitlines()[min_age["line"] - 1].strip().startswith("min_age:")
 
 
-def test_validate_refuses_text_that_is_not_yaml(api: Api) -> None:
+def test_validate_refuses_text_that_is_not_yaml(api: Client) -> None:
     response = api.post("/rules/validate", data="params: [unclosed", headers=YAML)
     assert response.status_code == 422
     assert response.get_json()["errors"][0]["line"] is not None
 
 
-def test_put_of_bad_rules_is_422_and_the_old_version_stays(api: Api, rules_text: str) -> None:
+def test_put_of_bad_rules_is_422_and_the_old_version_stays(api: Client, rules_text: str) -> None:
     response = api.put("/rules", data=rules_text.replace("min_age: 19", "min_age: nineteen", 1), headers=YAML,
                        role="policy_editor")
     assert response.status_code == 422
@@ -68,7 +68,7 @@ def test_put_of_bad_rules_is_422_and_the_old_version_stays(api: Api, rules_text:
 
 
 def test_put_activates_a_new_version_and_history_names_the_version_of_each_attempt(
-        api: Api, rules_data: Callable[[], dict[str, Any]]) -> None:
+        api: Client, rules_data: Callable[[], dict[str, Any]]) -> None:
     before = api.create("signup")["id"]
     api.fire(before, "select_type", NINETEEN_IN_2025)  # 19 is old enough under version 1
     waiting = api.create("signup")["id"]

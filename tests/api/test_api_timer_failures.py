@@ -8,13 +8,13 @@ from typing import Any
 
 import yaml
 
-from tests.helpers.client import Api
+from tests.helpers.client import Client
 from tests.helpers.kst import kst_instant
 from tests.helpers.schemas import assert_conforms
 from tests.service.test_timer_failures import BROKEN_USAGE, broken_rules
 
 
-def test_the_same_failure_fired_over_the_api_is_a_422_problem_and_changes_nothing(api: Api) -> None:
+def test_the_same_failure_fired_over_the_api_is_a_422_problem_and_changes_nothing(api: Client) -> None:
     clock = api.clock(kst_instant(2026, 10, 15, 10))
     account = api.signup(clock=clock, member_type="business")
     invoice = api.create("invoice", {"account": account, "usage_month": "2026-10"})
@@ -37,7 +37,7 @@ def test_the_same_failure_fired_over_the_api_is_a_422_problem_and_changes_nothin
     assert len(api.get(f"/instances/{invoice['id']}/history").get_json()["items"]) == 3
 
 
-def test_operators_list_every_parked_timer_with_its_instance_and_error(api: Api) -> None:
+def test_operators_list_every_parked_timer_with_its_instance_and_error(api: Client) -> None:
     """`GET /timers/failed`: the parked timers of every instance in one place (oldest failure
     first), readable by every reading role, narrowed by `instance` or `clock`."""
     clock = api.clock(kst_instant(2026, 10, 15, 10))
@@ -67,7 +67,7 @@ def test_operators_list_every_parked_timer_with_its_instance_and_error(api: Api)
 
 
 def test_creating_an_instance_whose_timer_the_rules_fail_on_is_a_422_problem(
-        api: Api, rules_data: Any) -> None:
+        api: Client, rules_data: Any) -> None:
     account = api.signup(clock=api.clock(kst_instant(2026, 10, 15, 10)), member_type="business")
     data = rules_data()
     data["timers"]["invoice_issue"]["at"] = "ts(context.nosuch_field)"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers.client import Api
+from tests.helpers.client import Client
 
 
-def _issued_invoice(api: Api) -> str:
+def _issued_invoice(api: Client) -> str:
     account = api.signup()
     api.register_card(account)
     invoice = str(api.create("invoice", {"account": account, "usage_month": "2025-02"})["id"])
@@ -24,7 +24,7 @@ def _issued_invoice(api: Api) -> str:
     "2025-03-05T12:00+09:00",  # no seconds
     "٢٠٢٥-03-05T12:00:00+09:00",  # Arabic-Indic digits
 ])
-def test_a_malformed_deposited_at_is_400_naming_the_field(api: Api, deposited_at: str) -> None:
+def test_a_malformed_deposited_at_is_400_naming_the_field(api: Client, deposited_at: str) -> None:
     invoice = _issued_invoice(api)
     before = api.get(f"/instances/{invoice}/history").get_json()["items"]
     for dry_run in ("?dry_run=true", ""):
@@ -36,7 +36,7 @@ def test_a_malformed_deposited_at_is_400_naming_the_field(api: Api, deposited_at
     assert api.get(f"/instances/{invoice}/history").get_json()["items"] == before, "no denial recorded"
 
 
-def test_a_well_formed_deposited_at_is_judged_by_the_rules(api: Api) -> None:
+def test_a_well_formed_deposited_at_is_judged_by_the_rules(api: Client) -> None:
     invoice = _issued_invoice(api)
     applied = api.fire(invoice, "deposit", {"amount": 1000, "deposited_at": "2025-03-05T11:00:00+09:00"})
     assert applied["context"]["paid_amount"] == 1000

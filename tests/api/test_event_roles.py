@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.client import Api
+from tests.helpers.client import Client
 from tests.helpers.kst import kst_instant
 from tests.helpers.paths import RULES_PATH
 from tollgate.workflows.definitions import definitions
@@ -28,7 +28,7 @@ def test_the_timer_events_are_those_the_rules_schedule() -> None:
                                                     "begin_grace", "suspend"}
 
 
-def _instance_of(api: Api, workflow: str) -> str:
+def _instance_of(api: Client, workflow: str) -> str:
     if workflow == "signup":
         return str(api.create("signup")["id"])
     account = api.signup()
@@ -37,13 +37,13 @@ def _instance_of(api: Api, workflow: str) -> str:
     return str(api.create(workflow, context)["id"])
 
 
-def _history(api: Api, instance: str) -> list[dict[str, Any]]:
+def _history(api: Client, instance: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = api.get(f"/instances/{instance}/history").get_json()["items"]
     return items
 
 
 @pytest.mark.parametrize(("workflow", "event"), TIMER_EVENTS, ids=[f"{w}.{e}" for w, e in TIMER_EVENTS])
-def test_an_operator_may_not_fire_a_timer_event(api: Api, workflow: str, event: str) -> None:
+def test_an_operator_may_not_fire_a_timer_event(api: Client, workflow: str, event: str) -> None:
     instance = _instance_of(api, workflow)
     before = _history(api, instance)
     for dry_run in ("", "?dry_run=true"):
@@ -55,7 +55,7 @@ def test_an_operator_may_not_fire_a_timer_event(api: Api, workflow: str, event: 
     assert _history(api, instance) == before, "a refused call records nothing"
 
 
-def test_an_admin_may_fire_a_timer_event_and_is_recorded_as_admin(api: Api) -> None:
+def test_an_admin_may_fire_a_timer_event_and_is_recorded_as_admin(api: Client) -> None:
     clock = api.clock(kst_instant(2025, 3, 5, 12))
     by_hand = api.create("signup", clock=clock)["id"]
     left = api.create("signup", clock=clock)["id"]
@@ -66,7 +66,7 @@ def test_an_admin_may_fire_a_timer_event_and_is_recorded_as_admin(api: Api) -> N
     assert (last["event"], last["actor"]) == ("expire", "timer")
 
 
-def test_a_dry_run_applies_the_same_role_checks_as_the_real_call(api: Api) -> None:
+def test_a_dry_run_applies_the_same_role_checks_as_the_real_call(api: Client) -> None:
     account = api.signup()
     api.register_card(account)
     body = {"event": "set_partner", "data": {"partner": True}}
@@ -84,7 +84,7 @@ def test_a_dry_run_applies_the_same_role_checks_as_the_real_call(api: Api) -> No
     ("charge_failed", {"reason": "card declined"}, 409),
     ("charge_succeeded", {"payment_ref": "pg-1"}, 409),
 ])
-def test_the_gateway_may_report_charges_and_deposits(api: Api, event: str, data: dict[str, Any],
+def test_the_gateway_may_report_charges_and_deposits(api: Client, event: str, data: dict[str, Any],
                                                      status: int) -> None:
     invoice = _instance_of(api, "invoice")
     api.fire(invoice, "add_usage", {"amount": 5000})
@@ -102,7 +102,7 @@ def test_the_gateway_may_report_charges_and_deposits(api: Api, event: str, data:
 @pytest.mark.parametrize(("event", "data"), [
     ("pay_now", {"amount": 5000}), ("add_usage", {"amount": 1}), ("issue", {}),
 ])
-def test_the_gateway_may_fire_nothing_else(api: Api, event: str, data: dict[str, Any]) -> None:
+def test_the_gateway_may_fire_nothing_else(api: Client, event: str, data: dict[str, Any]) -> None:
     invoice = _instance_of(api, "invoice")
     before = _history(api, invoice)
     for dry_run in ("", "?dry_run=true"):
@@ -113,7 +113,7 @@ def test_the_gateway_may_fire_nothing_else(api: Api, event: str, data: dict[str,
     assert _history(api, invoice) == before
 
 
-def test_the_gateway_reads_nothing_and_creates_nothing(api: Api) -> None:
+def test_the_gateway_reads_nothing_and_creates_nothing(api: Client) -> None:
     invoice = _instance_of(api, "invoice")
     assert api.get(f"/instances/{invoice}", role="gateway").status_code == 403
     assert api.get("/notifications", role="gateway").status_code == 403

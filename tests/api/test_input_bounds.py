@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers.client import Api
+from tests.helpers.client import Client
 from tests.helpers.kst import kst_instant
 from tollgate.service.api.support import API_SCHEMAS
 from tollgate.workflows import limits
@@ -33,7 +33,7 @@ def refused(response: Any, path: str, file: str | None = None) -> dict[str, Any]
     return body
 
 
-def signed_up(api: Api, now: str) -> tuple[str, str]:
+def signed_up(api: Client, now: str) -> tuple[str, str]:
     """A clock at `now` and an account on it driven to payment_method_required."""
     clock = api.post("/clocks", json={"now": now})
     assert clock.status_code == 201, clock.get_json()
@@ -52,7 +52,7 @@ def cursor_of(raw: str) -> str:
 # ── amounts ───────────────────────────────────────────────────────────────────────────────────
 
 @pytest.mark.parametrize("amount", [2**64, 2**64 + 1, 10**30])
-def test_an_amount_of_2_to_the_64_or_more_is_400_naming_the_amount(api: Api, amount: int) -> None:
+def test_an_amount_of_2_to_the_64_or_more_is_400_naming_the_amount(api: Client, amount: int) -> None:
     account = api.signup()
     invoice = api.create("invoice", {"account": account, "usage_month": "2025-02"})["id"]
     response = api.post(f"/instances/{invoice}/events", data=f'{{"event": "add_usage", "data": '
@@ -63,7 +63,7 @@ def test_an_amount_of_2_to_the_64_or_more_is_400_naming_the_amount(api: Api, amo
 
 @pytest.mark.parametrize("amount", [2**63 - 1, 2**63, 2**64 - 1, limits.MAX_AMOUNT + 1])
 def test_a_huge_amount_is_refused_when_it_enters_not_accepted_and_then_unpayable(
-        api: Api, amount: int) -> None:
+        api: Client, amount: int) -> None:
     account = api.signup()
     invoice = api.create("invoice", {"account": account, "usage_month": "2025-02"})["id"]
     response = api.post(f"/instances/{invoice}/events", data=f'{{"event": "add_usage", "data": '
@@ -73,7 +73,8 @@ def test_a_huge_amount_is_refused_when_it_enters_not_accepted_and_then_unpayable
     assert api.get(f"/instances/{invoice}").get_json()["context"].get("usage", 0) == 0
 
 
-def test_an_invoice_at_the_maximum_amount_is_issued_and_paid_and_its_usage_cannot_exceed_it(api: Api) -> None:
+def test_an_invoice_at_the_maximum_amount_is_issued_and_paid_and_its_usage_cannot_exceed_it(
+        api: Client) -> None:
     clock, account = signed_up(api, "2026-10-15T10:00:00+09:00")
     invoice = api.create("invoice", {"account": account, "usage_month": "2026-10"})["id"]
     api.fire(invoice, "add_usage", {"amount": limits.MAX_AMOUNT - 1})
@@ -89,7 +90,7 @@ def test_an_invoice_at_the_maximum_amount_is_issued_and_paid_and_its_usage_canno
 
 
 @pytest.mark.parametrize("value", [2**53, -(2**53), 2**63, 2**64 - 1, -(2**63)])
-def test_an_integer_beyond_2_to_the_53_anywhere_in_a_body_is_400_naming_it(api: Api, value: int) -> None:
+def test_an_integer_beyond_2_to_the_53_anywhere_in_a_body_is_400_naming_it(api: Client, value: int) -> None:
     account = api.create("signup")["id"]
     data = {"country": "KR", "member_type": "business", "note": {"n": [value]}}
     response = api.post(f"/instances/{account}/events", content_type="application/json",
@@ -102,12 +103,12 @@ def test_an_integer_beyond_2_to_the_53_anywhere_in_a_body_is_400_naming_it(api: 
 
 @pytest.mark.parametrize("now", ["0001-01-01T00:00:00+09:00", "9999-12-31T23:59:59-14:00",
                                  "9999-12-31T00:00:00Z", "1999-12-31T23:59:59+09:00", "2200-01-01T00:00:00Z"])
-def test_a_clock_outside_the_supported_years_is_400_naming_now(api: Api, now: str) -> None:
+def test_a_clock_outside_the_supported_years_is_400_naming_now(api: Client, now: str) -> None:
     body = refused(api.post("/clocks", json={"now": now}), "$.now", "body")
     assert "2000-2199" in body["detail"]
 
 
-def test_a_clock_at_the_first_supported_instant_runs_its_timers(api: Api) -> None:
+def test_a_clock_at_the_first_supported_instant_runs_its_timers(api: Client) -> None:
     clock, account = signed_up(api, "2000-01-01T00:00:00+14:00")
     fresh = api.create("signup", clock=clock)["id"]
     invoice = api.create("invoice", {"account": account, "usage_month": "2000-01"})["id"]
@@ -117,7 +118,7 @@ def test_a_clock_at_the_first_supported_instant_runs_its_timers(api: Api) -> Non
     assert api.get(f"/instances/{invoice}").get_json()["state"] == "paid"  # nothing due
 
 
-def test_a_clock_at_the_last_supported_instant_arms_timers_and_cannot_leave_the_range(api: Api) -> None:
+def test_a_clock_at_the_last_supported_instant_arms_timers_and_cannot_leave_the_range(api: Client) -> None:
     clock, account = signed_up(api, "2199-12-31T23:59:59-14:00")
     fresh = api.create("signup", clock=clock)
     assert [t["event"] for t in fresh["timers"]] == ["expire"]
@@ -130,7 +131,7 @@ def test_a_clock_at_the_last_supported_instant_arms_timers_and_cannot_leave_the_
 
 @pytest.mark.parametrize("month", ["9999-11", "9999-12", "0000-01", "1999-12", "2200-01"])
 def test_an_invoice_for_a_usage_month_outside_the_supported_years_is_400_naming_context_usage_month(
-        api: Api, month: str) -> None:
+        api: Client, month: str) -> None:
     account = api.signup()
     response = api.post("/workflows/invoice/instances",
                         json={"context": {"account": account, "usage_month": month}})
@@ -138,7 +139,7 @@ def test_an_invoice_for_a_usage_month_outside_the_supported_years_is_400_naming_
     assert "usage_month" in body["detail"] and "2000-2199" in body["detail"]
 
 
-def test_a_deposit_dated_outside_the_supported_years_is_400_naming_deposited_at(api: Api) -> None:
+def test_a_deposit_dated_outside_the_supported_years_is_400_naming_deposited_at(api: Client) -> None:
     clock, account = signed_up(api, "2026-10-15T10:00:00+09:00")
     invoice = api.create("invoice", {"account": account, "usage_month": "2026-10"})["id"]
     api.fire(invoice, "add_usage", {"amount": 5000})
@@ -151,14 +152,14 @@ def test_a_deposit_dated_outside_the_supported_years_is_400_naming_deposited_at(
 
 
 @pytest.mark.parametrize("born", ["0001-01-01", "9999-12-31", "1899-12-31", "2200-01-01"])
-def test_a_birth_date_outside_the_supported_years_is_400_naming_birth_date(api: Api, born: str) -> None:
+def test_a_birth_date_outside_the_supported_years_is_400_naming_birth_date(api: Client, born: str) -> None:
     account = api.create("signup")["id"]
     response = api.post(f"/instances/{account}/events", json={
         "event": "select_type", "data": {"country": "KR", "member_type": "individual", "birth_date": born}})
     refused(response, "$.birth_date", "select_type.data")
 
 
-def test_a_birth_date_at_the_edges_of_the_supported_years_is_accepted(api: Api) -> None:
+def test_a_birth_date_at_the_edges_of_the_supported_years_is_accepted(api: Client) -> None:
     for born in ("1900-01-01", "2199-12-31"):
         account = api.create("signup")["id"]
         api.fire(account, "select_type", {"country": "KR", "member_type": "business", "birth_date": born})
@@ -167,7 +168,7 @@ def test_a_birth_date_at_the_edges_of_the_supported_years_is_accepted(api: Api) 
 # ── nesting and cursors ───────────────────────────────────────────────────────────────────────
 
 @pytest.mark.parametrize("depth", [30, 31, 255, 300, 1000, 1022, 1100])
-def test_event_data_nested_deeper_than_the_limit_is_400_naming_where(api: Api, depth: int) -> None:
+def test_event_data_nested_deeper_than_the_limit_is_400_naming_where(api: Client, depth: int) -> None:
     account = api.create("signup")["id"]
     raw = ('{"event": "select_type", "data": {"country": "KR", "member_type": "business", "x": '
            + nested_json(depth) + "}}")
@@ -189,13 +190,13 @@ def test_event_data_nested_deeper_than_the_limit_is_400_naming_where(api: Api, d
     cursor_of(json.dumps(["9999-12-31T23:59:59-14:00", "x"])),
     cursor_of(json.dumps([1, 2])), cursor_of(json.dumps({"a": 1})), cursor_of("\xff"), "%%%", "a" * 5000,
 ], ids=["naive", "nested_1500", "year_9999", "numbers", "object", "not_ascii", "not_base64", "long"])
-def test_a_cursor_this_server_did_not_issue_is_400(api: Api, cursor: str) -> None:
+def test_a_cursor_this_server_did_not_issue_is_400(api: Client, cursor: str) -> None:
     response = api.get("/instances", query_string={"cursor": cursor})
     body = refused(response, "cursor", "query")
     assert body["detail"].startswith("The cursor is not one this server issued")
 
 
-def test_the_cursors_the_server_issues_still_page_through_every_instance(api: Api) -> None:
+def test_the_cursors_the_server_issues_still_page_through_every_instance(api: Client) -> None:
     created = {api.create("signup")["id"] for _ in range(5)}
     seen: list[str] = []
     cursor = None
@@ -246,7 +247,7 @@ def test_every_amount_and_date_field_of_the_schemas_carries_the_bounds_of_workfl
         yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def test_every_timer_a_clock_in_range_can_arm_is_representable(api: Api) -> None:
+def test_every_timer_a_clock_in_range_can_arm_is_representable(api: Client) -> None:
     """The last instant of the supported years, plus a signup, an invoice for its month and a
     credit: every armed timer lies within a year after it."""
     _, account = signed_up(api, "2199-12-31T23:59:59-14:00")

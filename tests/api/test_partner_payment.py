@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.client import Api
+from tests.helpers.client import Client
 from tests.helpers.kst import kst_instant
 
 
-def _partner_with_card(api: Api, order: str) -> tuple[str, str, str]:
+def _partner_with_card(api: Client, order: str) -> tuple[str, str, str]:
     """(clock, account, payment method) of a partner, flagged before or after registering a card."""
     clock = api.clock(kst_instant(2025, 3, 5, 12))
     account = api.signup(clock=clock)
@@ -28,11 +28,11 @@ def _partner_with_card(api: Api, order: str) -> tuple[str, str, str]:
     return clock, account, pm
 
 
-def _state(api: Api, instance: str) -> str:
+def _state(api: Client, instance: str) -> str:
     return str(api.get(f"/instances/{instance}").get_json()["state"])
 
 
-def _march_invoice_after_first_autopay_day(api: Api, clock: str, account: str) -> str:
+def _march_invoice_after_first_autopay_day(api: Client, clock: str, account: str) -> str:
     invoice = str(api.create("invoice", {"account": account, "usage_month": "2025-03"})["id"])
     api.fire(invoice, "add_usage", {"amount": 42_000})
     advanced = api.post(f"/clocks/{clock}/advance", json={"to": kst_instant(2025, 4, 10, 9).isoformat()})
@@ -40,7 +40,7 @@ def _march_invoice_after_first_autopay_day(api: Api, clock: str, account: str) -
     return invoice
 
 
-def _charge_requests(api: Api, invoice: str) -> list[dict[str, Any]]:
+def _charge_requests(api: Client, invoice: str) -> list[dict[str, Any]]:
     items = api.get(f"/notifications?instance={invoice}").get_json()["items"]
     return [n for n in items if n["template"] == "charge_request"]
 
@@ -49,7 +49,7 @@ ORDERS = ["flagged_before_registration", "flagged_after_registration"]
 
 
 @pytest.mark.parametrize("order", ORDERS)
-def test_partner_not_payable_holds_a_method_until_support_enables_it(api: Api, order: str) -> None:
+def test_partner_not_payable_holds_a_method_until_support_enables_it(api: Client, order: str) -> None:
     clock, account, pm = _partner_with_card(api, order)
     assert _state(api, pm) == "pending_support"
     invoice = _march_invoice_after_first_autopay_day(api, clock, account)
@@ -62,7 +62,7 @@ def test_partner_not_payable_holds_a_method_until_support_enables_it(api: Api, o
 
 
 @pytest.mark.parametrize("order", ORDERS)
-def test_partner_not_payable_charges_a_method_support_has_enabled(api: Api, order: str) -> None:
+def test_partner_not_payable_charges_a_method_support_has_enabled(api: Client, order: str) -> None:
     clock, account, pm = _partner_with_card(api, order)
     api.fire(pm, "enable_payment", role="admin")
     assert _state(api, pm) == "active"
@@ -71,7 +71,7 @@ def test_partner_not_payable_charges_a_method_support_has_enabled(api: Api, orde
     assert len(_charge_requests(api, invoice)) == 1
 
 
-def test_partner_not_payable_records_why_an_active_method_went_back_to_support(api: Api) -> None:
+def test_partner_not_payable_records_why_an_active_method_went_back_to_support(api: Client) -> None:
     _, account, pm = _partner_with_card(api, "flagged_after_registration")
     last = api.get(f"/instances/{pm}/history").get_json()["items"][-1]
     assert (last["event"], last["from"], last["to"], last["actor"]) == (
@@ -79,7 +79,7 @@ def test_partner_not_payable_records_why_an_active_method_went_back_to_support(a
     assert [n["rule"] for n in last["notes"]] == ["partner_not_payable"]
 
 
-def test_setting_the_partner_flag_again_keeps_an_enabled_method_payable(api: Api) -> None:
+def test_setting_the_partner_flag_again_keeps_an_enabled_method_payable(api: Client) -> None:
     _, account, pm = _partner_with_card(api, "flagged_after_registration")
     api.fire(pm, "enable_payment", role="admin")
     api.fire(account, "set_partner", {"partner": True}, role="admin")
@@ -87,7 +87,7 @@ def test_setting_the_partner_flag_again_keeps_an_enabled_method_payable(api: Api
     assert _state(api, pm) == "active"
 
 
-def test_a_member_who_is_not_a_partner_keeps_paying(api: Api) -> None:
+def test_a_member_who_is_not_a_partner_keeps_paying(api: Client) -> None:
     clock = api.clock(kst_instant(2025, 3, 5, 12))
     account = api.signup(clock=clock)
     pm = api.register_card(account)

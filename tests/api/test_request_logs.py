@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.helpers.client import Api
+from tests.helpers.client import Client
 from tests.helpers.paths import ROOT
 
 
@@ -19,7 +19,7 @@ def _request_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "tollgate.api" and "request_id=" in r.getMessage()]
 
 
-def test_every_request_is_logged_with_its_request_id(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+def test_every_request_is_logged_with_its_request_id(api: Client, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="tollgate")
     given = api.get("/rules", headers={"X-Request-Id": "lb-7f3a:42"})
     assert given.headers["X-Request-Id"] == "lb-7f3a:42"
@@ -39,7 +39,8 @@ def test_every_request_is_logged_with_its_request_id(api: Api, caplog: pytest.Lo
         "method": "GET", "path": "/rules", "status": 200, "role": "admin", "request_id": "lb-7f3a:42"}
 
 
-def test_a_request_log_line_holds_no_body_query_or_token(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_request_log_line_holds_no_body_query_or_token(api: Client,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="tollgate")
     account = api.create("signup")["id"]
     api.fire(account, "select_type", {"country": "KR", "member_type": "individual",

@@ -16,7 +16,7 @@ from flask import Flask
 from sqlalchemy import inspect, select, text
 
 from tests.helpers.app import make_app
-from tests.helpers.client import Api
+from tests.helpers.client import Client
 from tests.helpers.paths import RULES_PATH
 from tollgate.service.tables import idempotency
 
@@ -25,7 +25,7 @@ LONG_PASSWORD = "Qz#9" * 75  # 300 characters, over the schema's maxLength of 25
 PROBE = "Boom#2026x"  # 10 characters: the probe guard below errors on it (and on no other password here)
 
 
-def _at_password_setup(api: Api, clock: str | None = None) -> str:
+def _at_password_setup(api: Client, clock: str | None = None) -> str:
     """A signup waiting for its password (the email code read by the admin)."""
     account = str(api.create("signup", **({"clock": clock} if clock else {}))["id"])
     api.fire(account, "select_type", {"country": "KR", "member_type": "business"}, role="operator")
@@ -35,7 +35,8 @@ def _at_password_setup(api: Api, clock: str | None = None) -> str:
     return account
 
 
-def _set_password(api: Api, account: str, password: Any, *, query: str = "", key: str | None = None) -> Any:
+def _set_password(api: Client, account: str, password: Any, *, query: str = "",
+                  key: str | None = None) -> Any:
     headers = {"Idempotency-Key": key} if key else {}
     return api.post(f"/instances/{account}/events{query}", role="operator", headers=headers,
                     json={"event": "set_password",
@@ -57,7 +58,7 @@ def _unkeyed_digest(path: str, password: str) -> str:
 
 
 def test_a_stored_idempotency_fingerprint_cannot_be_reversed_by_trying_passwords(
-        api: Api, app: Flask) -> None:
+        api: Client, app: Flask) -> None:
     account = _at_password_setup(api)
     path = f"/instances/{account}/events"
     assert _set_password(api, account, PASSWORD, key="pw-1").status_code == 200
@@ -74,7 +75,7 @@ def test_a_stored_idempotency_fingerprint_cannot_be_reversed_by_trying_passwords
 
 
 @pytest.mark.parametrize("password", [LONG_PASSWORD, 12345678901234], ids=["300_characters", "a_number"])
-def test_a_password_refused_by_its_schema_is_not_echoed_in_the_400(api: Api, password: Any) -> None:
+def test_a_password_refused_by_its_schema_is_not_echoed_in_the_400(api: Client, password: Any) -> None:
     account = _at_password_setup(api)
     response = _set_password(api, account, password)
     assert response.status_code == 400, response.get_json()
@@ -104,7 +105,7 @@ def probe_app(database_url: str, tmp_path: Path) -> Iterator[Flask]:
 
 def test_a_guard_erring_on_the_password_keeps_it_out_of_reasons_history_and_logs(
         probe_app: Flask, caplog: pytest.LogCaptureFixture) -> None:
-    api = Api(probe_app.test_client())
+    api = Client.wsgi(probe_app.test_client())
     account = _at_password_setup(api)
     with caplog.at_level(logging.WARNING):
         dry_run = _set_password(api, account, PROBE, query="?dry_run=true")
@@ -120,7 +121,7 @@ def test_a_guard_erring_on_the_password_keeps_it_out_of_reasons_history_and_logs
         assert PROBE not in where
 
 
-def test_read_only_roles_and_operators_on_real_time_read_the_email_code_redacted(api: Api) -> None:
+def test_read_only_roles_and_operators_on_real_time_read_the_email_code_redacted(api: Client) -> None:
     account = str(api.create("signup")["id"])
     api.fire(account, "select_type", {"country": "KR", "member_type": "business"}, role="operator")
     submitted = api.post(f"/instances/{account}/events", role="operator",
@@ -143,7 +144,7 @@ def test_read_only_roles_and_operators_on_real_time_read_the_email_code_redacted
     assert api.get(f"/instances/{account}").get_json()["state"] == "password_setup"
 
 
-def test_an_operator_reads_the_email_code_of_a_signup_on_a_test_clock(api: Api, clock: str) -> None:
+def test_an_operator_reads_the_email_code_of_a_signup_on_a_test_clock(api: Client, clock: str) -> None:
     account = str(api.create("signup", clock=clock)["id"])
     api.fire(account, "select_type", {"country": "KR", "member_type": "business"}, role="operator")
     api.fire(account, "submit_email", {"email": "member@example.com"}, role="operator")

@@ -21,6 +21,7 @@ import yaml
 from sqlalchemy import select
 
 from tests.helpers.app import make_app
+from tests.helpers.client import Client
 from tollgate.service.db import Database
 from tollgate.service.runtime import Runtime
 from tollgate.service.tables import rules_file_imports, rules_versions
@@ -221,7 +222,7 @@ def test_a_worker_restarted_while_the_file_has_problems_keeps_serving_the_active
 
     app = make_app(database_url, RULES=str(rules_path))  # a gunicorn worker respawned after a crash
     try:
-        response = app.test_client().get("/healthz")
+        response = Client.wsgi(app.test_client(), role=None).get("/healthz")
         assert (response.status_code, response.get_json()["rules_version"]) == (200, 1)
     finally:
         app.extensions["tollgate"].db.dispose()
