@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers.server import RULES_PATH, StartServer, TollgateServer, fresh_postgres_database
 
-BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+from tests.helpers.paths import RULES_PATH
+from tests.helpers.postgres import BACKENDS, fresh_postgres_database
+from tests.helpers.server import StartServer, TollgateServer
 
 
 @contextlib.contextmanager
@@ -27,7 +28,7 @@ def database_url(backend: str, directory: Path) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{directory / 'tollgate.db'}"
     else:
-        with fresh_postgres_database(pytest.skip) as url:
+        with fresh_postgres_database(pytest.skip, prefix="tollgate_e2e") as url:
             yield url
 
 

@@ -14,7 +14,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from helpers.server import Client, Response, StartServer, TollgateServer
+
+from tests.helpers.client import Client, Response
+from tests.helpers.server import StartServer, TollgateServer
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +45,7 @@ def together(count: int, job: Callable[[int], Any]) -> list[Any]:
 
 def add_usage(client: Client, invoice: str, amount: int, headers: dict[str, str] | None = None) -> Response:
     return client.post(f"/instances/{invoice}/events",
-                       {"event": "add_usage", "data": {"amount": amount}}, headers=headers)
+                       json={"event": "add_usage", "data": {"amount": amount}}, headers=headers)
 
 
 def applied_amounts(client: Client, invoice: str) -> list[int]:
@@ -56,24 +58,24 @@ def test_ten_writers_with_the_same_if_match_exactly_one_wins(server: TollgateSer
     for round_ in range(1, 4):  # three races on the same row, each from a fresh ETag
         read = op.get(f"/instances/{invoice}")
         etag = read.headers["etag"]
-        version = read.json()["version"]
+        version = read.get_json()["version"]
         assert etag == f'"{version}"'
 
         condition = {"If-Match": etag}
         responses = together(10, lambda i, sent=condition: add_usage(op, invoice, 100 + i, sent))
 
-        statuses = Counter(r.status for r in responses)
+        statuses = Counter(r.status_code for r in responses)
         assert statuses == {200: 1, 412: 9}, responses
-        [winner] = [r for r in responses if r.status == 200]
+        [winner] = [r for r in responses if r.status_code == 200]
         assert winner.headers["etag"] == f'"{version + 1}"'
-        for loser in (r for r in responses if r.status == 412):
+        for loser in (r for r in responses if r.status_code == 412):
             assert loser.headers["content-type"] == "application/problem+json"
         after = op.instance(invoice)
         assert after["version"] == version + 1
         amounts = applied_amounts(op, invoice)
         assert len(amounts) == round_
         assert after["context"]["usage"] == sum(amounts)
-        assert amounts[-1] == winner.json()["context"]["usage"] - sum(amounts[:-1])
+        assert amounts[-1] == winner.get_json()["context"]["usage"] - sum(amounts[:-1])
 
 
 def test_eight_threads_times_ten_unconditional_events_all_apply(server: TollgateServer, invoice: str) -> None:
@@ -82,7 +84,7 @@ def test_eight_threads_times_ten_unconditional_events_all_apply(server: Tollgate
     expected = [1000 * thread + step + 1 for thread in range(8) for step in range(10)]
 
     def writer(thread: int) -> list[int]:
-        return [add_usage(op, invoice, 1000 * thread + step + 1).status for step in range(10)]
+        return [add_usage(op, invoice, 1000 * thread + step + 1).status_code for step in range(10)]
 
     statuses = [s for batch in together(8, writer) for s in batch]
     assert Counter(statuses) == {200: 80}
@@ -104,16 +106,16 @@ def test_ten_replays_of_one_idempotency_key_apply_once(backend: str, start_serve
 
     responses = together(10, lambda _: add_usage(op, invoice, 4242, key))
 
-    assert all(r.status < 500 for r in responses), responses
-    ok = [r for r in responses if r.status == 200]
+    assert all(r.status_code < 500 for r in responses), responses
+    ok = [r for r in responses if r.status_code == 200]
     assert ok, responses
-    assert len({r.body for r in ok}) == 1, "replays must return the first response"
+    assert len({r.data for r in ok}) == 1, "replays must return the first response"
     assert op.instance(invoice)["version"] == version + 1
     assert applied_amounts(op, invoice) == [4242]
     late = add_usage(op, invoice, 4242, key)
-    assert (late.status, late.body, late.headers.get("idempotent-replayed")) == (200, ok[0].body, "true")
+    assert (late.status_code, late.data, late.headers.get("idempotent-replayed")) == (200, ok[0].data, "true")
     other = add_usage(op, invoice, 1, key)  # the same key with another body is refused
-    assert (other.status, other.json()["type"].rsplit("/", 1)[-1]) == (409, "idempotency_key_reused")
+    assert (other.status_code, other.get_json()["type"].rsplit("/", 1)[-1]) == (409, "idempotency_key_reused")
     assert applied_amounts(op, invoice) == [4242]
 
 
@@ -124,8 +126,8 @@ def test_four_concurrent_advances_of_one_clock_fire_every_timer_once_in_time_ord
     advance records, each firing once and at its instant, and the clock ends at the latest target.
     The invoices are seeded straight into the server's database (as tests/test_sweep.py does):
     1,500, so that an instant takes two batches of the sweep (1,000 a transaction)."""
-    from tests.test_clock_advances import END, TARGETS, TIMELINE, written
-    from tests.test_sweep import Month
+    from tests.service.test_clock_advances import END, TARGETS, TIMELINE, written
+    from tests.service.test_sweep import Month
     from tollgate.service.application.runtime import Runtime
     from tollgate.service.storage.db import Database
 
@@ -136,21 +138,21 @@ def test_four_concurrent_advances_of_one_clock_fire_every_timer_once_in_time_ord
         month = Month(seeder)
         invoices = month.card_payers(1_500)
         op = server.client("operator")
-        assert op.post(f"/clocks/{reference.clock}/advance", {"to": END.isoformat()}).status == 200
+        assert op.post(f"/clocks/{reference.clock}/advance", json={"to": END.isoformat()}).status_code == 200
         want = [(e, o, at) for _, e, o, at in written(seeder, alone)]
         assert [e for e, _, _ in want] == TIMELINE
         responses = together(len(TARGETS), lambda i: op.post(f"/clocks/{month.clock}/advance",
-                                                             {"to": TARGETS[i].isoformat()}))
-        assert [r.status for r in responses] == [200] * len(TARGETS), responses
+                                                             json={"to": TARGETS[i].isoformat()}))
+        assert [r.status_code for r in responses] == [200] * len(TARGETS), responses
         rows = written(seeder, f"inv_{month.tag}_")
     finally:
         seeder.db.dispose()
     assert Counter(e for _, e, _, _ in rows) == Counter(TIMELINE * len(invoices))
-    assert sum(len(r.json()["fired"]) for r in responses) == len(rows)
+    assert sum(len(r.get_json()["fired"]) for r in responses) == len(rows)
     per_invoice: dict[str, list[tuple[str, str, datetime]]] = {i: [] for i in invoices}
     for instance, event, outcome, at in rows:
         per_invoice[instance].append((event, outcome, at))
     wrong = [i for i, timeline in per_invoice.items() if timeline != want]
     assert not wrong, f"{len(wrong)} of {len(invoices)} invoices differ from a lone advance"
     assert [at for _, _, _, at in rows] == sorted(at for _, _, _, at in rows)
-    assert op.get(f"/clocks/{month.clock}").json()["now"] == END.astimezone(UTC).isoformat()
+    assert op.get(f"/clocks/{month.clock}").get_json()["now"] == END.astimezone(UTC).isoformat()

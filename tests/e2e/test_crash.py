@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from helpers.server import Client, StartServer, TollgateServer, poll
 from sqlalchemy import create_engine, text
 
+from tests.helpers.client import Client
+from tests.helpers.server import StartServer, TollgateServer, poll
 from tollgate.service.storage.db import normalise_url
 
 pytestmark = pytest.mark.e2e
@@ -56,11 +57,11 @@ def stream_usage(client: Client, invoice: str, ledger: Ledger, stop: threading.E
         amount = base + step
         try:
             response = client.post(f"/instances/{invoice}/events",
-                                   {"event": "add_usage", "data": {"amount": amount}})
+                                   json={"event": "add_usage", "data": {"amount": amount}})
         except CONNECTION_LOST as error:
             ledger.cut.append(type(error).__name__)
             return
-        if response.status == 200:
+        if response.status_code == 200:
             with ledger.lock:
                 ledger.usage.append(amount)
 
@@ -68,18 +69,18 @@ def stream_usage(client: Client, invoice: str, ledger: Ledger, stop: threading.E
 def stream_signups(client: Client, clock: str, ledger: Ledger, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
-            created = client.post("/workflows/signup/instances", {"context": {}, "clock": clock})
-            if created.status != 201:
+            created = client.post("/workflows/signup/instances", json={"context": {}, "clock": clock})
+            if created.status_code != 201:
                 continue
-            account = created.json()["id"]
+            account = created.get_json()["id"]
             client.post(f"/instances/{account}/events",
-                        {"event": "select_type", "data": {"country": "KR", "member_type": "business"}})
+                        json={"event": "select_type", "data": {"country": "KR", "member_type": "business"}})
             sent = client.post(f"/instances/{account}/events",
-                               {"event": "submit_email", "data": {"email": f"{account}@example.com"}})
+                               json={"event": "submit_email", "data": {"email": f"{account}@example.com"}})
         except CONNECTION_LOST as error:
             ledger.cut.append(type(error).__name__)
             return
-        if sent.status == 200:
+        if sent.status_code == 200:
             with ledger.lock:
                 ledger.emails.append(account)
 
@@ -97,8 +98,7 @@ class Stream:
 
 
 def start_stream(server: TollgateServer, invoice: str, clock: str, ledger: Ledger, round_: int) -> Stream:
-    client = server.client("operator")
-    client.timeout = 20.0
+    client = server.client("operator", timeout=20.0)
     stop = threading.Event()
     targets: list[Any] = [(stream_usage, (client, invoice, ledger, stop, 1_000_000 * (round_ * 10 + n)))
                           for n in range(3)]

@@ -26,12 +26,13 @@ from urllib.parse import quote
 import pytest
 import requests
 import schemathesis
-from helpers.server import Client, StartServer, TollgateServer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Flaky
 from schemathesis.checks import not_a_server_error
 
+from tests.helpers.client import Client
+from tests.helpers.server import StartServer, TollgateServer
 from tollgate.workflows.limits import MAX_AMOUNT, MAX_JSON_DEPTH, MAX_JSON_INTEGER
 
 pytestmark = pytest.mark.e2e
@@ -68,7 +69,7 @@ def tally_report() -> Iterator[None]:
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def fuzz_server(request: pytest.FixtureRequest,
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[TollgateServer]:
-    from e2e.conftest import running
+    from tests.e2e.conftest import running
 
     with running(request.param, tmp_path_factory.mktemp(f"fuzz-{request.param}")) as server:
         yield server
@@ -217,14 +218,14 @@ def _instances(client: Client) -> dict[str, list[str]]:
     halfway = client.create("signup", clock=clock)["id"]
     client.fire(halfway, "select_type", {"country": "KR", "member_type": "business"})
     client.fire(halfway, "submit_email", {"email": f"{halfway}@example.com"})
-    account = client.signup(clock=clock)
+    account = client.signup(clock=clock, member_type="business")
     pm = client.create("payment_method", {"account": account, "channel": "mobile"})["id"]
     active_pm = client.register_card(account)
     offered = client.create("credit", {"account": account})["id"]
     invoice = client.create("invoice", {"account": account, "usage_month": "2026-10"})["id"]
     issued = client.create("invoice", {"account": account, "usage_month": "2026-09"})["id"]
     client.fire(issued, "add_usage", {"amount": 5000})
-    client.ok("POST", f"/clocks/{clock}/advance", json_body={"to": "2026-10-20T12:00:00+09:00"})
+    client.ok("POST", f"/clocks/{clock}/advance", json={"to": "2026-10-20T12:00:00+09:00"})
     return {"signup": [fresh, halfway, account], "payment_method": [pm, active_pm],
             "credit": [offered], "invoice": [invoice, issued]}
 
@@ -260,10 +261,10 @@ def test_events_with_arbitrary_data_never_get_a_server_error(
         instance, event, schema = target
         data = draw.draw(shaped(schema) | event_data(nul=True), label="data")
         query = "?dry_run=true" if dry_run else ""
-        response = admin.post(f"/instances/{instance}/events{query}", {"event": event, "data": data})
-        _count(fuzz_server, "events", response.status)
-        assert response.status < 500, (instance, event, data, response)
-        assert response.status in (200, 400, 409, 422), (instance, event, data, response)
+        response = admin.post(f"/instances/{instance}/events{query}", json={"event": event, "data": data})
+        _count(fuzz_server, "events", response.status_code)
+        assert response.status_code < 500, (instance, event, data, response)
+        assert response.status_code in (200, 400, 409, 422), (instance, event, data, response)
 
     fire()
 
@@ -304,10 +305,10 @@ def billing(fuzz_server: TollgateServer) -> dict[str, str]:
     """An account on a clock with an issued invoice, for the deposits and usage months below."""
     admin = fuzz_server.client("admin")
     clock = admin.clock("2026-10-15T10:00:00+09:00")
-    account = admin.signup(clock=clock)
+    account = admin.signup(clock=clock, member_type="business")
     issued = admin.create("invoice", {"account": account, "usage_month": "2026-09"})["id"]
     admin.fire(issued, "add_usage", {"amount": 5000})
-    admin.ok("POST", f"/clocks/{clock}/advance", json_body={"to": "2026-10-20T12:00:00+09:00"})
+    admin.ok("POST", f"/clocks/{clock}/advance", json={"to": "2026-10-20T12:00:00+09:00"})
     return {"account": account, "invoice": issued}
 
 
@@ -316,9 +317,9 @@ def test_clocks_months_deposits_and_cursors_of_any_year_or_shape_never_get_a_ser
     admin = fuzz_server.client("admin")
 
     def call(method: str, path: str, body: Any = None) -> Any:
-        response = admin.call(method, path, json_body=body)
-        _count(fuzz_server, "inputs", response.status)
-        assert response.status < 500, (method, path, body, response)
+        response = admin.call(method, path, json=body)
+        _count(fuzz_server, "inputs", response.status_code)
+        assert response.status_code < 500, (method, path, body, response)
         return response
 
     @settings(max_examples=INPUT_EXAMPLES, deadline=None, derandomize=True, database=None,
@@ -328,25 +329,25 @@ def test_clocks_months_deposits_and_cursors_of_any_year_or_shape_never_get_a_ser
            depth=st.integers(MAX_JSON_DEPTH - 2, 1100))
     def odd(now: str, to: str, month: str, deposited_at: str, amount: int, cursor: str, depth: int) -> None:
         clock = call("POST", "/clocks", {"now": now})
-        if clock.status == 201:
-            clock_id = clock.json()["id"]
+        if clock.status_code == 201:
+            clock_id = clock.get_json()["id"]
             signup = call("POST", "/workflows/signup/instances", {"context": {}, "clock": clock_id})
-            assert signup.status == 201, (now, signup)
+            assert signup.status_code == 201, (now, signup)
             advanced = call("POST", f"/clocks/{clock_id}/advance", {"to": to})
-            assert advanced.status in (200, 400, 422), (now, to, advanced)
+            assert advanced.status_code in (200, 400, 422), (now, to, advanced)
         invoice = call("POST", "/workflows/invoice/instances",
                        {"context": {"account": billing["account"], "usage_month": month}})
-        assert invoice.status in (201, 400, 409), (month, invoice)
+        assert invoice.status_code in (201, 400, 409), (month, invoice)
         call("POST", f"/instances/{billing['invoice']}/events?dry_run=true",
              {"event": "deposit", "data": {"amount": amount, "deposited_at": deposited_at}})
         listed = call("GET", f"/instances?limit=2&cursor={quote(cursor, safe='')}")
-        assert listed.status in (200, 400), (cursor, listed)
+        assert listed.status_code in (200, 400), (cursor, listed)
         deep = "[" * depth + "]" * depth  # level 1 is the body, 2 its data, 3 the outermost array
-        body = admin.call("POST", f"/instances/{billing['invoice']}/events?dry_run=true", body=(
+        body = admin.call("POST", f"/instances/{billing['invoice']}/events?dry_run=true", data=(
             '{"event": "deposit", "data": {"amount": 1, "deposited_at": "2026-10-16T10:00:00+09:00", "x": '
             + deep + "}}"), content_type="application/json")
-        _count(fuzz_server, "inputs", body.status)
-        assert body.status == (200 if depth + 2 <= MAX_JSON_DEPTH else 400), (depth, body)
+        _count(fuzz_server, "inputs", body.status_code)
+        assert body.status_code == (200 if depth + 2 <= MAX_JSON_DEPTH else 400), (depth, body)
 
     odd()
 
@@ -370,5 +371,5 @@ def test_nul_characters_are_refused_not_a_server_error(backend: str, start_serve
     account = admin.create("signup")["id"]
     answers = {}
     for method, path, body in NUL_REQUESTS:
-        answers[(method, path)] = admin.call(method, path.format(account=account), json_body=body).status
+        answers[(method, path)] = admin.call(method, path.format(account=account), json=body).status_code
     assert all(status == 400 for status in answers.values()), answers

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers.server import Client, TollgateServer
+
+from tests.helpers.client import Client
+from tests.helpers.server import TollgateServer
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +49,7 @@ def test_signup_payment_credit_and_an_unpaid_invoice_through_suspension(server: 
     # October's invoice: usage above the credit, never paid
     invoice = op.create("invoice", {"account": account, "usage_month": "2026-10"})["id"]
     op.fire(invoice, "add_usage", {"amount": 150_000})
-    advanced = op.ok("POST", f"/clocks/{clock}/advance", json_body={"to": "2026-12-01T06:00:00+09:00"})
+    advanced = op.ok("POST", f"/clocks/{clock}/advance", json={"to": "2026-12-01T06:00:00+09:00"})
 
     fired = advanced["fired"]
     assert [f["at"] for f in fired] == sorted(f["at"] for f in fired), "timers fired out of time order"
@@ -109,31 +111,31 @@ def test_no_token_is_401_a_wrong_role_is_403_and_healthz_is_open(server: Tollgat
     routes = _routes(admin)
     anonymous = server.client(None)
     health = anonymous.get("/healthz")
-    assert health.status == 200 and health.json()["rules_version"] >= 1
+    assert health.status_code == 200 and health.get_json()["rules_version"] >= 1
     for method, path, body in routes.values():
-        missing = anonymous.call(method, path, json_body=body)
-        assert missing.status == 401, (method, path, missing)
+        missing = anonymous.call(method, path, json=body)
+        assert missing.status_code == 401, (method, path, missing)
         assert missing.headers["www-authenticate"].startswith("Bearer")
         assert missing.headers["content-type"] == "application/problem+json"
-        forged = anonymous.call(method, path, json_body=body, headers={"Authorization": "Bearer nope"})
-        assert forged.status == 401, (method, path, forged)
+        forged = anonymous.call(method, path, json=body, headers={"Authorization": "Bearer nope"})
+        assert forged.status_code == 401, (method, path, forged)
     for role, granted in GRANTS.items():
         client = server.client(role)
         for permission, (method, path, body) in routes.items():
             if permission == "rules":
-                response = client.call(method, path, body="timezone: [", content_type="application/yaml")
+                response = client.call(method, path, data="timezone: [", content_type="application/yaml")
             else:
-                response = client.call(method, path, json_body=body)
+                response = client.call(method, path, json=body)
             if permission in granted:
-                assert response.status not in (401, 403), (role, method, path, response)
+                assert response.status_code not in (401, 403), (role, method, path, response)
             else:
-                assert response.status == 403, (role, method, path, response)
-                assert response.json()["status"] == 403
+                assert response.status_code == 403, (role, method, path, response)
+                assert response.get_json()["status"] == 403
 
 
 def test_a_revoked_credit_restricts_the_account_in_the_same_transaction(server: TollgateServer) -> None:
     op = server.client("operator")
-    account = op.signup(clock=op.clock("2026-10-15T10:00:00+09:00"))
+    account = op.signup(clock=op.clock("2026-10-15T10:00:00+09:00"), member_type="business")
     op.register_card(account)
     credit = op.create("credit", {"account": account})["id"]
     op.fire(credit, "apply", {"service_area": "ai_ml", "signup_path": "blog_sns", "marketing_consent": True})

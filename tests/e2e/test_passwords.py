@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers.server import RULES_PATH, StartServer, TollgateServer
 from sqlalchemy import create_engine, inspect, text
 
+from tests.helpers.paths import RULES_PATH
+from tests.helpers.server import StartServer, TollgateServer
 from tollgate.service.storage.db import normalise_url
 
 pytestmark = pytest.mark.e2e
@@ -60,7 +61,7 @@ def set_password(server: TollgateServer, account: str, password: str, confirm: s
                  query: str = "", headers: dict[str, str] | None = None) -> Any:
     return server.client("operator").post(
         f"/instances/{account}/events{query}",
-        {"event": "set_password", "data": {"password": password, "password_confirm": confirm}},
+        json={"event": "set_password", "data": {"password": password, "password_confirm": confirm}},
         headers=headers)
 
 
@@ -88,9 +89,9 @@ def test_a_password_never_appears_in_responses_history_outbox_logs_or_the_databa
         set_password(server, account, PASSWORD, PASSWORD, headers={"Idempotency-Key": f"pw-{account}"}),
         set_password(server, account, PASSWORD, PASSWORD),  # 409: already set
     ]
-    assert [r.status for r in responses] == [400, 422, 200, 422, 422, 200, 200, 200, 409], responses
-    assert [r["rule"] for r in responses[1].json()["reasons"]] == ["password_probe"]
-    assert responses[2].json()["allowed"] is False
+    assert [r.status_code for r in responses] == [400, 422, 200, 422, 422, 200, 200, 200, 409], responses
+    assert [r["rule"] for r in responses[1].get_json()["reasons"]] == ["password_probe"]
+    assert responses[2].get_json()["allowed"] is False
     assert responses[7].headers.get("idempotent-replayed") == "true"
     assert op.instance(account)["state"] == "payment_method_required"
     responses += [op.get(path) for path in (
@@ -103,12 +104,12 @@ def test_a_password_never_appears_in_responses_history_outbox_logs_or_the_databa
     server.stop()  # flush and close everything the server writes
 
     for response in codes_seen:
-        assert response.status == 200 and code.encode() not in response.body, response
+        assert response.status_code == 200 and code.encode() not in response.data, response
     secrets_ = (PASSWORD, MISMATCHED, TOO_SHORT, PROBE, TOO_LONG[:12], server.tokens["operator"],
                 server.tokens["admin"])
     for response in responses:
         for secret in secrets_:
-            assert secret.encode() not in response.body, (secret, response)
+            assert secret.encode() not in response.data, (secret, response)
     output = server.output()
     assert f"/instances/{account}/events" in output  # the access log is there, without secrets
     for secret in secrets_:

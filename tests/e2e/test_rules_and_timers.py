@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers.server import RULES_PATH, Client, StartServer, TollgateServer, poll
+
+from tests.helpers.client import Client
+from tests.helpers.paths import RULES_PATH
+from tests.helpers.server import StartServer, TollgateServer, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -46,11 +49,11 @@ def test_put_rules_applies_to_the_next_event_and_broken_rules_keep_the_old_versi
     op.fire(allowed, "select_method", CHECK_CARD)  # 22:30 is outside 23:00-09:00
 
     text = _rules_with(_restricted_from_2200)
-    assert op.put("/rules", body=text, content_type="application/yaml").status == 403
-    activated = editor.ok("PUT", "/rules", body=text, content_type="application/yaml")
+    assert op.put("/rules", data=text, content_type="application/yaml").status_code == 403
+    activated = editor.ok("PUT", "/rules", data=text, content_type="application/yaml")
     assert activated["version"] == before["version"] + 1
     assert activated["sha256"] != before["sha256"]
-    assert server.client(None).get("/healthz").json()["rules_version"] == activated["version"]
+    assert server.client(None).get("/healthz").get_json()["rules_version"] == activated["version"]
 
     # the next event, on whichever gunicorn worker takes it, is judged by the new window
     for _ in range(4):
@@ -64,16 +67,16 @@ def test_put_rules_applies_to_the_next_event_and_broken_rules_keep_the_old_versi
 
     # broken rules: 422 with every problem located; the new version keeps serving
     broken = _rules_with(_broken)
-    rejected = editor.put("/rules", body=broken, content_type="application/yaml")
-    assert rejected.status == 422, rejected
+    rejected = editor.put("/rules", data=broken, content_type="application/yaml")
+    assert rejected.status_code == 422, rejected
     assert rejected.headers["content-type"] == "application/problem+json"
-    errors = rejected.json()["errors"]
+    errors = rejected.get_json()["errors"]
     paths = {e["path"] for e in errors}
     assert "$.params.payment.restricted_hours.start" in paths, errors
     assert any("min_age" in p for p in paths), errors
     assert all(e["line"] >= 1 and e["column"] >= 1 for e in errors)
-    unparsable = editor.put("/rules", body="params: [unclosed", content_type="application/yaml")
-    assert unparsable.status == 422, unparsable
+    unparsable = editor.put("/rules", data="params: [unclosed", content_type="application/yaml")
+    assert unparsable.status_code == 422, unparsable
     assert editor.ok("GET", "/rules")["version"] == activated["version"]
     assert editor.ok("GET", "/rules")["yaml"] == text
     again = op.create("payment_method", {"account": account, "channel": "web"})["id"]

@@ -19,9 +19,11 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers.server import ROOT, RULES_PATH, Client, StartServer, TollgateServer, poll
 from sqlalchemy import select
 
+from tests.helpers.client import Client
+from tests.helpers.paths import ROOT, RULES_PATH
+from tests.helpers.server import StartServer, TollgateServer, poll
 from tollgate.service.storage.db import Database
 from tollgate.service.storage.tables import rules_versions
 
@@ -47,7 +49,7 @@ def _deployed(tmp_path: Path) -> Path:
 
 def _put(server: TollgateServer, text: str) -> dict[str, Any]:
     activated: dict[str, Any] = server.client("policy_editor").ok(
-        "PUT", "/rules", body=text, content_type="application/yaml")
+        "PUT", "/rules", data=text, content_type="application/yaml")
     return activated
 
 
@@ -68,8 +70,8 @@ def _judged_by(op: Client, clock: str) -> tuple[str, int]:
     rules version that judged it."""
     account = op.create("signup", clock=clock)["id"]
     response = op.call("POST", f"/instances/{account}/events",
-                       json_body={"event": "select_type", "data": NINETEEN})
-    assert response.status in (200, 422), response
+                       json={"event": "select_type", "data": NINETEEN})
+    assert response.status_code in (200, 422), response
     row = op.history(account)[-1]
     return row["outcome"], row["rules_version"]
 

@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers.server import ROOT, RULES_PATH, StartServer, TollgateServer, poll
+
+from tests.helpers.paths import ROOT, RULES_PATH
+from tests.helpers.server import StartServer, TollgateServer, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -30,9 +32,9 @@ def test_without_tokens_serve_prints_one_admin_token_once_and_listens_on_loopbac
 
     server.tokens = {"admin": token}
     anonymous, admin = server.client(None), server.client("admin")
-    assert anonymous.get("/instances").status == 401
-    assert admin.get("/instances").status == 200
-    assert admin.post("/clocks", {"now": "2026-10-15T10:00:00+09:00"}).status == 201
+    assert anonymous.get("/instances").status_code == 401
+    assert admin.get("/instances").status_code == 200
+    assert admin.post("/clocks", json={"now": "2026-10-15T10:00:00+09:00"}).status_code == 201
     server.stop()
     assert server.output().count(token) == 1, "the generated token is printed once, never logged"
 
@@ -118,7 +120,7 @@ def test_by_default_the_server_judges_a_big_clock_advance_on_a_worker_process_pe
     assert _spawned_workers(group) == []  # none before a big advance needs them
 
     advanced = server.client("operator").ok("POST", f"/clocks/{CLOCK}/advance",
-                                            json_body={"to": CHARGED_AT.isoformat()})
+                                            json={"to": CHARGED_AT.isoformat()})
 
     assert len(_spawned_workers(group)) == auto_workers()
     issued = [f for f in advanced["fired"] if f["event"] == "issue"]

@@ -11,7 +11,10 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from helpers.server import LOOPBACK, ROOT, RULES_PATH, Client, Response, StartServer, TollgateServer
+
+from tests.helpers.client import LOOPBACK, Response
+from tests.helpers.paths import ROOT, RULES_PATH
+from tests.helpers.server import StartServer, TollgateServer
 
 pytestmark = pytest.mark.e2e
 
@@ -51,17 +54,17 @@ def hostile_sockets(port: int) -> Iterator[None]:
 
 
 def test_slow_and_idle_clients_do_not_starve_other_clients(server: TollgateServer) -> None:
-    client = Client(server.port, server.tokens, "admin", timeout=5.0)  # generous, per request
+    client = server.client("admin", timeout=5.0)  # generous, per request
     answers: list[str] = []
     with hostile_sockets(server.port):
         for n in range(20):
             path = "/healthz" if n % 2 == 0 else "/instances?limit=5"
             try:
-                answers.append(f"{path} {client.get(path).status}")
+                answers.append(f"{path} {client.get(path).status_code}")
             except OSError as error:  # a timeout, refused or reset connection
                 answers.append(f"{path} {type(error).__name__}")
     assert answers == [f"{'/healthz' if n % 2 == 0 else '/instances?limit=5'} 200" for n in range(20)]
-    assert client.get("/healthz").status == 200  # and still after they have gone
+    assert client.get("/healthz").status_code == 200  # and still after they have gone
 
 
 def send_chunked(server: TollgateServer, path: str, body: bytes, content_type: str) -> Response:
@@ -77,13 +80,13 @@ def send_chunked(server: TollgateServer, path: str, body: bytes, content_type: s
             sock.sendall(b"0\r\n\r\n")
         answer = http.client.HTTPResponse(sock)
         answer.begin()
-        return Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read())
+        return Response.of_http(answer)
 
 
 def assert_problem(response: Response, status: int) -> dict[str, object]:
-    assert response.status == status, response
+    assert response.status_code == status, response
     assert response.headers["content-type"] == "application/problem+json", response
-    problem: dict[str, object] = response.json()
+    problem: dict[str, object] = response.get_json()
     assert problem["status"] == status
     return problem
 
@@ -100,8 +103,8 @@ def test_a_chunked_body_over_the_limit_is_refused_and_the_old_rules_stay_active(
     assert editor.ok("GET", "/rules")["version"] == before["version"]
     # the same rules under the limit, chunked, are taken whole
     taken = send_chunked(server, "/rules", RULES_PATH.read_bytes(), "application/yaml")
-    assert taken.status == 200, taken
-    assert taken.json()["sha256"] == before["sha256"]
+    assert taken.status_code == 200, taken
+    assert taken.get_json()["sha256"] == before["sha256"]
 
 
 def test_an_over_long_request_line_or_header_gets_problem_json(server: TollgateServer) -> None:
@@ -114,7 +117,7 @@ def test_an_over_long_request_line_or_header_gets_problem_json(server: TollgateS
         sock.sendall(b"NOT A REQUEST\r\n\r\n")
         answer = http.client.HTTPResponse(sock)
         answer.begin()
-        garbage = Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read())
+        garbage = Response.of_http(answer)
     assert_problem(garbage, 400)
 
 
@@ -123,10 +126,11 @@ def test_the_configured_body_limit_is_honoured(start_server: StartServer) -> Non
     editor = server.client("policy_editor")
     rules = RULES_PATH.read_text(encoding="utf-8")
     assert len(rules.encode()) > 10_000
-    problem = assert_problem(editor.put("/rules", body=rules, content_type="application/yaml"), 413)
+    problem = assert_problem(editor.put("/rules", data=rules, content_type="application/yaml"), 413)
     assert "10000 bytes" in str(problem["detail"])
     assert_problem(send_chunked(server, "/rules", rules.encode(), "application/yaml"), 413)
-    assert server.client("operator").post("/clocks", {"now": "2026-10-15T10:00:00+09:00"}).status == 201
+    operator = server.client("operator")
+    assert operator.post("/clocks", json={"now": "2026-10-15T10:00:00+09:00"}).status_code == 201
 
 
 def test_serve_refuses_a_body_limit_that_is_not_a_positive_number() -> None:

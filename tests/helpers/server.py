@@ -1,19 +1,15 @@
-"""A real `tollgate serve` subprocess for end-to-end tests, and a small HTTP client for it.
+"""A real `tollgate serve` subprocess for end-to-end tests; `server.client(role)` talks to it.
 
 `TollgateServer` starts the server in its own session (so its gunicorn master and workers form
 one process group that can be stopped — or `kill -9`ed — together), on a free loopback port,
 with a token for every role, its output captured to files, and waits for `/healthz`.
-`fresh_postgres_database` makes (and drops) a PostgreSQL database of its own for one server.
 
-Only the standard library talks HTTP here (`http.client`), one connection per request, always
-closed, so tests stay clean under `filterwarnings = error`.
+The client is the one the API tests use too (tests/helpers/client.py), over a loopback socket.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
 import os
 import secrets
 import signal
@@ -21,16 +17,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-RULES_PATH = ROOT / "rules.yaml"
-LOOPBACK = "127.0.0.1"
+from tests.helpers.client import LOOPBACK, Client, SocketTransport
+from tests.helpers.paths import ROOT, RULES_PATH
+
 ROLES = ("viewer", "operator", "policy_editor", "admin")
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 START_TIMEOUT = 90.0  # seconds; generous, the machine is shared
 STOP_TIMEOUT = 20.0
 
@@ -43,124 +38,7 @@ class ServerFailed(RuntimeError):
     """The server did not start, or died; the message carries the tail of its output."""
 
 
-# ── HTTP ─────────────────────────────────────────────────────────────────────────────────────
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    headers: Mapping[str, str]  # lower-cased names
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8")
-
-    def __repr__(self) -> str:  # what a failed assertion shows
-        return f"<Response {self.status} {self.body[:500]!r}>"
-
-
-@dataclass
-class Client:
-    """Requests to one server, with the bearer token of a role (default `admin`)."""
-
-    port: int
-    tokens: Mapping[str, str]
-    role: str | None = "admin"
-    timeout: float = 60.0
-
-    def as_role(self, role: str | None) -> Client:
-        return Client(self.port, self.tokens, role, self.timeout)
-
-    def call(self, method: str, path: str, *, json_body: Any = None, body: bytes | str | None = None,
-             headers: Mapping[str, str] | None = None, content_type: str | None = None) -> Response:
-        sent: dict[str, str] = {}
-        if self.role is not None:
-            sent["Authorization"] = f"Bearer {self.tokens[self.role]}"
-        if json_body is not None:
-            body = json.dumps(json_body)
-            content_type = content_type or "application/json"
-        if content_type:
-            sent["Content-Type"] = content_type
-        sent.update(headers or {})
-        payload = body.encode("utf-8") if isinstance(body, str) else body
-        connection = http.client.HTTPConnection(LOOPBACK, self.port, timeout=self.timeout)
-        try:
-            connection.request(method, path, body=payload, headers=sent)
-            answer = connection.getresponse()
-            data = answer.read()
-            return Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, data)
-        finally:
-            connection.close()
-
-    def get(self, path: str, **kwargs: Any) -> Response:
-        return self.call("GET", path, **kwargs)
-
-    def post(self, path: str, json_body: Any = None, **kwargs: Any) -> Response:
-        return self.call("POST", path, json_body=json_body, **kwargs)
-
-    def put(self, path: str, **kwargs: Any) -> Response:
-        return self.call("PUT", path, **kwargs)
-
-    # shortcuts that assert the expected status and return the JSON body
-
-    def ok(self, method: str, path: str, *, status: int = 200, **kwargs: Any) -> Any:
-        response = self.call(method, path, **kwargs)
-        assert response.status == status, f"{method} {path}: expected {status}, got {response!r}"
-        return response.json()
-
-    def create(self, workflow: str, context: Mapping[str, Any] | None = None,
-               **fields: Any) -> dict[str, Any]:
-        body = {"context": dict(context or {}), **fields}
-        created: dict[str, Any] = self.ok("POST", f"/workflows/{workflow}/instances", status=201,
-                                          json_body=body)
-        return created
-
-    def fire(self, instance: str, event: str, data: Mapping[str, Any] | None = None, *,
-             status: int = 200, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = self.ok("POST", f"/instances/{instance}/events", status=status,
-                                       json_body={"event": event, "data": dict(data or {})},
-                                       headers=headers)
-        return body
-
-    def instance(self, instance: str) -> dict[str, Any]:
-        found: dict[str, Any] = self.ok("GET", f"/instances/{instance}")
-        return found
-
-    def history(self, instance: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.ok("GET", f"/instances/{instance}/history")["items"]
-        return items
-
-    def notifications(self, instance: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.ok("GET", f"/notifications?instance={instance}")["items"]
-        return items
-
-    def clock(self, now: str) -> str:
-        return str(self.ok("POST", "/clocks", status=201, json_body={"now": now})["id"])
-
-    def signup(self, *, clock: str | None = None, member_type: str = "business", country: str = "KR",
-               password: str = "Cloud#2026ok", email: str | None = None) -> str:
-        """A signup driven to `payment_method_required` (the email code read from the outbox)."""
-        account = str(self.create("signup", **({"clock": clock} if clock else {}))["id"])
-        self.fire(account, "select_type", {"country": country, "member_type": member_type,
-                                           "birth_date": "1990-01-01"})
-        self.fire(account, "submit_email", {"email": email or f"{account}@example.com"})
-        code = self.notifications(account)[-1]["payload"]["code"]
-        self.fire(account, "verify_email", {"code": code})
-        self.fire(account, "set_password", {"password": password, "password_confirm": password})
-        return account
-
-    def register_card(self, account: str, channel: str = "web") -> str:
-        """A personal credit card registered for `account`; returns the payment_method id."""
-        pm = str(self.create("payment_method", {"account": account, "channel": channel})["id"])
-        self.fire(pm, "select_method", {"method": "credit_card", "card_type": "personal",
-                                        "card_owner": "person"})
-        self.fire(pm, "verify_phone", {"owner_match": True})
-        self.fire(pm, "register", {"agree_payment_info": True, "agree_recurring": True})
-        return pm
+# ── waiting ──────────────────────────────────────────────────────────────────────────────────
 
 
 def poll(predicate: Any, *, timeout: float = 60.0, interval: float = 0.2, what: str = "the condition") -> Any:
@@ -218,8 +96,9 @@ class TollgateServer:
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
-    def client(self, role: str | None = "admin") -> Client:
-        return Client(self.port, self.tokens, role)
+    def client(self, role: str | None = "admin", *, timeout: float = 60.0) -> Client:
+        """The shared test client (tests/helpers/client.py) over a socket to this server."""
+        return Client(SocketTransport(self.port, LOOPBACK, timeout), self.tokens, role)
 
     def command(self) -> list[str]:
         argv = [sys.executable, "-m", "tollgate", "serve", "--host", self.host, "--port", str(self.port),
@@ -265,7 +144,7 @@ class TollgateServer:
                 raise ServerFailed(f"tollgate serve exited with {self.process.returncode}:\n"
                                    f"{self.output()[-3000:]}")
             with contextlib.suppress(OSError):
-                if self.client(None).get("/healthz").status == 200:
+                if self.client(None).get("/healthz").status_code == 200:
                     return
             time.sleep(0.1)
         raise ServerFailed(f"tollgate serve did not answer /healthz in {START_TIMEOUT:.0f} s:\n"
@@ -331,34 +210,3 @@ class TollgateServer:
                 self.process.kill()
                 self.process.wait()
             self.process = None
-
-
-# ── databases ────────────────────────────────────────────────────────────────────────────────
-
-
-def postgres_base_url() -> str:
-    return os.environ.get("TOLLGATE_TEST_POSTGRES_URL") or POSTGRES_URL
-
-
-@contextlib.contextmanager
-def fresh_postgres_database(skip: Any) -> Iterator[str]:
-    """A new, empty PostgreSQL database (dropped afterwards); `skip(reason)` when none answers."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    base = postgres_base_url()
-    try:
-        admin = psycopg.connect(base, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as error:
-        skip(f"PostgreSQL at {base} does not answer ({' '.join(str(error).split())}); set "
-             "TOLLGATE_TEST_POSTGRES_URL to run the end-to-end tests on PostgreSQL too.")
-        raise  # skip() raises; this keeps type checkers honest
-    name = f"tollgate_e2e_{secrets.token_hex(6)}"
-    try:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        try:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            admin.close()
