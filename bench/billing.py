@@ -26,7 +26,7 @@ timer is left due. Run `python -m bench.billing [--quick] [--json FILE] [--n N .
 
 The month runs as `Runtime(…, workers=WORKERS)` (2 here, one per core; `--workers K` or
 $TOLLGATE_BENCH_WORKERS): the instants with thousands of timers and the gateway's reports are
-judged by worker processes sharing the SQLite file (service/parallel.py), which start with the
+judged by worker processes sharing the SQLite file (service/application/parallel.py), which start with the
 runtime, before the month's timer starts (their start-up is reported apart). The first N is also
 run in one process (`workers=1`), side by side, as `billing.sqlite.one_process.N=…` (the last N
 with --quick: its first is too small for the workers).

@@ -64,7 +64,7 @@ class ClockBusy(TollgateError):
 class RulesFailed(TollgateError):
     """The active rules raised an error while judging an event (e.g. a timer's `at` expression
     on a field the instance does not have): nothing of the event is applied. A timer that fails
-    so is recorded in the history as `failed` and parked (service/sweeps.py)."""
+    so is recorded in the history as `failed` and parked (service/application/sweeps.py)."""
 
     status = 422
     type_slug = "rules_failed"
@@ -97,7 +97,7 @@ class IdempotencyMismatch(TollgateError):
 
 class StaleBatch(TollgateError):
     """A batch judged outside the write lock found, while writing, that a row it read had changed
-    (service/sweeps.py judges it again under the lock; never reaches a client)."""
+    (service/application/sweeps.py judges it again under the lock; never reaches a client)."""
 
     status = 409
     type_slug = "conflict"

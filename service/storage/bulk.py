@@ -3,7 +3,7 @@
 SQLAlchemy's per-row bind processing costs ~19 µs a row; a billing run writes several rows per
 transition, so the flush sends prepared rows straight to `cursor.executemany` (pipelined by
 psycopg 3 on PostgreSQL). Values are converted exactly as SQLAlchemy would store them, so rows
-written here and rows written through `service/tables.py` read back the same.
+written here and rows written through `service/storage/tables.py` read back the same.
 """
 
 from __future__ import annotations
