@@ -2,8 +2,8 @@
 
 To add a subcommand (`serve`, `worker`, `demo`, `bench`, …) write `_register_NAME(subparsers)`
 that adds its parser and sets `handler=` to a function `(args) -> exit code`, and list it in
-`COMMANDS`. Deliberate errors (`TollgateError`) print as one sentence on stderr; their exit code
-comes from `EXIT_CODES`.
+`COMMANDS`; a larger one lives in its own module (`rules`: service/cli_rules.py). Deliberate
+errors (`TollgateError`) print as one sentence on stderr; their exit code comes from `EXIT_CODES`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from tollgate import __version__
 from tollgate.bundled import default_rules_path
-from tollgate.service.application.policy_files import load_policy_file
+from tollgate.service.cli_rules import load_rules, print_problems, register_rules
 from tollgate.workflows.diagrams import RENDERERS, render, workflow_diagram
-from tollgate.workflows.exceptions import NotFound, Problem, RulesError, TollgateError
-from tollgate.workflows.policy import Policy
+from tollgate.workflows.exceptions import NotFound, RulesError, TollgateError
 
 if TYPE_CHECKING:
     from tollgate.service.settings import Settings
@@ -36,117 +35,12 @@ SUFFIX_FORMATS = {".mmd": "mermaid", ".mermaid": "mermaid", ".dot": "dot", ".gv"
                   ".svg": "svg"}
 
 
-def _print_problems(problems: list[Problem], path: str) -> None:
-    for problem in problems:
-        print(problem)
-    noun = "problem" if len(problems) == 1 else "problems"
-    print(f"{path}: {len(problems)} {noun}; the rules cannot be activated.")
-
-
-def _load_rules(path: str) -> Policy | None:
-    """The policy at `path`, or None after printing every problem it has."""
-    try:
-        return load_policy_file(path)
-    except RulesError as error:
-        _print_problems(error.problems, path)
-        return None
-
-
-# ── tollgate rules check [PATH] ──────────────────────────────────────────────────────────────
-
-def _rules_check(args: argparse.Namespace) -> int:
-    """Validate a rules file the way `PUT /rules` would; list every problem, or summarise it."""
-    path = args.path or default_rules_path()
-    policy = _load_rules(path)
-    if policy is None:
-        return 1
-    rules = list(policy.rules.values())
-    guards = sum(1 for r in rules if r.kind == "guard")
-    print(f"{path}: OK — version {policy.version}, {len(rules)} rules ({guards} guards, "
-          f"{len(rules) - guards} routes), {len(policy.timers)} timers")
-    return 0
-
-
-# ── tollgate rules activate PATH [--database URL] ─────────────────────────────────────────────
-
-def _rules_activate(args: argparse.Namespace) -> int:
-    """Import a rules file on purpose: activate it as a new version unless it is active already.
-
-    Running servers and workers judge the next event by it (they read the active version from the
-    database); a restart does not import the file again unless it changes."""
-    from tollgate.service.bootstrap import build_runtime
-    from tollgate.service.settings import Settings
-
-    runtime = build_runtime(Settings.from_environment(database_url=args.database), batch_workers=1)
-    try:
-        runtime.db.migrate()
-        version, imported = runtime.import_rules_file(args.path, force=True, actor="cli")
-    except RulesError as error:
-        _print_problems(error.problems, args.path)
-        return 1
-    finally:
-        runtime.db.dispose()
-    state = "activated as" if imported else "is already the active"
-    print(f"{args.path}: {state} rules version {version.id} ({version.sha256[:12]}) on database "
-          f"{runtime.db.url.split('@')[-1]}")
-    return 0
-
-
-# ── tollgate rules init [PATH] ───────────────────────────────────────────────────────────────
-
-def _rules_init(args: argparse.Namespace) -> int:
-    """Write an editable copy of the bundled policy whose `$schema` line points at the installed schema."""
-    from tollgate.bundled import editable_rules
-
-    target = Path(args.path)
-    if target.exists() and not args.force:
-        print(f"tollgate: {target} exists already; pass --force to replace it with the bundled policy.",
-              file=sys.stderr)
-        return 1
-    try:
-        target.write_text(editable_rules(), encoding="utf-8")
-    except OSError as error:
-        print(f"tollgate: The file {target} cannot be written: {error.strerror}.", file=sys.stderr)
-        return 1
-    print(f"{target}: the bundled policy, ready to edit; check it with `tollgate rules check {target}`.")
-    return 0
-
-
-def _register_rules(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser("rules", help="work with rules files")
-    actions = parser.add_subparsers(dest="rules_command", metavar="ACTION", required=True)
-    check = actions.add_parser("check", help="validate a rules file and report every problem",
-                               description="Validate a rules file; print every problem with file, "
-                               "line, column and path, and exit 1 if there is any.")
-    check.add_argument("path", nargs="?", metavar="PATH",
-                       help="the rules file (default: $TOLLGATE_RULES, ./rules.yaml or the bundled one)")
-    check.set_defaults(handler=_rules_check)
-    activate = actions.add_parser(
-        "activate", help="activate a rules file as a new version now",
-        description="Validate a rules file and activate it as a new rules version on the database "
-        "(unless it is the active version already), as PUT /rules does; running servers and workers "
-        "judge the next event by it. A start imports the file by itself only when it changed since "
-        "its last import.")
-    activate.add_argument("path", metavar="PATH", help="the rules file")
-    activate.add_argument("--database", metavar="URL",
-                          help="SQLAlchemy URL (default: $TOLLGATE_DATABASE_URL or sqlite:///tollgate.db)")
-    activate.set_defaults(handler=_rules_activate)
-    init = actions.add_parser(
-        "init", help="write an editable copy of the bundled rules",
-        description="Write the bundled policy to PATH (default rules.yaml) with a `$schema` line that "
-        "points at the installed JSON Schema, so editors complete and check it outside a checkout.")
-    init.add_argument("path", nargs="?", default="rules.yaml", metavar="PATH",
-                      help="where to write it (default: rules.yaml)")
-    init.add_argument("--force", action="store_true", help="replace PATH if it exists")
-    init.set_defaults(handler=_rules_init)
-
-
 # ── tollgate diagram WORKFLOW ────────────────────────────────────────────────────────────────
 
 def _diagram(args: argparse.Namespace) -> int:
     """Write one workflow's diagram to stdout or `-o FILE`."""
     rules = args.rules or default_rules_path()
-    policy = _load_rules(rules)
+    policy = load_rules(rules)
     if policy is None:
         return 1
     fmt = args.format or SUFFIX_FORMATS.get(Path(args.output or "").suffix.lower(), "mermaid")
@@ -197,13 +91,13 @@ def _prepare(args: argparse.Namespace, settings: Settings) -> Any:
         os.environ["TOLLGATE_DATABASE_URL"] = args.database
     rules = settings.rules_path
     os.environ["TOLLGATE_RULES"] = rules
-    if _load_rules(rules) is None:  # before the database is touched: a bad file leaves nothing behind
+    if load_rules(rules) is None:  # before the database is touched: a bad file leaves nothing behind
         return None
     try:
         # one process for the start's own work; `tollgate serve`'s workers get theirs from the settings
         runtime, version = start_runtime(settings, batch_workers=1)
     except RulesError as error:
-        _print_problems(error.problems, rules)
+        print_problems(error.problems, rules)
         return None
     print(f"tollgate: database {runtime.db.url.split('@')[-1]}, rules version {version.id} active "
           f"({version.sha256[:12]}, source {version.source})", flush=True)
@@ -374,7 +268,7 @@ def _register_bench(subparsers: Subparsers) -> None:
 COMMANDS: dict[str, Callable[[Subparsers], None]] = {
     "serve": _register_serve,
     "worker": _register_worker,
-    "rules": _register_rules,
+    "rules": register_rules,
     "diagram": _register_diagram,
     "demo": _register_demo,
     "bench": _register_bench,

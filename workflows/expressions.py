@@ -1,8 +1,8 @@
 """The one module that knows the CEL engine (`common-expression-language`, imported as `cel`).
 
 Guard and timer expressions are compiled once per rules version. Two rewrites make evaluation
-cheap and safe, both done here so that another CEL engine (e.g. `cel-python`) could replace this
-module alone:
+cheap and safe, both ordered from here (the text work itself is in `workflows.expression_rewrite`,
+which knows no engine) so that another CEL engine (e.g. `cel-python`) could replace this module alone:
 
 * constants (`params.billing.issue_day`) are inlined as literals, so an unknown parameter path is
   a load-time error and the parameter tree is never converted per evaluation;
@@ -21,7 +21,6 @@ are not sure of.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,53 +33,15 @@ from tollgate.workflows.cel_subset import Fallback, Native, compile_subset
 from tollgate.workflows.exceptions import EngineFailure, ExpressionError
 from tollgate.workflows.expression_budget import position
 from tollgate.workflows.expression_check import check_budget
+from tollgate.workflows.expression_rewrite import CEL_BUILTINS, Binding, rewrite
 
 __all__ = ["CEL_BUILTINS", "Binding", "Expression", "ExpressionError", "compile_expression"]
-
-#: Functions of the CEL standard library that cel 0.10.0 implements natively.
-CEL_BUILTINS = frozenset({
-    "size", "matches", "contains", "startsWith", "endsWith", "int", "uint", "double", "string",
-    "bytes", "bool", "timestamp", "duration", "dyn", "type", "has", "exists", "exists_one", "all",
-    "map", "filter", "getFullYear", "getMonth", "getDayOfMonth", "getDate", "getDayOfWeek",
-    "getDayOfYear", "getHours", "getMinutes", "getSeconds", "getMilliseconds", "max", "min",
-})
 
 _MISS = object()
 _MEMO_SIZE = 4096
 _MEMO_SCALARS = frozenset({str, int, float, bool, type(None), datetime})
-_MACROS = ("all", "exists", "exists_one", "map", "filter")
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _POSITION = re.compile(r"<input>:(\d+):(\d+)")
 _UNDEFINED = re.compile(r"Undefined variable or function: '([^']+)'")
-
-
-@dataclass(frozen=True)
-class Binding:
-    """How one flat CEL variable is filled from the inputs: `root.field`, or `has(root.field)`."""
-
-    name: str
-    root: str
-    field: str | None  # None: the whole root value
-    presence: bool = False
-
-
-def _literal(value: Any) -> str:
-    """A CEL literal for a YAML-loaded constant."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_literal(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{_literal(str(k))}: {_literal(v)}" for k, v in value.items()) + "}"
-    raise ExpressionError(f"The constant {value!r} cannot be written as a CEL literal.")
 
 
 _position = position
@@ -109,57 +70,6 @@ def _engine_failure(error: BaseException) -> BaseException:
     if isinstance(error, Exception) or not _is_panic(error):
         return error
     return EngineFailure(f"The CEL engine failed while evaluating the expression: {error}")
-
-
-def _string_end(text: str, start: int) -> int:
-    """The offset just past the string literal that starts at `start` (quote, raw or triple)."""
-    quote = text[start]
-    triple = text[start:start + 3] == quote * 3
-    delimiter = quote * 3 if triple else quote
-    i = start + len(delimiter)
-    while i < len(text):
-        if text[i] == "\\":
-            i += 2
-            continue
-        if text.startswith(delimiter, i):
-            return i + len(delimiter)
-        i += 1
-    raise ExpressionError("A string literal is not closed.", *_position(text, start))
-
-
-def _tokens(text: str) -> Iterable[tuple[int, int]]:
-    """Spans of identifiers outside string literals."""
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch in "\"'":
-            i = _string_end(text, i)
-        elif ch in "rRbB" and i + 1 < len(text) and text[i + 1] in "\"'" and (
-                i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")):
-            i = _string_end(text, i + 1)
-        elif ch.isalpha() or ch == "_":
-            match = _IDENT.match(text, i)
-            assert match is not None
-            yield match.start(), match.end()
-            i = match.end()
-        elif ch.isdigit():
-            while i < len(text) and (text[i].isalnum() or text[i] == "."):
-                i += 1
-        else:
-            i += 1
-
-
-def _skip_space(text: str, i: int) -> int:
-    while i < len(text) and text[i] in " \t\r\n":
-        i += 1
-    return i
-
-
-def _prev_char(text: str, i: int) -> str:
-    j = i - 1
-    while j >= 0 and text[j] in " \t\r\n":
-        j -= 1
-    return text[j] if j >= 0 else ""
 
 
 @dataclass
@@ -266,97 +176,6 @@ class Expression:
         return tuple(key)
 
 
-def _rewrite(source: str, constants: Mapping[str, Any], maps: frozenset[str],
-             scalars: frozenset[str], functions: frozenset[str]
-             ) -> tuple[str, list[Binding], set[str]]:
-    """Inline constants and flatten field reads; report unknown identifiers with positions."""
-    pieces: list[str] = []
-    bindings: dict[str, Binding] = {}
-    plain: set[str] = set()
-    bound_locals: set[str] = set()
-    cursor = 0
-    spans = list(_tokens(source))
-    # Comprehension variables: `.exists(x, …)` binds x.
-    for index, (start, end) in enumerate(spans):
-        name = source[start:end]
-        after = _skip_space(source, end)
-        if name in _MACROS and after < len(source) and source[after] == "(" and index + 1 < len(spans):
-            bound_locals.add(source[spans[index + 1][0]:spans[index + 1][1]])
-    skip_until = -1
-    for start, end in spans:
-        if start < skip_until:
-            continue
-        name = source[start:end]
-        if _prev_char(source, start) == ".":
-            continue  # a field or method name, not a root
-        after = _skip_space(source, end)
-        is_call = after < len(source) and source[after] == "("
-        if is_call:
-            if name == "has":
-                match = re.compile(r"\(\s*([A-Za-z_]\w*)\s*\.\s*([A-Za-z_]\w*)\s*\)").match(source, after)
-                if match and match.group(1) in maps:
-                    root, field = match.group(1), match.group(2)
-                    var = f"{root}__has__{field}"
-                    bindings[var] = Binding(var, root, field, presence=True)
-                    pieces.append(source[cursor:start])
-                    pieces.append(var)
-                    cursor = skip_until = match.end()
-                continue
-            if name not in functions and name not in CEL_BUILTINS:
-                raise ExpressionError(f"The function '{name}' is not known; known helpers: "
-                                      f"{', '.join(sorted(functions))}.", *_position(source, start))
-            continue
-        if name in ("true", "false", "null", "in") or name in bound_locals:
-            continue
-        if name in constants:
-            value: Any = constants[name]
-            path = name
-            i = end
-            while True:
-                dot = _skip_space(source, i)
-                if dot < len(source) and source[dot] == "." and isinstance(value, Mapping):
-                    match = _IDENT.match(source, _skip_space(source, dot + 1))
-                    if not match:
-                        break
-                    key = match.group(0)
-                    if key not in value:
-                        raise ExpressionError(
-                            f"The parameter '{path}.{key}' does not exist; "
-                            f"'{path}' has: {', '.join(sorted(map(str, value)))}.",
-                            *_position(source, match.start()))
-                    value, path, i = value[key], f"{path}.{key}", match.end()
-                else:
-                    break
-            pieces.append(source[cursor:start])
-            pieces.append(_literal(value))
-            cursor = skip_until = i
-            continue
-        if name in maps:
-            dot = _skip_space(source, end)
-            match = None
-            if dot < len(source) and source[dot] == ".":
-                match = _IDENT.match(source, _skip_space(source, dot + 1))
-            following = _skip_space(source, match.end()) if match else 0
-            if match and not (following < len(source) and source[following] == "("):
-                field = match.group(0)
-                var = f"{name}__{field}"
-                bindings[var] = Binding(var, name, field)
-                pieces.append(source[cursor:start])
-                pieces.append(var)
-                cursor = skip_until = match.end()
-            else:
-                bindings[name] = Binding(name, name, None)
-            continue
-        if name in scalars:
-            plain.add(name)
-            continue
-        known = sorted(maps | scalars | set(constants))
-        raise ExpressionError(f"The variable '{name}' is not known; expressions may use: "
-                              f"{', '.join(known)}.", *_position(source, start))
-    pieces.append(source[cursor:])
-    return "".join(pieces), list(bindings.values()), plain
-
-
 def compile_expression(source: str, *, constants: Mapping[str, Any] | None = None,
                        maps: Iterable[str] = (), scalars: Iterable[str] = (),
                        functions: Mapping[str, Callable[..., Any]] | None = None,
@@ -382,8 +201,8 @@ def compile_expression(source: str, *, constants: Mapping[str, Any] | None = Non
         detail = _POSITION.sub("", detail).strip(" :")
         line, column = (int(match.group(1)), int(match.group(2))) if match else (1, 1)
         raise ExpressionError(f"The expression does not compile: {detail}.", line, column) from None
-    rewritten, bindings, plain = _rewrite(source, constants or {}, frozenset(maps),
-                                          frozenset(scalars), frozenset(functions))
+    rewritten, bindings, plain = rewrite(source, constants or {}, frozenset(maps),
+                                         frozenset(scalars), frozenset(functions))
     try:
         program = _cel_compile(rewritten)
     except ValueError as error:  # the rewriting broke it (e.g. an inlined value CEL cannot hold)

@@ -1,0 +1,127 @@
+"""`tollgate rules check | activate | init`, and the loading of a rules file with every problem printed.
+
+Kept out of service/cli.py (which registers it in `COMMANDS`) so each file holds one concern; the
+other subcommands reuse `load_rules` and `print_problems` from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from tollgate.bundled import default_rules_path
+from tollgate.service.application.policy_files import load_policy_file
+from tollgate.workflows.exceptions import Problem, RulesError
+from tollgate.workflows.policy import Policy
+
+__all__ = ["load_rules", "print_problems", "register_rules"]
+
+Subparsers = Any  # argparse's _SubParsersAction is private; its API is add_parser().
+
+
+def print_problems(problems: list[Problem], path: str) -> None:
+    """Print every problem of the rules file at `path`, then one line that counts them."""
+    for problem in problems:
+        print(problem)
+    noun = "problem" if len(problems) == 1 else "problems"
+    print(f"{path}: {len(problems)} {noun}; the rules cannot be activated.")
+
+
+def load_rules(path: str) -> Policy | None:
+    """The policy at `path`, or None after printing every problem it has."""
+    try:
+        return load_policy_file(path)
+    except RulesError as error:
+        print_problems(error.problems, path)
+        return None
+
+
+# ── tollgate rules check [PATH] ──────────────────────────────────────────────────────────────
+
+def _rules_check(args: argparse.Namespace) -> int:
+    """Validate a rules file the way `PUT /rules` would; list every problem, or summarise it."""
+    path = args.path or default_rules_path()
+    policy = load_rules(path)
+    if policy is None:
+        return 1
+    rules = list(policy.rules.values())
+    guards = sum(1 for r in rules if r.kind == "guard")
+    print(f"{path}: OK — version {policy.version}, {len(rules)} rules ({guards} guards, "
+          f"{len(rules) - guards} routes), {len(policy.timers)} timers")
+    return 0
+
+
+# ── tollgate rules activate PATH [--database URL] ─────────────────────────────────────────────
+
+def _rules_activate(args: argparse.Namespace) -> int:
+    """Import a rules file on purpose: activate it as a new version unless it is active already.
+
+    Running servers and workers judge the next event by it (they read the active version from the
+    database); a restart does not import the file again unless it changes."""
+    from tollgate.service.bootstrap import build_runtime
+    from tollgate.service.settings import Settings
+
+    runtime = build_runtime(Settings.from_environment(database_url=args.database), batch_workers=1)
+    try:
+        runtime.db.migrate()
+        version, imported = runtime.import_rules_file(args.path, force=True, actor="cli")
+    except RulesError as error:
+        print_problems(error.problems, args.path)
+        return 1
+    finally:
+        runtime.db.dispose()
+    state = "activated as" if imported else "is already the active"
+    print(f"{args.path}: {state} rules version {version.id} ({version.sha256[:12]}) on database "
+          f"{runtime.db.url.split('@')[-1]}")
+    return 0
+
+
+# ── tollgate rules init [PATH] ───────────────────────────────────────────────────────────────
+
+def _rules_init(args: argparse.Namespace) -> int:
+    """Write an editable copy of the bundled policy whose `$schema` line points at the installed schema."""
+    from tollgate.bundled import editable_rules
+
+    target = Path(args.path)
+    if target.exists() and not args.force:
+        print(f"tollgate: {target} exists already; pass --force to replace it with the bundled policy.",
+              file=sys.stderr)
+        return 1
+    try:
+        target.write_text(editable_rules(), encoding="utf-8")
+    except OSError as error:
+        print(f"tollgate: The file {target} cannot be written: {error.strerror}.", file=sys.stderr)
+        return 1
+    print(f"{target}: the bundled policy, ready to edit; check it with `tollgate rules check {target}`.")
+    return 0
+
+
+def register_rules(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("rules", help="work with rules files")
+    actions = parser.add_subparsers(dest="rules_command", metavar="ACTION", required=True)
+    check = actions.add_parser("check", help="validate a rules file and report every problem",
+                               description="Validate a rules file; print every problem with file, "
+                               "line, column and path, and exit 1 if there is any.")
+    check.add_argument("path", nargs="?", metavar="PATH",
+                       help="the rules file (default: $TOLLGATE_RULES, ./rules.yaml or the bundled one)")
+    check.set_defaults(handler=_rules_check)
+    activate = actions.add_parser(
+        "activate", help="activate a rules file as a new version now",
+        description="Validate a rules file and activate it as a new rules version on the database "
+        "(unless it is the active version already), as PUT /rules does; running servers and workers "
+        "judge the next event by it. A start imports the file by itself only when it changed since "
+        "its last import.")
+    activate.add_argument("path", metavar="PATH", help="the rules file")
+    activate.add_argument("--database", metavar="URL",
+                          help="SQLAlchemy URL (default: $TOLLGATE_DATABASE_URL or sqlite:///tollgate.db)")
+    activate.set_defaults(handler=_rules_activate)
+    init = actions.add_parser(
+        "init", help="write an editable copy of the bundled rules",
+        description="Write the bundled policy to PATH (default rules.yaml) with a `$schema` line that "
+        "points at the installed JSON Schema, so editors complete and check it outside a checkout.")
+    init.add_argument("path", nargs="?", default="rules.yaml", metavar="PATH",
+                      help="where to write it (default: rules.yaml)")
+    init.add_argument("--force", action="store_true", help="replace PATH if it exists")
+    init.set_defaults(handler=_rules_init)
