@@ -100,6 +100,8 @@ class Definition:
     file: str = ""
     keys: Mapping[str, Key] = field(default_factory=dict)
     fact_keys: Mapping[str, str] = field(default_factory=dict)  # fact name → the key it asks about
+    id_prefix: str = ""  # of generated instance ids; the workflow's name when not declared
+    is_account: bool = False  # its instances are the accounts that `references_account` workflows name
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -199,7 +201,8 @@ def _build(doc: Document, schema: Draft202012Validator) -> tuple[Definition | No
         fact_descriptions={n: s["description"] for n, s in raw.get("facts", {}).items()},
         secret_fields=write_only_fields(spec["data"] for spec in raw["events"].values()),
         context_schema=raw["context"],
-        context_validator=validator_for(raw["context"]), file=doc.file, keys=keys, fact_keys=fact_keys)
+        context_validator=validator_for(raw["context"]), file=doc.file, keys=keys, fact_keys=fact_keys,
+        id_prefix=raw.get("id_prefix", raw["workflow"]), is_account=bool(raw.get("is_account")))
     if not problems:
         problems.extend(_structure_problems(definition, doc))
     return definition, problems

@@ -35,8 +35,6 @@ from tollgate.service.storage.db import Database
 from tollgate.workflows.definitions import CREATE_EVENT
 from tollgate.workflows.exceptions import NotFound, TollgateError
 
-ID_PREFIX = {"signup": "acct", "payment_method": "pm", "credit": "cr", "invoice": "inv"}
-
 
 class Events:
     """Creating instances and firing events over `db`, judged in units of `units`."""
@@ -59,9 +57,10 @@ class Events:
             if definition.references_account and isinstance(context, Mapping) and "account" in context:
                 account_id = str(context["account"])
                 account_record = uow.find(account_id)
-                if account_record is None or account_record["workflow"] != "signup":
+                if account_record is None or not uow.engine.definition(account_record["workflow"]).is_account:
+                    kinds = " or ".join(n for n, d in definitions().items() if d.is_account)
                     raise Unprocessable(f"The account '{account_id}' does not exist; give the id of a "
-                                        "signup instance in context.account.")
+                                        f"{kinds} instance in context.account.")
                 if clock is not None and clock != account_record["clock"]:
                     runs_on = f"clock '{account_record['clock']}'" if account_record["clock"] else "real time"
                     raise Unprocessable(f"The account '{account_id}' runs on {runs_on}; an instance that "
@@ -69,7 +68,7 @@ class Events:
                 clock = account_record["clock"]
                 account = account_view(account_record)
             now = uow.now_of(clock)
-            instance_id = instance_id or f"{ID_PREFIX[workflow]}_{secrets.token_hex(8)}"
+            instance_id = instance_id or f"{definition.id_prefix}_{secrets.token_hex(8)}"
             if uow.find(instance_id) is not None:
                 raise Conflict(f"An instance '{instance_id}' already exists.")
             record: dict[str, Any] = {

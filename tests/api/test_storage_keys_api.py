@@ -53,3 +53,15 @@ def test_a_changed_email_moves_its_key(api: Client, app: Flask) -> None:
     api.fire(account, "submit_email", {"email": "first@example.com"})
     api.fire(account, "submit_email", {"email": "second@example.com"})  # again, before verifying
     assert _keys(app, account) == {"email": ("second@example.com", None)}
+
+
+def test_an_instance_must_reference_an_instance_of_the_declared_account_workflow(api: Client) -> None:
+    account = api.signup()
+    invoice = api.create("invoice", {"account": account, "usage_month": "2025-03"})["id"]
+    assert invoice.startswith("inv_") and account.startswith("acct_")  # the declared id prefixes
+    response = api.post("/workflows/payment_method/instances",
+                        json={"context": {"account": invoice, "channel": "web"}})
+    assert response.status_code == 422
+    assert response.get_json()["detail"] == (f"The account '{invoice}' does not exist; give the id of a "
+                                             "signup instance in context.account.")
+    assert api.create("payment_method", {"account": account, "channel": "web"})["id"].startswith("pm_")
