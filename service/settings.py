@@ -53,11 +53,12 @@ class Settings:
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """The environment's settings (`ENVIRONMENT`), then `overrides` (raw values, checked alike)."""
+        """The environment's settings (`ENVIRONMENT`), then `overrides` (raw values, checked alike);
+        an override of None is an option not given (argparse's default), so the environment's stays."""
         env = os.environ if environ is None else environ
         raw: dict[str, Any] = {"batch_workers": "auto"}
         raw.update({name: env[var] for var, name in ENVIRONMENT.items() if var in env})
-        raw.update(overrides)
+        raw.update({name: value for name, value in overrides.items() if value is not None})
         return cls.checked(raw)
 
     @classmethod

@@ -59,3 +59,25 @@ def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) 
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"tollgate {__version__}"
+
+
+def test_rules_activate_without_database_uses_tollgate_database_url(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    chosen = tmp_path / "chosen.db"
+    monkeypatch.setenv("TOLLGATE_DATABASE_URL", f"sqlite:///{chosen}")
+    assert main(["rules", "activate", str(RULES_PATH)]) == 0
+    assert "chosen.db" in capsys.readouterr().out
+    assert chosen.exists()
+    assert not (tmp_path / "tollgate.db").exists()
+
+
+def test_an_option_not_given_keeps_the_environment_s_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tollgate.service.settings import Settings
+
+    environ = {"TOLLGATE_DATABASE_URL": "sqlite:////srv/tollgate/state.db",
+               "TOLLGATE_RULES": "/srv/rules.yaml"}
+    settings = Settings.from_environment(environ, database_url=None, rules=None)
+    assert (settings.database_url, settings.rules) == ("sqlite:////srv/tollgate/state.db", "/srv/rules.yaml")
+    given = Settings.from_environment(environ, database_url="sqlite:///other.db", rules="mine.yaml")
+    assert (given.database_url, given.rules) == ("sqlite:///other.db", "mine.yaml")
