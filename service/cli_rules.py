@@ -146,7 +146,8 @@ def _history(database: str | None) -> Any:
     from tollgate.service.application.rules_history import open_history
     from tollgate.service.settings import Settings
 
-    return open_history(Settings.from_environment(database_url=database).database_url)
+    overrides = {"database_url": database} if database else {}  # None would hide the environment's
+    return open_history(Settings.from_environment(**overrides).database_url)
 
 
 def _register_diff(actions: Subparsers) -> None:
