@@ -146,7 +146,7 @@ def _history(database: str | None) -> Any:
     from tollgate.service.application.rules_history import open_history
     from tollgate.service.settings import Settings
 
-    overrides = {"database_url": database} if database else {}  # None would hide the environment's
+    overrides: dict[str, Any] = {"database_url": database} if database else {}  # None hides the env's
     return open_history(Settings.from_environment(**overrides).database_url)
 
 
