@@ -98,6 +98,76 @@ def _rules_init(args: argparse.Namespace) -> int:
     return 0
 
 
+# ── tollgate rules diff OLD NEW [--json] [--database URL] ────────────────────────────────────
+
+#: Exit codes of `rules diff`, as diff(1) has them.
+DIFF_SAME, DIFF_CHANGED, DIFF_TROUBLE = 0, 1, 2
+
+
+def _rules_diff(args: argparse.Namespace) -> int:
+    """Compare two policies (files, or versions of a database) in policy terms."""
+    import json
+
+    from tollgate.workflows.exceptions import TollgateError
+    from tollgate.workflows.policy_diff import ARROW, diff_policies
+
+    sides: list[Policy] = []
+    history: Any = None
+    try:
+        for argument in (args.old, args.new):
+            if Path(argument).exists() or not argument.strip().isdigit():
+                policy = load_rules(argument)
+                if policy is None:
+                    return DIFF_TROUBLE
+            else:
+                if history is None:
+                    history = _history(args.database)
+                policy = history.policy(int(argument))
+            sides.append(policy)
+    except TollgateError as error:
+        print(f"tollgate rules diff: {error}", file=sys.stderr)
+        return DIFF_TROUBLE
+    finally:
+        if history is not None:
+            history.db.dispose()
+    report = diff_policies(sides[0], sides[1])
+    if args.json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        for line in report.lines():
+            print(line)
+        if not report.empty:
+            print()
+        print(f"{args.old} {ARROW} {args.new}: {report.summary()}")
+    return DIFF_SAME if report.empty else DIFF_CHANGED
+
+
+def _history(database: str | None) -> Any:
+    from tollgate.service.application.rules_history import open_history
+    from tollgate.service.settings import Settings
+
+    overrides: dict[str, Any] = {"database_url": database} if database else {}  # None hides the env's
+    return open_history(Settings.from_environment(**overrides).database_url)
+
+
+def _register_diff(actions: Subparsers) -> None:
+    diff = actions.add_parser(
+        "diff", help="what changed in policy terms between two rules files or versions",
+        description="Compare two policies in policy terms: each param (old → new), each rule added, "
+        "removed, switched off or on, or with a changed expression, message or events, each timer "
+        "schedule, and the workflow events and transitions they touch. Comments, key order, white "
+        "space and quoting are not changes. OLD and NEW are rules files, or version numbers of a "
+        "database (an integer that is not an existing file). Exit status as diff(1): 0 the same "
+        "policy, 1 changes, 2 trouble (a bad file, an unknown version, an unreadable database).")
+    diff.add_argument("old", metavar="OLD", help="the rules file or version number before")
+    diff.add_argument("new", metavar="NEW", help="the rules file or version number after")
+    diff.add_argument("--json", action="store_true", help="print the report as JSON (as GET /rules/diff)")
+    diff.add_argument("--database", metavar="URL",
+                      help="for version numbers: SQLAlchemy URL (default: $TOLLGATE_DATABASE_URL or "
+                      "sqlite:///tollgate.db)")
+    diff.set_defaults(handler=_rules_diff)
+
+
 def register_rules(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("rules", help="work with rules files")
     actions = parser.add_subparsers(dest="rules_command", metavar="ACTION", required=True)
@@ -125,3 +195,4 @@ def register_rules(subparsers: Subparsers) -> None:
                       help="where to write it (default: rules.yaml)")
     init.add_argument("--force", action="store_true", help="replace PATH if it exists")
     init.set_defaults(handler=_rules_init)
+    _register_diff(actions)

@@ -41,7 +41,7 @@ from tollgate.workflows.expression_budget import (
     scan_cost,
 )
 
-__all__ = ["check_budget"]
+__all__ = ["check_budget", "tokens"]
 
 _TOKEN = re.compile(r"""
     (?P<space>[ \t\r\n\f]+|//[^\n]*)
@@ -347,6 +347,15 @@ def check_budget(source: str, *, constants: Mapping[str, Any] | None = None, map
                               f"{MAX_EXPRESSION_CHARS:,} are allowed. Split it into several rules.")
     try:
         return _check(source, constants or {}, maps, schemas or {})
+    except Refused as refused:
+        raise ExpressionError(refused.message, *position(source, refused.offset)) from None
+
+
+def tokens(source: str) -> list[tuple[str, str, int]]:
+    """The tokens of `source` as (kind, text, offset) — kinds `string`, `number`, `ident`, `op` —
+    without white space and comments: what two spellings of one expression have in common."""
+    try:
+        return [token for token in _Parser._lex(source) if token[0] != "end"]
     except Refused as refused:
         raise ExpressionError(refused.message, *position(source, refused.offset)) from None
 

@@ -1,15 +1,17 @@
-"""`/rules`: the active version, validation only, and atomic activation of a new version."""
+"""`/rules`: the active version, validation only, atomic activation of a new version, the versions
+kept and what changed between two of them."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 
 from tollgate.service.api.routes import bind
 from tollgate.service.api.support import actor, reply, runtime, text_body
 from tollgate.service.application.rules_files import API_SOURCE
-from tollgate.workflows.exceptions import RulesError
+from tollgate.workflows.exceptions import BadRequest, Problem, RulesError
 
 bp = Blueprint("rules", __name__)
 
@@ -34,3 +36,29 @@ def put_rules() -> Response:
     """Activate as a new version; on any problem (422) the old version keeps serving."""
     version = runtime().activate_rules(text_body(), source=API_SOURCE, actor=actor())
     return reply(version.as_dict())
+
+
+@bind(bp)
+def list_rules_versions() -> Response:
+    return reply({"items": [v.as_dict() for v in runtime().list_rules_versions()]})
+
+
+@bind(bp)
+def diff_rules() -> Response:
+    """What changed from version `from` to version `to`; 404 when either is not stored."""
+    old, new = _version("from"), _version("to")
+    return reply(runtime().diff_rules_versions(old, new).as_dict())
+
+
+def _version(name: str) -> int:
+    """The rules version number in the query parameter `name` (400 naming it when missing or not one)."""
+    value = request.args.get(name)
+    if value is None or not value.strip():
+        raise BadRequest(f"The query parameter '{name}' is missing; give two version numbers, e.g. "
+                         "/rules/diff?from=1&to=2 (GET /rules/versions lists them).",
+                         [Problem(f"$.{name}", "required", file="query")])
+    if not re.fullmatch(r"[0-9]{1,15}", value.strip()) or int(value) < 1:
+        raise BadRequest(f"The query parameter {name}='{value}' is not a rules version number; give a "
+                         "whole number of 1 or more (GET /rules/versions lists them).",
+                         [Problem(f"$.{name}", f"{value!r} is not a version number", file="query")])
+    return int(value)

@@ -23,6 +23,7 @@ from tollgate.service.application.leases import ClockLeases
 from tollgate.service.application.parallel import Workers
 from tollgate.service.application.policy_files import definitions
 from tollgate.service.application.reads import Reads
+from tollgate.service.application.rules_history import RulesHistory
 from tollgate.service.application.rules_versions import RulesVersion, RulesVersions
 from tollgate.service.application.sweeps import Sweeps
 from tollgate.service.application.times import system_now
@@ -48,6 +49,7 @@ class Runtime:
         self.now = now
         self.workers = workers
         self.versions = RulesVersions(db, now)
+        self.rules_history = RulesHistory(db)
         self.units = Units(self.versions, now, row_locks=db.for_update())
         self.reads = Reads(db)
         self.idempotency = Idempotency(db, now, secret_key)
@@ -62,6 +64,8 @@ class Runtime:
         self.active_rules = self.versions.active_rules
         self.validate_rules = self.versions.validate_rules
         self.activate_rules = self.versions.activate_rules
+        self.list_rules_versions = self.rules_history.versions
+        self.diff_rules_versions = self.rules_history.diff
         self.import_rules_file = self.versions.import_rules_file
         self.get_instance = self.reads.get_instance
         self.list_instances = self.reads.list_instances
