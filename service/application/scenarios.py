@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ __all__ = ["Failure", "ScenarioFile", "ScenarioResult", "Seen", "load_scenarios"
 SCHEMA = "scenario.schema.json"
 ACTOR = "scenario"
 PASSWORD = "Scenario#2026"
+EMAILED_CODE = "$emailed_code"  # in event data: the code the instance's last verification email carried
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
 
 
@@ -149,6 +150,8 @@ class _Run:
         self.failures: list[Failure] = []
         self.clock = runtime.create_clock(parse_instant(scenario["clock"]), "scenario")["id"]
         self.instances: dict[str, str] = {}  # alias → workflow
+        with runtime.db.read() as conn:
+            self.zone = runtime.engine_for(runtime.versions.active(conn)).policy.zone
 
     # ── reporting ──────────────────────────────────────────────────────────────────────────
 
@@ -195,7 +198,7 @@ class _Run:
             instance = spec["instance"]
             if instance not in self.instances:
                 raise InvalidAlias(f"there is no instance '{instance}' yet; create it in an earlier step")
-            self.rt.fire(instance, spec["event"], spec.get("data") or {}, actor=ACTOR)
+            self.rt.fire(instance, spec["event"], self.filled(instance, spec.get("data") or {}), actor=ACTOR)
             last = self.rt.history(instance)[-1]
             return (last["outcome"], [r["rule"] for r in last["reasons"]])
         spec = step["advance"]
@@ -203,21 +206,33 @@ class _Run:
         self.rt.advance_clock(self.clock, to)
         return None
 
+    def filled(self, instance: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        """`data` with the value `$emailed_code` replaced by the code last emailed for `instance`."""
+        if EMAILED_CODE not in data.values():
+            return dict(data)
+        codes = [n["payload"].get("code") for n in self.rt.notifications(instance)
+                 if n["template"] == "email_verification"]
+        return {k: (codes[-1] if codes else None) if v == EMAILED_CODE else v for k, v in data.items()}
+
     def account(self, spec: Mapping[str, Any]) -> None:
         """Signup through its real events; then a personal credit card registered on the web."""
         alias = spec["as"]
+        member_type = spec.get("member_type", "individual")
         rt = self.rt
         rt.create_instance("signup", {}, instance_id=alias, clock=self.clock, actor=ACTOR)
         self.instances[alias] = "signup"
         steps: list[tuple[str, str, dict[str, Any]]] = [
-            (alias, "select_type", {"country": spec.get("country", "KR"), "member_type": "individual",
-                                    "birth_date": spec.get("birth_date", "1990-01-01")}),
+            (alias, "select_type", {"country": spec.get("country", "KR"), "member_type": member_type,
+                                    **({"birth_date": spec.get("birth_date", "1990-01-01")}
+                                       if member_type == "individual" else {})}),
             (alias, "submit_email", {"email": f"{alias.lower()}@example.com"})]
         for instance, event, data in steps:
             self.must(instance, event, data)
         code = rt.notifications(alias)[-1]["payload"]["code"]
         self.must(alias, "verify_email", {"code": code})
         self.must(alias, "set_password", {"password": PASSWORD, "password_confirm": PASSWORD})
+        if spec.get("partner"):
+            self.must(alias, "set_partner", {"partner": True})
         if spec.get("with", "personal_credit_card") == "no_payment_method":
             return
         card = f"{alias}_card"
@@ -255,8 +270,9 @@ class _Run:
             for name, value in fields.items():
                 if actual is not None and actual["context"].get(name, _MISSING) != value:
                     got = actual["context"].get(name, _MISSING)
+                    fields_ = ", ".join(sorted(actual["context"]))
                     self.fail(path + ("context", alias, name), f"expected {alias}.{name} = {value!r}, got "
-                              f"{'no such field' if got is _MISSING else repr(got)}")
+                              f"{f'no such field (fields: {fields_})' if got is _MISSING else repr(got)}")
         if "notifications" in expect:
             self.check_notifications(path + ("notifications",), expect["notifications"], before)
         for alias, timers in (expect.get("timers") or {}).items():
@@ -266,7 +282,8 @@ class _Run:
             got = {t["name"]: parse_instant(t["at"]) for t in actual["timers"] if "status" not in t}
             wanted = {name: parse_instant(at) for name, at in timers.items()}
             if got != wanted:
-                self.fail(path + ("timers", alias), f"expected {alias}'s timers {_timers(wanted)}, got {_timers(got)}")
+                self.fail(path + ("timers", alias), f"expected {alias}'s timers {_timers(wanted, self.zone)}, "
+                          f"got {_timers(got, self.zone)}")
 
     def check_applied(self, path: PathKey, step: Mapping[str, Any], rules: Any,
                       verdict: tuple[str, list[str]] | str | None) -> None:
@@ -336,10 +353,11 @@ def _verdict(verdict: tuple[str, list[str]] | str | None) -> str:
     return f"denied by {', '.join(sorted(rules))}" if outcome == "denied" else "applied"
 
 
-def _timers(timers: Mapping[str, datetime]) -> str:
+def _timers(timers: Mapping[str, datetime], zone: tzinfo) -> str:
+    """`name at instant, …` in the rules' time zone (KST for the bundled policy)."""
     if not timers:
         return "none"
-    return ", ".join(f"{name} at {at.isoformat()}" for name, at in sorted(timers.items()))
+    return ", ".join(f"{name} at {at.astimezone(zone).isoformat()}" for name, at in sorted(timers.items()))
 
 
 def _notes(notes: list[tuple[str, ...]]) -> str:
