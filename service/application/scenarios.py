@@ -145,7 +145,8 @@ def parse_duration(text: str) -> timedelta:
 class _Run:
     """One scenario's steps on one runtime."""
 
-    def __init__(self, runtime: Runtime, file: ScenarioFile, base: PathKey, scenario: Mapping[str, Any]) -> None:
+    def __init__(self, runtime: Runtime, file: ScenarioFile, base: PathKey,
+                 scenario: Mapping[str, Any]) -> None:
         self.rt, self.file, self.base, self.scenario = runtime, file, base, scenario
         self.failures: list[Failure] = []
         self.clock = runtime.create_clock(parse_instant(scenario["clock"]), "scenario")["id"]
@@ -177,7 +178,7 @@ class _Run:
                     self.fail(path, f"the step could not run: {error}")
                     return  # later steps would only report the consequences
             if "expect" in step:
-                self.check(path + ("expect",), step, step["expect"], verdict, before)
+                self.check((*path, "expect"), step, step["expect"], verdict, before)
 
     def step(self, path: PathKey, step: Mapping[str, Any]) -> tuple[str, list[str]] | str | None:
         if "account" in step:
@@ -236,9 +237,11 @@ class _Run:
         if spec.get("with", "personal_credit_card") == "no_payment_method":
             return
         card = f"{alias}_card"
-        rt.create_instance("payment_method", {"account": alias, "channel": "web"}, instance_id=card, actor=ACTOR)
+        rt.create_instance("payment_method", {"account": alias, "channel": "web"}, instance_id=card,
+                           actor=ACTOR)
         self.instances[card] = "payment_method"
-        self.must(card, "select_method", {"method": "credit_card", "card_type": "personal", "card_owner": "person"})
+        self.must(card, "select_method",
+                  {"method": "credit_card", "card_type": "personal", "card_owner": "person"})
         self.must(card, "verify_phone", {"owner_match": True})
         self.must(card, "register", {"agree_payment_info": True, "agree_recurring": True})
 
@@ -253,37 +256,40 @@ class _Run:
     def check(self, path: PathKey, step: Mapping[str, Any], expect: Mapping[str, Any],
               verdict: tuple[str, list[str]] | str | None, before: int) -> None:
         if "invalid" in expect and verdict != "invalid":
-            self.fail(path + ("invalid",), f"expected the event to be invalid in its state, got "
+            self.fail((*path, "invalid"), f"expected the event to be invalid in its state, got "
                       f"{_verdict(verdict)}")
         if "applied" in expect:
-            self.check_applied(path + ("applied",), step, expect["applied"], verdict)
+            self.check_applied((*path, "applied"), step, expect["applied"], verdict)
         if "denied" in expect:
             wanted = sorted(expect["denied"])
             if not (isinstance(verdict, tuple) and verdict[0] == "denied" and sorted(verdict[1]) == wanted):
-                self.fail(path + ("denied",), f"expected denied by {', '.join(wanted)}, got {_verdict(verdict)}")
+                self.fail((*path, "denied"),
+                          f"expected denied by {', '.join(wanted)}, got {_verdict(verdict)}")
         for alias, state in (expect.get("state") or {}).items():
-            actual = self.instance(path + ("state", alias), alias)
+            actual = self.instance((*path, "state", alias), alias)
             if actual is not None and actual["state"] != state:
-                self.fail(path + ("state", alias), f"expected {alias} in state {state}, got {actual['state']}")
+                self.fail((*path, "state", alias),
+                          f"expected {alias} in state {state}, got {actual['state']}")
         for alias, fields in (expect.get("context") or {}).items():
-            actual = self.instance(path + ("context", alias), alias)
+            actual = self.instance((*path, "context", alias), alias)
             for name, value in fields.items():
                 if actual is not None and actual["context"].get(name, _MISSING) != value:
                     got = actual["context"].get(name, _MISSING)
                     fields_ = ", ".join(sorted(actual["context"]))
-                    self.fail(path + ("context", alias, name), f"expected {alias}.{name} = {value!r}, got "
+                    self.fail((*path, "context", alias, name), f"expected {alias}.{name} = {value!r}, got "
                               f"{f'no such field (fields: {fields_})' if got is _MISSING else repr(got)}")
         if "notifications" in expect:
-            self.check_notifications(path + ("notifications",), expect["notifications"], before)
+            self.check_notifications((*path, "notifications"), expect["notifications"], before)
         for alias, timers in (expect.get("timers") or {}).items():
-            actual = self.instance(path + ("timers", alias), alias)
+            actual = self.instance((*path, "timers", alias), alias)
             if actual is None:
                 continue
-            got = {t["name"]: parse_instant(t["at"]) for t in actual["timers"] if "status" not in t}
-            wanted = {name: parse_instant(at) for name, at in timers.items()}
-            if got != wanted:
-                self.fail(path + ("timers", alias), f"expected {alias}'s timers {_timers(wanted, self.zone)}, "
-                          f"got {_timers(got, self.zone)}")
+            pending = {t["name"]: parse_instant(t["at"]) for t in actual["timers"] if "status" not in t}
+            due = {name: parse_instant(at) for name, at in timers.items()}
+            if pending != due:
+                self.fail((*path, "timers", alias),
+                          f"expected {alias}'s timers {_timers(due, self.zone)}, "
+                          f"got {_timers(pending, self.zone)}")
 
     def check_applied(self, path: PathKey, step: Mapping[str, Any], rules: Any,
                       verdict: tuple[str, list[str]] | str | None) -> None:
@@ -347,7 +353,7 @@ _MISSING = object()
 def _verdict(verdict: tuple[str, list[str]] | str | None) -> str:
     if verdict is None:
         return "a step that judges no event"
-    if verdict == "invalid":
+    if isinstance(verdict, str):
         return "an event not valid in this state"
     outcome, rules = verdict
     return f"denied by {', '.join(sorted(rules))}" if outcome == "denied" else "applied"
