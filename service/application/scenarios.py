@@ -152,7 +152,8 @@ class _Run:
         self.clock = runtime.create_clock(parse_instant(scenario["clock"]), "scenario")["id"]
         self.instances: dict[str, str] = {}  # alias → workflow
         with runtime.db.read() as conn:
-            self.zone = runtime.engine_for(runtime.versions.active(conn)).policy.zone
+            self.policy = runtime.engine_for(runtime.versions.active(conn)).policy
+        self.zone = self.policy.zone
 
     # ── reporting ──────────────────────────────────────────────────────────────────────────
 
@@ -299,9 +300,7 @@ class _Run:
         if rules is True or "fire" not in step:
             return
         workflow = self.instances[step["fire"]["instance"]]
-        with self.rt.db.read() as conn:
-            policy = self.rt.engine_for(self.rt.versions.active(conn)).policy
-        judged = {r.id for r in policy.rules_for(workflow, step["fire"]["event"]) if r.enabled}
+        judged = {r.id for r in self.policy.rules_for(workflow, step["fire"]["event"]) if r.enabled}
         missing = sorted(set(rules) - judged)
         if missing:
             self.fail(path, f"expected the rules {', '.join(sorted(rules))} judged and holding, got "
@@ -334,6 +333,9 @@ class _Run:
                                       "to": row["to"], "outcome": row["outcome"], "failed": failed,
                                       "actor": row["actor"]})
                 seen.failed.update(failed)
+                guards = {r.id for r in self.policy.rules_for(workflow, row["event"])
+                          if r.enabled and r.kind == "guard"}
+                seen.held.update(guards - set(failed))
                 if row["outcome"] == "applied":
                     seen.transitions.add((workflow, row["from"] or "", row["event"], row["to"]))
                 if row["actor"] == "timer":

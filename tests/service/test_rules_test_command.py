@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -151,3 +154,35 @@ def test_the_bundled_scenarios_pass() -> None:
     assert len(files) >= 4
     results = run_files([load_scenarios(f) for f in files], RULES_PATH)
     assert [str(f) for r in results for f in r.failures] == []
+
+
+def test_pytest_collects_each_scenario_and_fails_with_the_runners_report(tmp_path: Path) -> None:
+    """tests/policy/conftest.py, run over a copy: one item per scenario, failures as file:line."""
+    folder = tmp_path / "policy"
+    folder.mkdir()
+    shutil.copy(ROOT / "tests" / "policy" / "conftest.py", folder / "conftest.py")
+    text = SCENARIO.replace("state: {card: method_selection}", "state: {card: consent}")
+    path = write(folder, text)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert f"{path}:{line_of(text, 'state:')}: expected card in state consent, got method_selection" in run.stdout
+    assert "1 failed, 1 passed" in run.stdout
+    text = text.replace('clock: "2026-10-20T10:00:00+09:00"', "clock: soon")
+    write(folder, text)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert f"{path}:{line_of(text, 'soon')}:12 $.scenarios[1].clock:" in run.stdout
+
+
+def test_the_runner_records_what_each_scenario_exercised(tmp_path: Path) -> None:
+    """The raw material of coverage: rules seen failing and holding, transitions, timers fired."""
+    first, second = run_files([load_scenarios(write(tmp_path, SCENARIO))], RULES_PATH)
+    assert first.seen.failed == {"restricted_hours"}
+    assert {"individual_credit_card_only", "corporate_card_owner", "min_age"} <= first.seen.held
+    assert "restricted_hours" not in first.seen.held
+    assert ("payment_method", "method_selection", "select_method", "phone_verification") \
+        not in first.seen.transitions
+    assert ("signup", "type_selection", "select_type", "login_info") in first.seen.transitions
+    assert first.seen.timers_fired == set() and "restricted_hours" in second.seen.held
