@@ -166,7 +166,8 @@ def test_pytest_collects_each_scenario_and_fails_with_the_runners_report(tmp_pat
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder)],
                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 1, run.stdout + run.stderr
-    assert f"{path}:{line_of(text, 'state:')}: expected card in state consent, got method_selection" in run.stdout
+    expected = f"{path}:{line_of(text, 'state:')}: expected card in state consent, got method_selection"
+    assert expected in run.stdout
     assert "1 failed, 1 passed" in run.stdout
     text = text.replace('clock: "2026-10-20T10:00:00+09:00"', "clock: soon")
     write(folder, text)
