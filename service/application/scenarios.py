@@ -199,7 +199,7 @@ class _Run:
             spec = step["fire"]
             instance = spec["instance"]
             if instance not in self.instances:
-                raise InvalidAlias(f"there is no instance '{instance}' yet; create it in an earlier step")
+                raise StepError(f"there is no instance '{instance}' yet; create it in an earlier step")
             self.rt.fire(instance, spec["event"], self.filled(instance, spec.get("data") or {}), actor=ACTOR)
             last = self.rt.history(instance)[-1]
             return (last["outcome"], [r["rule"] for r in last["reasons"]])
@@ -249,7 +249,7 @@ class _Run:
     def must(self, instance: str, event: str, data: Mapping[str, Any]) -> None:
         result = self.rt.fire(instance, event, data, actor=ACTOR)
         if result.status != 200:
-            raise InvalidAlias(f"the account shorthand's '{event}' on '{instance}' was refused: "
+            raise StepError(f"the account shorthand's '{event}' on '{instance}' was refused: "
                                f"{result.body.get('detail')}")
 
     # ── expectations ───────────────────────────────────────────────────────────────────────
@@ -343,8 +343,8 @@ class _Run:
         return seen
 
 
-class InvalidAlias(TollgateError):
-    """A step names an instance no earlier step created (or a shorthand could not finish)."""
+class StepError(TollgateError):
+    """A step that cannot run: it names an instance no earlier step created, or a shorthand was refused."""
 
     status = 422
 

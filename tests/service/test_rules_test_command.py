@@ -187,3 +187,24 @@ def test_the_runner_records_what_each_scenario_exercised(tmp_path: Path) -> None
         not in first.seen.transitions
     assert ("signup", "type_selection", "select_type", "login_info") in first.seen.transitions
     assert first.seen.timers_fired == set() and "restricted_hours" in second.seen.held
+
+
+def test_a_step_that_cannot_run_is_reported_at_its_line_and_invalid_events_can_be_expected(
+        tmp_path: Path) -> None:
+    text = HEADER + """\
+scenarios:
+  - name: an event out of turn, expected once and then not
+    clock: "2026-03-15T10:00:00+09:00"
+    steps:
+      - create: {workflow: signup, as: minsu}
+      - fire: {instance: minsu, event: verify_email, data: {code: "123456"}}
+        expect: {invalid: true}
+      - fire: {instance: minsu, event: verify_email, data: {code: "123456"}}
+      - fire: {instance: minsoo, event: select_type, data: {country: KR, member_type: business}}
+"""
+    results = run_files([load_scenarios(write(tmp_path, text))], RULES_PATH)
+    failures = results[0].failures
+    assert len(failures) == 1
+    assert failures[0].line == line_of(text, "fire: {instance: minsu, event: verify_email") + 2
+    assert failures[0].message.startswith("the step could not run: ")
+    assert "verify_email" in failures[0].message
