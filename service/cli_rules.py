@@ -196,3 +196,90 @@ def register_rules(subparsers: Subparsers) -> None:
     init.add_argument("--force", action="store_true", help="replace PATH if it exists")
     init.set_defaults(handler=_rules_init)
     _register_diff(actions)
+    _register_test(actions)
+
+
+# ── tollgate rules test [PATH…] [--rules FILE] [--junit FILE] ────────────────────────────────
+
+DEFAULT_SCENARIOS = "tests/policy"
+
+
+def _rules_test(args: argparse.Namespace) -> int:
+    """Run policy scenarios on the real runtime in memory; exit 1 if one fails, 2 if a file is bad."""
+    from tollgate.service.application.scenarios import load_scenarios, run_files, scenario_files
+
+    paths = args.paths or ([DEFAULT_SCENARIOS] if Path(DEFAULT_SCENARIOS).is_dir() else [])
+    if not paths:
+        print(f"tollgate: No scenario files given and there is no {DEFAULT_SCENARIOS}/ here; name the "
+              "files or folders to run.", file=sys.stderr)
+        return 2
+    files, problems = [], []
+    for path in scenario_files(paths):
+        try:
+            files.append(load_scenarios(path))
+        except RulesError as error:
+            problems.extend(error.problems)
+    if problems:
+        for problem in problems:
+            print(problem)
+        print(f"{len(problems)} {'problem' if len(problems) == 1 else 'problems'} in scenario files; "
+              "nothing was run.")
+        return 2
+    if not files:
+        print(f"tollgate: No scenario files (*.yaml) under {', '.join(map(str, paths))}.", file=sys.stderr)
+        return 2
+    rules = args.rules or default_rules_path()
+    if load_rules(rules) is None:
+        return 2
+    results = run_files(files, rules)
+    for result in results:
+        print(f"{'✓' if result.passed else '✗'} {result.file}: {result.name}")
+        for failure in result.failures:
+            print(f"    {failure}")
+    failed = sum(1 for r in results if not r.passed)
+    print(f"{len(results) - failed} passed, {failed} failed ({len(results)} scenarios in {len(files)} "
+          f"files, rules {rules})")
+    if args.junit:
+        try:
+            _write_junit(args.junit, results)
+        except OSError as error:
+            print(f"tollgate: The file {args.junit} cannot be written: {error.strerror}.", file=sys.stderr)
+            return 2
+    return 1 if failed else 0
+
+
+def _write_junit(path: str, results: list[Any]) -> None:
+    """JUnit XML, one test suite per scenario file, one test case per scenario."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element("testsuites", name="tollgate rules test")
+    suites: dict[str, ET.Element] = {}
+    for result in results:
+        suite = suites.get(result.file)
+        if suite is None:
+            suite = suites[result.file] = ET.SubElement(root, "testsuite", name=result.file)
+        case = ET.SubElement(suite, "testcase", classname=result.file, name=result.name,
+                             file=result.file, line=str(result.line or 0))
+        if result.failures:
+            failure = ET.SubElement(case, "failure", message=str(result.failures[0]))
+            failure.text = "\n".join(str(f) for f in result.failures)
+    for element in [root, *suites.values()]:
+        cases = element.iter("testcase")
+        listed = list(cases)
+        element.set("tests", str(len(listed)))
+        element.set("failures", str(sum(1 for c in listed if c.find("failure") is not None)))
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def _register_test(actions: Subparsers) -> None:
+    test = actions.add_parser(
+        "test", help="run policy scenarios on a test clock",
+        description="Run policy scenario files (schemas/scenario.schema.json) on the real runtime in "
+        "memory, each scenario on its own test clock; print each with ✓ or ✗ and every failed "
+        "expectation as file:line. Exit 1 if a scenario fails, 2 if a scenario file is bad.")
+    test.add_argument("paths", nargs="*", metavar="PATH",
+                      help=f"scenario files or folders (default: {DEFAULT_SCENARIOS}/ if it exists)")
+    test.add_argument("--rules", metavar="FILE",
+                      help="the rules file (default: $TOLLGATE_RULES, ./rules.yaml or the bundled one)")
+    test.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML to FILE")
+    test.set_defaults(handler=_rules_test)
