@@ -40,6 +40,17 @@ def migrations() -> Path:
         return Path(path)
 
 
+def templates() -> Traversable:
+    """The folder of notification templates (`email/<template>.<lang>.{subject,txt,html}.j2`)."""
+    return files("tollgate") / "templates"
+
+
+def templates_path() -> Path:
+    """The bundled templates folder as a path (`$TOLLGATE_TEMPLATES_DIR` overrides it file by file)."""
+    with as_file(templates()) as path:
+        return Path(path)
+
+
 def default_rules_path() -> str:
     """`$TOLLGATE_RULES`, else `rules.yaml` in the working directory, else the bundled policy (SPEC §5).
 
