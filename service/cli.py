@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tollgate import __version__
 from tollgate.bundled import default_rules_path
 from tollgate.service.cli_rules import load_rules, print_problems, register_rules
+from tollgate.service.cli_templates import register_templates
 from tollgate.workflows.diagrams import RENDERERS, render, workflow_diagram
 from tollgate.workflows.exceptions import NotFound, RulesError, TollgateError
 
@@ -269,6 +270,7 @@ COMMANDS: dict[str, Callable[[Subparsers], None]] = {
     "serve": _register_serve,
     "worker": _register_worker,
     "rules": register_rules,
+    "templates": register_templates,
     "diagram": _register_diagram,
     "demo": _register_demo,
     "bench": _register_bench,

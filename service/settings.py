@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +26,10 @@ ENVIRONMENT = {"TOLLGATE_DATABASE_URL": "database_url", "TOLLGATE_RULES": "rules
                "TOLLGATE_TOKENS": "tokens", "TOLLGATE_BATCH_WORKERS": "batch_workers",
                "TOLLGATE_SECRET_KEY": "secret_key",  # keys idempotency fingerprints (Idempotency)
                "TOLLGATE_MAX_BODY_BYTES": "max_body_bytes",
-               "TOLLGATE_LOG_LEVEL": "log_level", "TOLLGATE_LOG_FORMAT": "log_format"}
+               "TOLLGATE_LOG_LEVEL": "log_level", "TOLLGATE_LOG_FORMAT": "log_format",
+               # email (service/delivery/email.py); the URL holds the SMTP password: never shown
+               "TOLLGATE_SMTP_URL": "smtp_url", "TOLLGATE_SMTP_FROM": "smtp_from",
+               "TOLLGATE_TEMPLATES_DIR": "templates_dir"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,12 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY
     log_level: int = logging.INFO
     log_format: str = "text"
+    #: `smtp[s]://user:password@host:port?starttls=1&timeout=10`; None: no email is sent.
+    smtp_url: str | None = field(default=None, repr=False)
+    #: The From of every email, e.g. `NAVER Cloud Billing <billing@example.com>`.
+    smtp_from: str | None = None
+    #: A folder of template files that win over the bundled ones (`email/<template>.<lang>.*.j2`).
+    templates_dir: str | None = None
     #: Real time for the application (tests pin it); None: the system clock.
     now: Callable[[], datetime] | None = None
 
@@ -73,7 +82,8 @@ class Settings:
             values["log_level"] = log_level(values["log_level"])
         if "log_format" in values:
             values["log_format"] = log_format(values["log_format"])
-        for name in ("rules", "secret_key"):
+        smtp(values)
+        for name in ("rules", "secret_key", "smtp_url", "smtp_from", "templates_dir"):
             if name in values and not values[name]:
                 values[name] = None
         if not values.get("database_url"):
@@ -109,6 +119,22 @@ def log_format(value: Any) -> str:
     if fmt not in LOG_FORMATS:
         raise ValueError(f"TOLLGATE_LOG_FORMAT={fmt!r} is not a log format; use text or json.")
     return fmt
+
+
+def smtp(values: dict[str, Any]) -> None:
+    """Check the email settings together: a parsable URL (shown redacted) and a From with an
+    address whenever a URL is given."""
+    from email.utils import parseaddr
+
+    from tollgate.service.delivery.email import SmtpSettings
+
+    url = values.get("smtp_url")
+    if not url:
+        return
+    SmtpSettings.parse(url)  # ValueError naming the redacted URL
+    if "@" not in parseaddr(values.get("smtp_from") or "")[1]:
+        raise ValueError("TOLLGATE_SMTP_FROM must name the sender's address when TOLLGATE_SMTP_URL is set, "
+                         "e.g. 'NAVER Cloud Billing <billing@example.com>'.")
 
 
 def _positive_int(value: Any, refusal: str) -> int:

@@ -13,8 +13,18 @@ from zoneinfo import ZoneInfo
 
 from tollgate.workflows import calendar
 
-__all__ = ["FILTERS", "LANGUAGES", "KST", "billing_month", "deadline", "kst", "kst_date", "money",
-           "month_name", "to_instant"]
+__all__ = [
+    "FILTERS",
+    "KST",
+    "LANGUAGES",
+    "billing_month",
+    "deadline",
+    "kst",
+    "kst_date",
+    "money",
+    "month_name",
+    "to_instant",
+]
 
 LANGUAGES = ("ko", "en")
 KST = ZoneInfo("Asia/Seoul")
