@@ -31,7 +31,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from tollgate.service.delivery.channels import Delivery, SendResult
 from tollgate.service.delivery.templates import Templates
@@ -106,6 +106,9 @@ class SmtpSettings:
         security = "tls" if parts.scheme == "smtps" else "starttls" if starttls in TRUE else "none"
         username = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password is not None else None
+        if not (username or "").isascii() or not (password or "").isascii():
+            raise ValueError(f"The SMTP URL {shown} has a user name or password that is not ASCII; "
+                             "SMTP AUTH (smtplib) sends only ASCII credentials.")
         return cls(parts.hostname, port or (587 if security == "starttls" else SCHEMES[parts.scheme]),
                    username=username, password=password, security=security, timeout=timeout)
 
@@ -163,11 +166,11 @@ class SmtpSender:
         message["Subject"] = rendered.subject
         message["Date"] = format_datetime(self.clock().astimezone(UTC))
         message["Message-ID"] = self.message_id(delivery)
-        message["Content-Language"] = rendered.language
         message["X-Tollgate-Notification"] = delivery.stable_id
         message["X-Tollgate-Template"] = delivery.template
         message.set_content(rendered.text, charset="utf-8")
         message.add_alternative(rendered.html, subtype="html", charset="utf-8")
+        message["Content-Language"] = rendered.language  # after: add_alternative moves Content-* down
         return message
 
     # ── sending ────────────────────────────────────────────────────────────────────────────
@@ -179,7 +182,12 @@ class SmtpSender:
             return self._failed(delivery, None, f"The email '{delivery.template}' to {delivery.recipient} "
                                                 f"cannot be built: {type(error).__name__}: {error}")
         with self._lock:
-            return self._send_locked(delivery, message)
+            try:
+                return self._send_locked(delivery, message)
+            except Exception as error:  # a surprise from smtplib or ssl: still a result, never a raise
+                self._close()
+                return self._failed(delivery, None, f"Sending to {self._server()} failed "
+                                                    f"({type(error).__name__}: {self._scrub(str(error))}).")
 
     def _send_locked(self, delivery: Delivery, message: EmailMessage) -> SendResult:
         for attempt in (1, 2):
@@ -261,7 +269,9 @@ class SmtpSender:
     def _scrub(self, text: str) -> str:
         """`text` with the password removed, should a server or library ever echo it."""
         password = self.settings.password
-        return text.replace(password, "***") if password else text
+        if not password:
+            return text
+        return text.replace(password, "***").replace(quote(password, safe=""), "***")
 
     def _refused(self, delivery: Delivery, code: int, text: bytes | str, what: str) -> SendResult:
         reply = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)

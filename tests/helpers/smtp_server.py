@@ -7,7 +7,9 @@ TLS, and the raw message as text) until it is terminated. It refuses on purpose 
 at the end of DATA, so one server answers every case a test needs.
 
     python tests/helpers/smtp_server.py --out DIR [--starttls CERT KEY | --implicit-tls CERT KEY]
-                                        [--auth USER:PASSWORD]
+                                        [--auth USER:PASSWORD] [--idle-timeout S]
+
+`--idle-timeout S` makes it hang up on a client idle for S seconds, as real servers do.
 
 `SmtpServer.start(tmp_path, …)` runs it as a subprocess; `self_signed_certificate(folder)` makes
 a certificate for 127.0.0.1 with the `openssl` command.
@@ -65,7 +67,8 @@ class Recorder:
                 return f"{code} {'4.3.0 Try again later' if code[0] == '4' else '5.7.1 Rejected by policy'}"
         login = session.auth_data.login.decode() if session.authenticated else None
         record = {"mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos, "login": login,
-                  "tls": session.ssl is not None, "peer": list(session.peer),
+                  "tls": server.transport.get_extra_info("ssl_object") is not None,
+                  "peer": list(session.peer),
                   "data": envelope.original_content.decode("utf-8", "surrogateescape")}
         with self.journal.open("a", encoding="utf-8") as journal:
             journal.write(json.dumps(record) + "\n")
@@ -94,7 +97,8 @@ async def _serve(args: argparse.Namespace) -> None:
     if cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert[0], cert[1])
-    options: dict[str, Any] = {"hostname": "mx.test", "ident": "tollgate-test-smtp"}
+    options: dict[str, Any] = {"hostname": "mx.test", "ident": "tollgate-test-smtp",
+                               "timeout": args.idle_timeout}
     if args.starttls:
         options.update(tls_context=context, require_starttls=True)
     if args.auth:
@@ -123,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     tls.add_argument("--starttls", nargs=2, metavar=("CERT", "KEY"))
     tls.add_argument("--implicit-tls", nargs=2, metavar=("CERT", "KEY"))
     parser.add_argument("--auth", metavar="USER:PASSWORD")
+    parser.add_argument("--idle-timeout", type=float, default=300.0,
+                        help="seconds after which the server hangs up on an idle client")
     asyncio.run(_serve(parser.parse_args(argv)))
 
 
@@ -141,7 +147,9 @@ class SmtpServer:
 
     @classmethod
     def start(cls, folder: Path, *, starttls: tuple[Path, Path] | None = None,
-              implicit_tls: tuple[Path, Path] | None = None, auth: str | None = None) -> SmtpServer:
+              implicit_tls: tuple[Path, Path] | None = None, auth: str | None = None,
+              idle_timeout: float | None = None) -> SmtpServer:
+        folder.mkdir(parents=True, exist_ok=True)
         out = folder / "received"
         log = folder / "smtp_server.log"
         command = [sys.executable, str(Path(__file__).resolve()), "--out", str(out)]
@@ -151,6 +159,8 @@ class SmtpServer:
             command += ["--implicit-tls", *map(str, implicit_tls)]
         if auth:
             command += ["--auth", auth]
+        if idle_timeout:
+            command += ["--idle-timeout", str(idle_timeout)]
         with log.open("w") as stderr:
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
         assert process.stdout is not None
