@@ -20,6 +20,7 @@ A failure never raises: every SMTP or network error becomes a result.
 from __future__ import annotations
 
 import contextlib
+import email.policy
 import logging
 import re
 import smtplib
@@ -27,9 +28,11 @@ import ssl
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.utils import format_datetime, parseaddr
+from email.header import Header
+from email.message import Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import format_datetime, formataddr, parseaddr
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -43,6 +46,8 @@ log = logging.getLogger("tollgate.delivery.email")
 SCHEMES = {"smtp": 25, "smtps": 465}
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off"}
+#: The legacy policy `Header` needs, folding at 76 so no encoded word passes RFC 2047's 75.
+_WIRE = email.policy.compat32.clone(max_line_length=76)
 _MESSAGE_ID_UNSAFE = re.compile(r"[^A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]")
 
 
@@ -129,12 +134,13 @@ class SmtpSender:
     def __init__(self, settings: SmtpSettings, sender: str, *, templates: Templates | None = None,
                  ssl_context: ssl.SSLContext | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        address = parseaddr(sender)[1]
+        name, address = parseaddr(sender)
         if "@" not in address:
             raise ValueError(f"The sender '{sender}' has no email address; write it like "
                              "'NAVER Cloud Billing <billing@example.com>'.")
         self.settings = settings
         self.sender = sender
+        self.sender_name = name
         self.envelope_from = address
         self.domain = address.rpartition("@")[2]
         self.templates = templates or Templates()
@@ -154,23 +160,28 @@ class SmtpSender:
         """`<stable_id@sender-domain>`: the same on every attempt, so a resend is recognisable."""
         return f"<{_MESSAGE_ID_UNSAFE.sub('.', delivery.stable_id)}@{self.domain}>"
 
-    def build(self, delivery: Delivery) -> EmailMessage:
-        """The MIME message for a delivery: multipart/alternative, text then HTML, UTF-8."""
+    def build(self, delivery: Delivery) -> Message:
+        """The MIME message for a delivery: multipart/alternative, text then HTML, UTF-8.
+
+        Built with the `email.mime` classes and `Header` on purpose: `EmailMessage`'s default policy
+        folds a long non-ASCII subject into encoded words with the space between them outside,
+        and readers drop it ("인증 코드" arrives as "인증코드"); `Header` keeps spaces inside
+        the encoded words and every word at most 75 characters (RFC 2047)."""
         recipient = delivery.recipient
         if "@" not in recipient or any(c.isspace() for c in recipient):
             raise ValueError(f"the recipient '{recipient}' is not an email address")
         rendered = self.templates.render(delivery)
-        message = EmailMessage()
-        message["From"] = self.sender
-        message["To"] = Address(addr_spec=delivery.recipient)
-        message["Subject"] = rendered.subject
+        message = MIMEMultipart("alternative", policy=_WIRE)
+        message["From"] = formataddr((self.sender_name, self.envelope_from), charset="utf-8")
+        message["To"] = recipient
+        message["Subject"] = _header(rendered.subject, "Subject")  # type: ignore[assignment]
         message["Date"] = format_datetime(self.clock().astimezone(UTC))
         message["Message-ID"] = self.message_id(delivery)
+        message["Content-Language"] = rendered.language
         message["X-Tollgate-Notification"] = delivery.stable_id
         message["X-Tollgate-Template"] = delivery.template
-        message.set_content(rendered.text, charset="utf-8")
-        message.add_alternative(rendered.html, subtype="html", charset="utf-8")
-        message["Content-Language"] = rendered.language  # after: add_alternative moves Content-* down
+        message.attach(MIMEText(rendered.text, "plain", "utf-8"))
+        message.attach(MIMEText(rendered.html, "html", "utf-8"))
         return message
 
     # ── sending ────────────────────────────────────────────────────────────────────────────
@@ -189,7 +200,7 @@ class SmtpSender:
                 return self._failed(delivery, None, f"Sending to {self._server()} failed "
                                                     f"({type(error).__name__}: {self._scrub(str(error))}).")
 
-    def _send_locked(self, delivery: Delivery, message: EmailMessage) -> SendResult:
+    def _send_locked(self, delivery: Delivery, message: Message) -> SendResult:
         for attempt in (1, 2):
             reused = self._connection is not None
             try:
@@ -285,6 +296,11 @@ class SmtpSender:
 
     def __repr__(self) -> str:
         return f"SmtpSender({self.settings!r}, sender={self.sender!r})"
+
+
+def _header(text: str, name: str) -> str | Header:
+    """A header value: as it is when ASCII, else RFC 2047 encoded words (UTF-8)."""
+    return text if text.isascii() else Header(text, "utf-8", header_name=name)
 
 
 def _quietly_close(connection: smtplib.SMTP) -> None:

@@ -3,14 +3,12 @@ a self-signed certificate for their TLS; each server is stopped after its test."
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.smtp_server import SmtpServer, self_signed_certificate
-
-StartSmtp = Callable[..., SmtpServer]
+from tests.helpers.smtp_server import SmtpServer, StartSmtp, self_signed_certificate
 
 
 @pytest.fixture(scope="session")

@@ -6,21 +6,23 @@ that is down, connection reuse and reconnection, and a password that never shows
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import ssl
 import threading
 import time
 from datetime import UTC, datetime
+from email import policy
 from email.message import EmailMessage
+from email.parser import BytesParser
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pytest
 
-from tests.delivery.conftest import StartSmtp
-from tests.helpers.smtp_server import SmtpServer
+from tests.helpers.smtp_server import SmtpServer, StartSmtp
 from tollgate.service.delivery.email import SmtpSender
-from tollgate.service.delivery.templates import SAMPLE_PAYLOAD, sample_delivery
+from tollgate.service.delivery.templates import SAMPLE_PAYLOAD, Templates, sample_delivery
 
 SENDER = "NAVER Cloud 빌링 <billing@example.com>"
 SENT_AT = datetime(2026, 11, 3, 0, 0, 5, tzinfo=UTC)
@@ -238,3 +240,32 @@ def test_a_mail_that_cannot_be_built_is_not_delivered_and_nothing_is_sent(
         assert sender._connection is None
     assert not result.delivered and result.status is None and why in result.detail
     assert server.records() == []
+
+
+# ── the subject on the wire ──────────────────────────────────────────────────────────────────
+
+@pytest.mark.parametrize("subject", [
+    "[NAVER Cloud] 회원 가입 이메일 인증 코드 안내",
+    "[NAVER Cloud] 서비스 이용 중지 안내: 2026년 10월 이용분 요금 미납 1,234,500원 " * 3,
+    "가 " * 80 + "끝",
+    "Payment overdue: ₩1,234,500 for October 2026 usage",
+    "A plain ASCII subject stays as it is",
+])
+def test_a_subject_survives_the_wire_with_every_space_and_short_encoded_words(
+        tmp_path: Path, subject: str) -> None:
+    """Regression: EmailMessage's default folding dropped the space between two encoded words
+    ("인증 코드" arrived as "인증코드")."""
+    folder = tmp_path / "email"
+    folder.mkdir()
+    (folder / "invoice_issued.ko.subject.j2").write_text(subject, encoding="utf-8")
+    sender = SmtpSender.from_url("smtp://127.0.0.1:1", SENDER, templates=Templates(tmp_path))
+    raw = sender.build(sample_delivery("invoice_issued")).as_bytes()
+    parsed = BytesParser(policy=policy.default).parsebytes(raw)
+    assert parsed["Subject"] == " ".join(subject.split())
+    assert parsed["From"] == SENDER
+    words = re.findall(rb"=\?utf-8\?[bq]\?[^?]*\?=", raw)
+    assert all(len(word) <= 75 for word in words), words
+    if subject.isascii():
+        assert f"Subject: {subject}".encode() in raw
+    else:
+        assert b"Subject: =?utf-8?" in raw

@@ -148,6 +148,17 @@ def test_rules_check_diagram_and_demo_run_on_the_bundled_rules_from_an_empty_dir
 
 
 @pytest.mark.slow
+def test_templates_check_renders_the_email_templates_the_wheel_ships(installed: Installed) -> None:
+    check = installed.run("templates", "check").stdout
+    assert "the bundled templates: OK — 4 emails" in check, check
+    site = Path(_run(installed.python, "-c", "import tollgate.bundled as b; print(b.templates_path())",
+                     cwd=installed.empty, env=installed.env).stdout.strip())
+    assert "site-packages" in str(site) and not site.is_symlink()
+    assert (site / "email" / "invoice_issued.ko.html.j2").is_file()
+    assert (site / "email" / "_layout.html.j2").is_file()
+
+
+@pytest.mark.slow
 def test_rules_init_writes_an_editable_copy_whose_schema_resolves_outside_a_checkout(
         installed: Installed, tmp_path: Path) -> None:
     target = tmp_path / "policy" / "rules.yaml"

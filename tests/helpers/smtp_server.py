@@ -27,8 +27,8 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -143,7 +143,6 @@ class SmtpServer:
     port: int
     out: Path
     log: Path
-    received_cache: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def start(cls, folder: Path, *, starttls: tuple[Path, Path] | None = None,
@@ -195,13 +194,9 @@ class SmtpServer:
         return [parser.parsebytes(r["data"].encode("utf-8", "surrogateescape"))  # type: ignore[misc]
                 for r in self.records()]
 
-    def wait_for(self, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
-        """The records once there are `count` of them (the server writes before it answers 250,
-        so this returns at once after a successful send; the wait only covers a slow disk)."""
-        deadline = time.monotonic() + timeout
-        while len(records := self.records()) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return records
+
+#: The `start_smtp` fixture of tests/delivery/conftest.py: `start_smtp(**options of SmtpServer.start)`.
+StartSmtp = Callable[..., SmtpServer]
 
 
 def self_signed_certificate(folder: Path) -> tuple[Path, Path] | None:
