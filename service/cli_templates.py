@@ -29,7 +29,8 @@ def _templates_check(args: argparse.Namespace) -> int:
         print(problem)
     if problems:
         noun = "problem" if len(problems) == 1 else "problems"
-        print(f"{where}: {len(problems)} {noun}; fix them before the next email is sent.")
+        it = "it" if len(problems) == 1 else "them"
+        print(f"{where}: {len(problems)} {noun}; fix {it} before the next email is sent.")
         return 1
     names = templates.names()
     emails = sorted({template for template, _ in names})

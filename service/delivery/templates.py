@@ -113,7 +113,7 @@ class Templates:
             autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",),
                                                 default_for_string=False, default=False),
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-            keep_trailing_newline=True, auto_reload=False)
+            keep_trailing_newline=True, auto_reload=True)  # an edited file serves the next email
         self.environment.filters.update(FILTERS)
 
     # ── which templates exist ──────────────────────────────────────────────────────────────

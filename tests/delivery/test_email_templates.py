@@ -4,6 +4,7 @@ StrictUndefined, overrides from a directory, the language choice, and `tollgate 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -212,3 +213,13 @@ def test_templates_check_reads_the_directory_from_the_environment(
     monkeypatch.setenv("TOLLGATE_TEMPLATES_DIR", str(tmp_path))
     assert main(["templates", "check"]) == 1
     assert "invoice_issued.ko.subject.j2:1: UndefinedError: 'nope' is undefined" in capsys.readouterr().out
+
+
+def test_an_edited_override_serves_the_next_email_without_a_restart(tmp_path: Path) -> None:
+    path = _override(tmp_path, "invoice_issued.en.subject.j2", "First {{ payload.invoice }}\n")
+    templates = Templates(tmp_path)
+    assert templates.render(sample_delivery("invoice_issued"), "en").subject == "First inv_sample"
+    path.write_text("Second {{ payload.invoice }}\n", encoding="utf-8")
+    stat = path.stat()  # make sure the modification time moves even on a coarse clock
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+    assert templates.render(sample_delivery("invoice_issued"), "en").subject == "Second inv_sample"
