@@ -22,7 +22,7 @@ Filters (service/delivery/formatting.py): money, billing_month, month_name, kst,
 from __future__ import annotations
 
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,11 +94,14 @@ class Templates:
     """Renders the email for a delivery from the template files.
 
     `directory` (default `$TOLLGATE_TEMPLATES_DIR`, read by the caller) overrides the bundled files
-    file by file. `params` is the policy's params block (billing days and times for the schedule);
-    the relay passes the active rules' params, and the bundled rules' are the default.
+    file by file. `params` is the policy's params block (billing days and times for the schedule),
+    or a function answering the active one at each render: the relay passes its runtime's active
+    rules (`lambda: policy.params`), so a rules change moves the dates in the next mail; the
+    bundled rules' params are only the default.
     """
 
-    def __init__(self, directory: str | Path | None = None, *, params: Mapping[str, Any] | None = None,
+    def __init__(self, directory: str | Path | None = None, *,
+                 params: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
                  zone: Any = KST) -> None:
         self.sources = [_Source("bundled", _bundled_folder())]
         if directory:
@@ -158,7 +161,8 @@ class Templates:
         core computes them (workflows/actions.py `issue_invoice`, `start_grace`); the context's own
         `grace_deadline` wins once grace has begun. Empty for a notice that is not about a month."""
         usage_month = delivery.payload.get("usage_month") or delivery.context.get("usage_month")
-        billing = self.params.get("billing")
+        params = self.params() if callable(self.params) else self.params
+        billing = params.get("billing")
         if not usage_month or not billing:
             return {}
         month = calendar.add_months(str(usage_month), 1)

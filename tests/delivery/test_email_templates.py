@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import pytest
@@ -223,3 +224,15 @@ def test_an_edited_override_serves_the_next_email_without_a_restart(tmp_path: Pa
     stat = path.stat()  # make sure the modification time moves even on a coarse clock
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
     assert templates.render(sample_delivery("invoice_issued"), "en").subject == "Second inv_sample"
+
+
+def test_the_schedule_follows_the_active_rules_params(rules_data: Any) -> None:
+    params = rules_data()["params"]
+    active = {"params": params}
+    templates = Templates(params=lambda: active["params"])
+    before = templates.render(sample_delivery("invoice_issued"), "en").text
+    assert "2026-11-10 (Tue) to 2026-11-14 (Sat)" in before
+    changed = {**params, "billing": {**params["billing"], "autopay_days": {"first": 12, "last": 16}}}
+    active["params"] = changed
+    text = templates.render(sample_delivery("invoice_issued"), "en").text
+    assert "Autopay days: 2026-11-12 (Thu) to 2026-11-16 (Mon)" in text
