@@ -26,13 +26,14 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Connection, and_, or_, select, tuple_
 
 from tollgate.service.application.judging import account_view
 from tollgate.service.application.rules_history import RulesHistory
 from tollgate.service.application.times import rfc3339
+from tollgate.service.storage.bulk import Reader
 from tollgate.service.storage.db import Database
 from tollgate.service.storage.tables import history, instances, rules_versions, timers
 from tollgate.workflows.calendar import parse_instant
@@ -187,7 +188,7 @@ class ImpactReport:
         if not data["by_event"]:
             yield "  under the candidate: no verdict would change"
         else:
-            yield f"  under the candidate: {data['changed_attempts']:,} verdicts would change"
+            yield f"  under the candidate: {_count(data['changed_attempts'], 'verdict')} would change"
             for entry in data["by_event"]:
                 yield (f"    {entry['workflow']}.{entry['event']}: {entry['count']:,} {entry['change']} "
                        f"(e.g. {', '.join(entry['examples'])})")
@@ -197,7 +198,7 @@ class ImpactReport:
                 yield (f"    {rule:<28} {entry['workflow']}.{entry['event']}: {entry['count']:,} "
                        f"{entry['change']} (e.g. {', '.join(entry['examples'])})")
         yield ""
-        yield f"Looking ahead — {self.timers_checked:,} pending timers of live instances"
+        yield f"Looking ahead — {_count(self.timers_checked, 'pending timer')} of live instances"
         tcheck = "every due time reproduced" if not self.timer_mismatch_count else \
             f"{self.timer_mismatch_count:,} NOT reproduced"
         yield f"  self-check: {self.timer_reproduced:,} re-planned to their stored due time; {tcheck}"
@@ -213,14 +214,38 @@ class ImpactReport:
             declared = self.timer_declarations.get(name, "replan")
             applies = ("applies to the timers armed now" if declared == "replan"
                        else "armed timers keep their due time; only timers armed after activation")
-            what = {"moves": f"move by {shift}", "appears": "appear", "disappears": "disappear"}[kind]
+            one = bucket.count == 1
+            what = {"moves": f"{'moves' if one else 'move'} by {shift}",
+                    "appears": "appears" if one else "appear",
+                    "disappears": "disappears" if one else "disappear"}[kind]
             example = (f"{_local_text(before, zone)} → {_local_text(after, zone)}" if kind == "moves"
                        else _local_text(after or before, zone))
             yield (f"  {name} {example}: {bucket.count:,} {what} (e.g. {', '.join(bucket.examples)}) "
                    f"[on_new_version: {declared} — {applies}]")
 
 
+class _Attempt(NamedTuple):
+    """A history row as replay reads it (`recorded`: the reasons of a denial, the notes otherwise)."""
+
+    id: int
+    instance: str
+    event: str
+    from_state: str | None
+    to_state: str
+    outcome: str
+    recorded: list[dict[str, Any]]
+    data: dict[str, Any]
+    at: datetime
+    rules_version: int
+    inputs: dict[str, Any] | None
+    workflow: str
+
+
 _FIRST = "\x00attempt"  # the bucket key that counts an attempt once (not per rule)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def _local(moment: datetime | None, zone: Any) -> str:
@@ -288,26 +313,33 @@ class Impact:
                       since: datetime | None, batch: int, progress: Callable[[int], None] | None) -> None:
         cand_engine = self._engine(candidate)
         policies: dict[int, Engine] = {}
-        query = (select(history.c.id, history.c.instance, history.c.event, history.c.from_state,
-                        history.c.to_state, history.c.outcome, history.c.reasons, history.c.notes,
-                        history.c.data, history.c.at, history.c.rules_version, history.c.inputs,
-                        instances.c.workflow)
-                 .join(instances, instances.c.id == history.c.instance)
-                 .order_by(history.c.id).limit(batch))
-        if since is not None:
-            query = query.where(history.c.at >= since)
+        # On the DBAPI cursor with the dialect's own conversions (`storage/bulk.py`'s Reader): a
+        # SQLAlchemy Row with JSON and timestamp processors cost more than the replay itself.
+        reader = Reader(conn)
+        loads, moment = reader.loads, reader.moment
+        sql = ("SELECT h.id, h.instance, h.event, h.from_state, h.to_state, h.outcome, h.reasons, h.notes, "
+               "h.data, h.at, h.rules_version, h.inputs, i.workflow FROM history h "
+               "JOIN instances i ON i.id = h.instance WHERE h.id > ?"
+               + (" AND h.at >= ?" if since is not None else "") + " ORDER BY h.id LIMIT ?")
+        window = [reader.writer.ts(since)] if since is not None else []
         last = 0
         while True:
-            rows = conn.execute(query.where(history.c.id > last)).all()
+            rows = reader.fetch(sql, [last, *window, batch])
             if not rows:
                 break
-            last = rows[-1].id
-            for row in rows:
-                self._replay_row(report, row, cand_engine, policies)
+            last = rows[-1][0]
+            for (id_, instance, event, source, target, outcome, reasons, notes, data, at, version, inputs,
+                 workflow) in rows:
+                recorded = reasons if outcome != "applied" else notes
+                self._replay_row(report, _Attempt(
+                    id_, instance, event, source, target, outcome,
+                    [] if recorded in ("[]", None) else loads(recorded),
+                    loads(data) if data not in ("{}", None) else {}, cast(datetime, moment(at)), version,
+                    None if inputs is None else loads(inputs), workflow), cand_engine, policies)
             if progress is not None:
                 progress(report.attempts)
 
-    def _replay_row(self, report: ImpactReport, row: Any, cand_engine: Engine,
+    def _replay_row(self, report: ImpactReport, row: _Attempt, cand_engine: Engine,
                     engines: dict[int, Engine]) -> None:
         report.attempts += 1
         inputs = row.inputs
@@ -323,8 +355,8 @@ class Impact:
             if len(engines) > 16:
                 engines.clear()
             engine = engines[row.rules_version] = self._engine(self.versions.policy(row.rules_version))
-        data = row.data or {}
-        recorded_rules = [r["rule"] for r in (row.reasons if row.outcome != "applied" else row.notes) or ()]
+        data = row.data
+        recorded_rules = [r["rule"] for r in row.recorded]
         recorded = (row.outcome, row.to_state, frozenset(recorded_rules))
         again = judge_again(engine, row.instance, row.workflow, row.event, row.from_state, data, inputs,
                             row.at)
