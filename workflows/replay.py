@@ -137,8 +137,9 @@ def record_inputs(engine: Engine, workflow: str, event: str, context: Mapping[st
         context = {k: v for k, v in context.items() if k not in context_secrets}
     inputs: dict[str, Any] = {"context": context}
     if account_read:
-        inputs["account"] = None if account is None else {
-            k: v for k, v in account.items() if k not in _ANY_SECRET_CONTEXT}
+        if account is not None and any(k in _ANY_SECRET_CONTEXT for k in account):
+            account = {k: v for k, v in account.items() if k not in _ANY_SECRET_CONTEXT}
+        inputs["account"] = account
     if facts:
         inputs["facts"] = facts
     plan = _secret_plan(engine, workflow, event)

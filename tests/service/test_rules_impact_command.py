@@ -148,3 +148,19 @@ def test_0009_leaves_older_rows_unreplayable_and_downgrades(empty_db: Database) 
     with empty_db.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM history")).scalar() == 2
         assert conn.execute(text("SELECT count(*) FROM timers")).scalar() == 1
+
+
+def test_the_demo_history_is_reproduced_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo's account (signup with a wrong code and a short password, a payment method refused at
+    night, the credit, two billing months to suspension): every attempt replays to its verdict."""
+    import io
+
+    from tollgate.service.demo import run
+
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    assert run(io.StringIO(), rules=str(RULES_PATH), database_url=url) == 0
+    assert main(["rules", "impact", str(RULES_PATH), "--database", url, "--since", "all", "--json"]) == 0
+    back = json.loads(capsys.readouterr().out)["looking_back"]
+    assert back["attempts"] >= 30
+    assert back["self_check"]["reproduced"] == back["replayed"] == back["attempts"]
+    assert back["not_replayable"] == [] and back["by_event"] == []
