@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from flask import Flask
 from sqlalchemy import select, update
 
@@ -141,3 +142,18 @@ def test_the_openapi_document_describes_the_route(api: Client) -> None:
     doc = api.get("/openapi.json").get_json()
     assert "post" in doc["paths"]["/rules/impact"]
     assert "rules_impact" in doc["components"]["schemas"]
+
+
+def test_a_timer_removed_disappears_and_a_new_one_appears(
+        api: Client, recorded: History, rules_text: str) -> None:
+    data = yaml.safe_load(rules_text)
+    del data["timers"]["grace_deadline"]
+    data["timers"]["grace_nudge"] = {"workflow": "invoice", "event": "suspend", "states": ["grace"],
+                                     "at": "ts(context.suspend_after)"}
+    report = impact(api, yaml.safe_dump(data, allow_unicode=True, sort_keys=False))
+    changes = {(c["timer"], c["change"], c["count"], tuple(c["examples"])) for c in
+               report["looking_ahead"]["changes"]}
+    assert changes == {("grace_deadline", "disappears", 1, (recorded.invoice,)),
+                       ("grace_nudge", "appears", 1, (recorded.invoice,))}
+    nudge = next(c for c in report["looking_ahead"]["changes"] if c["timer"] == "grace_nudge")
+    assert nudge["example_to"] == "2026-11-30T16:00:00+00:00"  # the suspension it would fire
