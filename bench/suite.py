@@ -1,11 +1,11 @@
 """`tollgate bench`: every benchmark figure of one run, as a table and a JSON list.
 
-The suites run in order (core, http, billing, workers) with progress on stderr; each returns its
-figures (`bench.report.Figure`s or their JSON objects). A suite whose module is not there yet, or
-that cannot run here (no wrk, no PostgreSQL), gives one "not available" row saying why instead
-of stopping the others. The JSON list has one object per figure: `name, value, unit, baseline,
-ratio, goal, met` (bool) and extra keys (`direction`, `note`, raw runs); a row not available has
-`value` null, `met` false and `available` false.
+The suites run in order (core, http, billing, workers, replay, replay_1m) with progress on
+stderr; each returns its figures (`bench.report.Figure`s or their JSON objects). A suite whose
+module is not there yet, or that cannot run here (no wrk, no PostgreSQL), gives one "not
+available" row saying why instead of stopping the others. The JSON list has one object per
+figure: `name, value, unit, baseline, ratio, goal, met` (bool) and extra keys (`direction`,
+`note`, raw runs); a row not available has `value` null, `met` false and `available` false.
 """
 
 from __future__ import annotations
@@ -71,6 +71,10 @@ SUITES: Mapping[str, tuple[str, Callable[[], Measure]]] = {
                 _lazy("bench.billing", "billing_figures")),
     "workers": ("the billing month on PostgreSQL with 1, 2 and 4 workers",
                 _lazy("bench.workers", "worker_figures")),
+    "replay": ("one attempt replayed by `rules impact` (self-check + candidate) ÷ one event in the core",
+               _lazy("bench.replay", "replay_figures")),
+    "replay_1m": ("`rules impact` over 100,000 and 1,000,000 recorded attempts: peak RSS, cost per attempt",
+                  _lazy("bench.replay", "replay_memory_figures")),
 }
 
 

@@ -142,6 +142,15 @@ ROUTES: tuple[Route, ...] = (
     Route("rules.put_rules", "PUT", "/rules", "rules",
           "Validate a rules.yaml text, then activate it as a new version.",
           (Reply(200, "The new active version.", "rules_version"),), (422,), body="yaml"),
+    Route("rules.impact_rules", "POST", "/rules/impact", "rules",
+          "Impact of a candidate rules.yaml text before activation (as `tollgate rules impact --json`): "
+          "the recorded attempts of the window replayed under it (with the self-check under the versions "
+          "that judged them) and the pending timers whose due time would move, appear or disappear. "
+          "Nothing is activated or written.",
+          (Reply(200, "The impact report; `changed` is false when nothing would change.", "rules_impact"),),
+          (400, 422), body="yaml",
+          query=(Param("since", "The window: a duration (30d, 12h, 90m), an RFC 3339 instant, or `all` "
+                       "(default 30d)."),)),
     Route("openapi.openapi", "GET", "/openapi.json", "read", "This OpenAPI 3.1 description.",
           (Reply(200, "The OpenAPI document."),)),
 )

@@ -1,5 +1,5 @@
 """`/rules`: the active version, validation only, atomic activation of a new version, the versions
-kept and what changed between two of them."""
+kept, what changed between two of them and what a candidate would change (`/rules/impact`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from flask import Blueprint, Response, request
 
 from tollgate.service.api.routes import bind
 from tollgate.service.api.support import actor, reply, runtime, text_body
+from tollgate.service.application.impact import parse_since
+from tollgate.service.application.policy_files import load_policy
 from tollgate.service.application.rules_files import API_SOURCE
 from tollgate.workflows.exceptions import BadRequest, Problem, RulesError
 
@@ -36,6 +38,15 @@ def put_rules() -> Response:
     """Activate as a new version; on any problem (422) the old version keeps serving."""
     version = runtime().activate_rules(text_body(), source=API_SOURCE, actor=actor())
     return reply(version.as_dict())
+
+
+@bind(bp)
+def impact_rules() -> Response:
+    """Replay and re-plan under the candidate in the body; 422 with every problem of a bad one."""
+    rt = runtime()
+    candidate = load_policy(text_body(), "rules.yaml")  # RulesError: 422 with file, line, column
+    since = parse_since(request.args.get("since"), rt.now())
+    return reply(rt.rules_impact(candidate, since, name="the candidate").as_dict())
 
 
 @bind(bp)

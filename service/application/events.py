@@ -34,6 +34,7 @@ from tollgate.service.exceptions import (
 from tollgate.service.storage.db import Database
 from tollgate.workflows.definitions import CREATE_EVENT
 from tollgate.workflows.exceptions import NotFound, TollgateError
+from tollgate.workflows.replay import record_inputs
 
 
 class Events:
@@ -95,7 +96,9 @@ class Events:
                                    f"The {workflow} '{duplicate}' already holds the {key.name} "
                                    f"{', '.join(map(str, fields.values()))}; it is unique.")
             record.update(state=outcome.target, context=dict(outcome.context))
-            uow.record_attempt(record, outcome, actor, now)
+            uow.record_attempt(record, outcome, actor, now,
+                               record_inputs(uow.engine, workflow, CREATE_EVENT, dict(context), account,
+                                             definition.references_account, facts, outcome.reasons))
             record.update(version=1, history_seq=1)
             uow.insert(record)
             uow.apply_effects(record, outcome, now)

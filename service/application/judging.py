@@ -26,12 +26,17 @@ from tollgate.workflows.definitions import Definition, Key
 from tollgate.workflows.engine import Engine
 from tollgate.workflows.exceptions import BadRequest, InvalidTransition, NotFound, Reason, TollgateError
 from tollgate.workflows.outcome import Outcome, Snapshot
+from tollgate.workflows.replay import record_inputs
 from tollgate.workflows.secrets import redact
 
 if TYPE_CHECKING:
     from tollgate.service.application.rules_versions import RulesVersion, RulesVersions
 
 MAX_SEND_DEPTH = 4
+
+#: `inputs` of attempts replay cannot judge again: their verdict came from outside their own rules.
+UNREPLAYABLE_SEND = {"unreplayable": "an event it sent to another instance failed"}
+UNREPLAYABLE_FAILURE = {"unreplayable": "the rules failed on it (recorded as failed)"}
 
 #: Errors of the database or its driver: raised through a judgement as they are (the batch is
 #: rolled back and retried), never taken for a failure of the rules.
@@ -113,8 +118,9 @@ class EventUnit(UnitOfWork):
         return self._decide(record, event, data)[0]
 
     def _decide(self, record: Mapping[str, Any], event: str,
-                data: Mapping[str, Any]) -> tuple[Outcome, datetime]:
-        """The outcome of `event` on `record`, and the instant it was judged at."""
+                data: Mapping[str, Any]) -> tuple[Outcome, datetime, dict[str, Any]]:
+        """The outcome of `event` on `record`, the instant it was judged at, and what the history
+        row keeps to judge it again (`workflows/replay.py`: `record_inputs`)."""
         plan = self._plans.get((record["workflow"], event))
         if plan is None:
             plan = self._plan(record["workflow"], event)
@@ -141,12 +147,15 @@ class EventUnit(UnitOfWork):
             raise
         except Exception as error:  # the rules themselves failed (e.g. an expression on a missing field)
             raise RulesFailed(record["workflow"], record["id"], event, error) from error
-        return outcome, now
+        inputs = record_inputs(self.engine, record["workflow"], event, record["context"], account,
+                               account_mode is True, gathered, outcome.reasons)
+        return outcome, now, inputs
 
-    def record_attempt(self, record: Mapping[str, Any], outcome: Outcome, actor: str, at: datetime) -> None:
+    def record_attempt(self, record: Mapping[str, Any], outcome: Outcome, actor: str, at: datetime,
+                       inputs: Mapping[str, Any] | None = None) -> None:
         self._history(record["id"], record["history_seq"] + 1, outcome.event, outcome.source, outcome.target,
                       "applied" if outcome.applied else "denied", outcome.reasons, outcome.notes,
-                      outcome.data, at, actor)
+                      outcome.data, at, actor, inputs)
 
     def apply(self, instance_id: str, event: str, data: Mapping[str, Any], actor: str,
               depth: int = 0) -> Outcome:
@@ -154,12 +163,12 @@ class EventUnit(UnitOfWork):
         record = self.records.get(instance_id)
         if record is None:
             record = self.get(instance_id)
-        outcome, now = self._decide(record, event, data)
+        outcome, now, inputs = self._decide(record, event, data)
         seq = record["history_seq"] + 1
         applied = outcome.applied
         self._history(instance_id, seq, outcome.event, outcome.source, outcome.target,
                       "applied" if applied else "denied", outcome.reasons, outcome.notes, outcome.data,
-                      now, actor)
+                      now, actor, inputs)
         updated = record.copy()
         updated["history_seq"] = seq
         changed = applied
@@ -208,7 +217,7 @@ class EventUnit(UnitOfWork):
         now = self.now_of(record["clock"])
         secret = self.engine.definition(record["workflow"]).secret_fields
         self._history(record["id"], record["history_seq"] + 1, event, record["state"], record["state"],
-                      "denied", failure.reasons, (), redact(data, secret), now, actor)
+                      "denied", failure.reasons, (), redact(data, secret), now, actor, UNREPLAYABLE_SEND)
         self._replace(dict(record, history_seq=record["history_seq"] + 1))
 
     def record_rules_failure(self, instance_id: str, event: str, data: Mapping[str, Any], actor: str,
@@ -223,7 +232,7 @@ class EventUnit(UnitOfWork):
                         "The rules failed while judging this event; nothing was applied.",
                         failure.message)
         self._history(record["id"], record["history_seq"] + 1, event, record["state"], record["state"],
-                      "failed", (reason,), (), redact(data, secret), now, actor)
+                      "failed", (reason,), (), redact(data, secret), now, actor, UNREPLAYABLE_FAILURE)
         self._replace(dict(record, history_seq=record["history_seq"] + 1))
         name = None
         if timer is not None:
@@ -242,10 +251,11 @@ class EventUnit(UnitOfWork):
             ops[key] = None
         if outcome.timers_set:
             ts, clock = self._ts, record["clock"]
+            armed_at, armed_seq = ts(now), record["history_seq"]  # the row that armed them
             for timer in outcome.timers_set:
                 key = (instance_id, timer.name)
                 journal.append(("timer", key, ops.get(key, _MISSING)))
-                ops[key] = (instance_id, timer.name, timer.event, ts(timer.at), clock)
+                ops[key] = (instance_id, timer.name, timer.event, ts(timer.at), clock, armed_at, armed_seq)
         if outcome.notifications:
             js, created_at, rows = self._js, self._ts(now), self.notification_rows
             for note in outcome.notifications:

@@ -18,6 +18,7 @@ from tollgate.service.application.batches import Batches
 from tollgate.service.application.clocks import Clocks
 from tollgate.service.application.events import Events
 from tollgate.service.application.idempotency import Idempotency
+from tollgate.service.application.impact import Impact
 from tollgate.service.application.judging import Units
 from tollgate.service.application.leases import ClockLeases
 from tollgate.service.application.parallel import Workers
@@ -50,6 +51,7 @@ class Runtime:
         self.workers = workers
         self.versions = RulesVersions(db, now)
         self.rules_history = RulesHistory(db)
+        self.impact = Impact(db, self.rules_history)
         self.units = Units(self.versions, now, row_locks=db.for_update())
         self.reads = Reads(db)
         self.idempotency = Idempotency(db, now, secret_key)
@@ -66,6 +68,7 @@ class Runtime:
         self.activate_rules = self.versions.activate_rules
         self.list_rules_versions = self.rules_history.versions
         self.diff_rules_versions = self.rules_history.diff
+        self.rules_impact = self.impact.report
         self.import_rules_file = self.versions.import_rules_file
         self.get_instance = self.reads.get_instance
         self.list_instances = self.reads.list_instances

@@ -129,6 +129,9 @@ history = Table(
     Column("at", UTCDateTime, nullable=False),
     Column("rules_version", BigInteger, nullable=False),
     Column("actor", String(200), nullable=False),
+    # What replay needs besides `data` and `at` (migration 0009; NULL before): see
+    # service/application/impact.py. Never a secret: rules over secrets keep only their results.
+    Column("inputs", Json, nullable=True),
     UniqueConstraint("instance", "seq", name="ux_history_instance_seq"),
 )
 
@@ -139,6 +142,9 @@ timers = Table(
     Column("event", String(64), nullable=False),
     Column("due_at", UTCDateTime, nullable=False),
     Column("clock", String(64), nullable=True),
+    # The instant and the history row (seq) that armed the timer (migration 0009; NULL before).
+    Column("armed_at", UTCDateTime, nullable=True),
+    Column("armed_seq", Integer, nullable=True),
     Index("ix_timers_due", "clock", "due_at", "instance", "name"),
 )
 

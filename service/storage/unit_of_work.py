@@ -26,8 +26,8 @@ from tollgate.workflows.exceptions import NotFound
 
 _MISSING = object()
 HISTORY_COLUMNS = ("instance", "seq", "event", "from_state", "to_state", "outcome", "reasons", "notes",
-                   "data", "at", "rules_version", "actor")
-TIMER_COLUMNS = ("instance", "name", "event", "due_at", "clock")
+                   "data", "at", "rules_version", "actor", "inputs")
+TIMER_COLUMNS = ("instance", "name", "event", "due_at", "clock", "armed_at", "armed_seq")
 FAILED_TIMER_COLUMNS = ("instance", "name", "event", "due_at", "clock", "error", "failed_at", "rules_version")
 NOTIFICATION_COLUMNS = ("instance", "template", "channel", "recipient", "payload", "created_at")
 INSTANCE_COLUMNS = ("id", "workflow", "state", "context", "secrets", "version", "history_seq", "clock",
@@ -41,8 +41,9 @@ _CHUNK = 10_000
 _HISTORY = ("history", None, None)  # journal entries that carry nothing (one shared tuple each)
 _NOTIFICATION = ("notification", None, None)
 
-#: A pending timer change: (instance, name, event, due_at as stored, clock), or None to delete.
-TimerRow = tuple[str, str, str, Any, str | None]
+#: A pending timer change: (instance, name, event, due_at as stored, clock, armed_at as stored,
+#: armed_seq), or None to delete.
+TimerRow = tuple[str, str, str, Any, str | None, Any, int | None]
 
 
 
@@ -253,14 +254,16 @@ class UnitOfWork:
         self._index(record)
 
     def set_timer(self, instance_id: str, name: str, row: TimerRow | None) -> None:
-        """Arm (`row`: instance, name, event, due_at as `flush` writes it, clock) or delete a timer."""
+        """Arm (`row`: a `TimerRow` as `flush` writes it) or delete a timer."""
         key = (instance_id, name)
         self.journal.append(("timer", key, self.timer_ops.get(key, _MISSING)))
         self.timer_ops[key] = row
 
     def _history(self, instance_id: str, seq: int, event: str, source: str | None, target: str,
-                 outcome: str, reasons: Any, notes: Any, data: Any, at: datetime, actor: str) -> None:
-        """Queue one history row (`reasons`, `notes`: sequences of Reason; `data`: a mapping)."""
+                 outcome: str, reasons: Any, notes: Any, data: Any, at: datetime, actor: str,
+                 inputs: Mapping[str, Any] | None = None) -> None:
+        """Queue one history row (`reasons`, `notes`: sequences of Reason; `data`: a mapping;
+        `inputs`: what replaying the attempt needs, or None when it cannot be replayed)."""
         js = self._js
         self.journal.append(_HISTORY)
         self.history_rows.append((
@@ -268,7 +271,7 @@ class UnitOfWork:
             js([r.as_dict() for r in reasons]) if reasons else self._empty_list,
             js([n.as_dict() for n in notes]) if notes else self._empty_list,
             (js(data if type(data) is dict else dict(data)) if data else self._empty_dict),
-            self._ts(at), self.version_id, actor))
+            self._ts(at), self.version_id, actor, None if inputs is None else js(inputs)))
 
     def keep_effects(self) -> None:
         """Make every change so far final: `rollback_to` undoes only what comes after."""
@@ -378,7 +381,8 @@ class UnitOfWork:
         bulk.delete_pairs("timers", "instance", "name", rows.timers_deleted)
         bulk.insert("timers", TIMER_COLUMNS, rows.timers_armed,
                     " ON CONFLICT (instance, name) DO UPDATE SET event = excluded.event, "
-                    "due_at = excluded.due_at, clock = excluded.clock")
+                    "due_at = excluded.due_at, clock = excluded.clock, armed_at = excluded.armed_at, "
+                    "armed_seq = excluded.armed_seq")
         bulk.insert("notifications", NOTIFICATION_COLUMNS, rows.notifications)
         if rows.parked:
             bulk.insert("failed_timers", FAILED_TIMER_COLUMNS, rows.parked)

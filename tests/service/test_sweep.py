@@ -237,17 +237,20 @@ def test_bulk_history_and_notifications_read_back_exactly(runtime: Runtime) -> N
             history_seq=0, created_at=START, updated_at=START))
         bulk = BulkWriter(conn)
         rows = [(f"bulk_{tag}", seq, "issue", "open", "issued", "applied", bulk.js([awkward]), bulk.js([]),
-                 bulk.js(awkward if seq % 2 else {}), bulk.ts(START), 1, "timer") for seq in range(1, 251)]
+                 bulk.js(awkward if seq % 2 else {}), bulk.ts(START), 1, "timer",
+                 bulk.js({"context": awkward}) if seq % 3 else None) for seq in range(1, 251)]
         bulk.insert("history", HISTORY_COLUMNS, rows)
         bulk.insert("notifications", NOTIFICATION_COLUMNS,
                     [(f"bulk_{tag}", "invoice_issued", "email", "멤버@example.com", bulk.js(awkward),
                       bulk.ts(START))] * 3)
     with runtime.db.read() as conn:
-        stored = conn.execute(select(history.c.seq, history.c.reasons, history.c.data, history.c.at)
+        stored = conn.execute(select(history.c.seq, history.c.reasons, history.c.data, history.c.at,
+                                     history.c.inputs)
                               .where(history.c.instance == f"bulk_{tag}").order_by(history.c.seq)).all()
         sent = conn.execute(select(notifications.c.recipient, notifications.c.payload)
                             .where(notifications.c.instance == f"bulk_{tag}")).all()
     assert [s.seq for s in stored] == list(range(1, 251))
     assert all(s.reasons == [awkward] and s.data == (awkward if s.seq % 2 else {}) for s in stored)
     assert all(s.at == START for s in stored)
+    assert all(s.inputs == ({"context": awkward} if s.seq % 3 else None) for s in stored)  # NULL stays NULL
     assert sent == [("멤버@example.com", awkward)] * 3
