@@ -180,13 +180,14 @@ def test_pytest_collects_each_scenario_and_fails_with_the_runners_report(tmp_pat
 def test_the_runner_records_what_each_scenario_exercised(tmp_path: Path) -> None:
     """The raw material of coverage: rules seen failing and holding, transitions, timers fired."""
     first, second = run_files([load_scenarios(write(tmp_path, SCENARIO))], RULES_PATH)
-    assert first.seen.failed == {"restricted_hours"}
-    assert {"individual_credit_card_only", "corporate_card_owner", "min_age"} <= first.seen.held
-    assert "restricted_hours" not in first.seen.held
+    assert first.seen.failed == {("restricted_hours", "select_method")}
+    assert {("individual_credit_card_only", "select_method"), ("corporate_card_owner", "select_method"),
+            ("min_age", "select_type")} <= first.seen.held
+    assert ("restricted_hours", "select_method") not in first.seen.held
     assert ("payment_method", "method_selection", "select_method", "phone_verification") \
         not in first.seen.transitions
     assert ("signup", "type_selection", "select_type", "login_info") in first.seen.transitions
-    assert first.seen.timers_fired == set() and "restricted_hours" in second.seen.held
+    assert first.seen.timers_fired == set() and ("restricted_hours", "select_method") in second.seen.held
 
 
 def test_a_step_that_cannot_run_is_reported_at_its_line_and_invalid_events_can_be_expected(
