@@ -44,7 +44,12 @@ def _diagram(args: argparse.Namespace) -> int:
     if policy is None:
         return 1
     fmt = args.format or SUFFIX_FORMATS.get(Path(args.output or "").suffix.lower(), "mermaid")
-    diagram = workflow_diagram(policy, args.workflow, highlight=args.state)
+    untested = None
+    if args.coverage:
+        untested = _untested(args.coverage, args.workflow, policy.version)
+        if untested is None:
+            return 1
+    diagram = workflow_diagram(policy, args.workflow, highlight=args.state, untested=untested)
     if fmt == "svg":
         from tollgate.service.svg import render_svg  # runs a subprocess; only needed for this format
 
@@ -65,11 +70,38 @@ def _diagram(args: argparse.Namespace) -> int:
     return 0
 
 
+def _untested(path: str, workflow: str, version: str) -> frozenset[tuple[str, str, str]] | None:
+    """The transitions of `workflow` a `rules test --coverage-json` result says no scenario took;
+    None after saying why the file cannot serve."""
+    import json
+
+    from tollgate.service.application.scenario_coverage import untested_transitions
+
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+        untested = untested_transitions(result, workflow)
+    except OSError as error:
+        print(f"tollgate: The coverage result {path} cannot be read: {error.strerror}.", file=sys.stderr)
+        return None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        print(f"tollgate: The coverage result {path} is not JSON; write it with `tollgate rules test "
+              "--coverage-json FILE`.", file=sys.stderr)
+        return None
+    except ValueError as error:
+        print(f"tollgate: The file {path} cannot mark the diagram: {error}.", file=sys.stderr)
+        return None
+    if result.get("rules_version") != version:
+        print(f"tollgate: note: the coverage result {path} was measured on rules "
+              f"{result.get('rules_version')}, the diagram is drawn from rules {version}.", file=sys.stderr)
+    return untested
+
+
 def _register_diagram(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "diagram", help="draw a workflow as Mermaid, Graphviz DOT or SVG",
         description="Draw a workflow: rule ids on guarded transitions, timed events marked ⏱, "
-        "and --state highlighted.")
+        "--state highlighted, and with --coverage the transitions no scenario takes marked "
+        "untested (red, dashed, with a legend).")
     parser.add_argument("workflow", metavar="WORKFLOW", help="signup, payment_method, credit or invoice")
     parser.add_argument("--format", "-f", choices=DIAGRAM_FORMATS,
                         help="output format (default: from the -o suffix, else mermaid)")
@@ -77,6 +109,9 @@ def _register_diagram(subparsers: Subparsers) -> None:
     parser.add_argument("--state", metavar="S", help="highlight the state S")
     parser.add_argument("--rules", metavar="PATH",
                         help="the rules file (default: $TOLLGATE_RULES, ./rules.yaml or the bundled one)")
+    parser.add_argument("--coverage", metavar="RESULT",
+                        help="mark the transitions untested by scenarios, as the JSON result of "
+                        "`tollgate rules test --coverage-json RESULT` says")
     parser.set_defaults(handler=_diagram)
 
 

@@ -193,8 +193,9 @@ def measure(policy: Policy, seen: Iterable[Seen]) -> Coverage:
     transitions = []
     for definition in policy.definitions.values():
         for t in definition.transitions:
-            transitions.append(TransitionItem(definition.name, t.source, t.event, t.target, t.dest is None,
-                                              t.when, (definition.name, t.source, t.event, t.target) in taken))
+            key = (definition.name, t.source, t.event, t.target)
+            transitions.append(TransitionItem(*key, internal=t.dest is None, route=t.when,
+                                              taken=key in taken))
     timers = [TimerItem(t.id, t.workflow, t.event, tuple(sorted(t.states)), t.id in fired)
               for t in policy.timers.values()]
     return Coverage(policy.version, tuple(rules), tuple(transitions), tuple(timers))

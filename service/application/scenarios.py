@@ -316,9 +316,10 @@ class _Run:
         if set(rules) != held:
             what = f"{step['fire']['instance']}.{step['fire']['event']}" if "fire" in step else \
                 f"the creation of {step['create']['as']}"
-            differences = [f"{', '.join(sorted(held - set(rules)))} held as well"] if held - set(rules) else []
-            if set(rules) - held:
-                differences.append(f"{', '.join(sorted(set(rules) - held))} not judged")
+            extra, missing = sorted(held - set(rules)), sorted(set(rules) - held)
+            differences = [f"{', '.join(extra)} held as well"] if extra else []
+            if missing:
+                differences.append(f"{', '.join(missing)} not judged")
             self.fail(path, f"expected exactly the rules {', '.join(sorted(rules)) or 'none'} holding on "
                       f"{what}, got {', '.join(sorted(held)) or 'none'} ({'; '.join(differences)})")
 
@@ -353,8 +354,8 @@ class _Run:
                 seen.failed.update((rule, event) for rule in failed)
                 seen.held.update((rule, event) for rule in self.guards(workflow, event) if rule not in failed)
                 if row["actor"] == "timer":
-                    seen.timers_fired.update(
-                        t.id for t in self.policy.timers_of(workflow) if t.event == event and source in t.states)
+                    seen.timers_fired.update(t.id for t in self.policy.timers_of(workflow)
+                                             if t.event == event and source in t.states)
                 if row["outcome"] != "applied":
                     continue
                 seen.transitions.add((workflow, source, event, row["to"]))
