@@ -319,7 +319,7 @@ class _Run:
             extra, missing = sorted(held - set(rules)), sorted(set(rules) - held)
             differences = [f"{', '.join(extra)} held as well"] if extra else []
             if missing:
-                differences.append(f"{', '.join(missing)} not judged")
+                differences.append(f"{', '.join(missing)} did not hold there or is not judged there")
             self.fail(path, f"expected exactly the rules {', '.join(sorted(rules)) or 'none'} holding on "
                       f"{what}, got {', '.join(sorted(held)) or 'none'} ({'; '.join(differences)})")
 

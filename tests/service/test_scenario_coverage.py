@@ -215,3 +215,54 @@ def test_coverage_json_is_written_and_an_unwritable_file_is_exit_2(
     assert main(["rules", "test", str(path), "--rules", str(RULES_PATH),
                  "--coverage-json", str(missing)]) == 2
     assert f"The file {missing} cannot be written" in capsys.readouterr().err
+
+
+# ── `applied: [ids]` is exact ─────────────────────────────────────────────────────────────────
+
+EXACT = HEADER + """\
+scenarios:
+  - name: a member registers a card, then deposits on an invoice
+    clock: "2026-10-20T10:00:00+09:00"
+    steps:
+      - account: {as: minsu, with: no_payment_method}
+      - create: {workflow: payment_method, as: card, context: {account: minsu, channel: web}}
+      - fire: {instance: card, event: select_method,
+               data: {method: credit_card, card_type: personal, card_owner: person}}
+        expect: {applied: [APPLIED]}
+      - create: {workflow: invoice, as: oct, context: {account: minsu, usage_month: "2026-09"}}
+      - fire: {instance: oct, event: add_usage, data: {amount: 1000}}
+      - fire: {instance: oct, event: issue}
+      - fire: {instance: oct, event: deposit, data: {amount: 1000, deposited_at: "2026-10-20T09:00:00+09:00"}}
+        expect: {applied: [DEPOSIT]}
+"""
+ALL_SELECT = ("restricted_hours, individual_credit_card_only, mobile_card_types, overseas_3ds_only, "
+              "corporate_card_owner")
+
+
+def exact(tmp_path: Path, applied: str, deposit: str) -> list[str]:
+    text = EXACT.replace("APPLIED", applied).replace("DEPOSIT", deposit)
+    [result] = run_files([load_scenarios(write(tmp_path, text))], RULES_PATH)
+    return [f.message for f in result.failures]
+
+
+def test_applied_lists_exactly_the_guards_and_the_route_that_held(tmp_path: Path) -> None:
+    assert exact(tmp_path, ALL_SELECT, "deposit_not_in_future, deposits_cover_due") == []
+
+
+def test_applied_with_a_rule_left_out_fails_naming_it(tmp_path: Path) -> None:
+    """Before, `applied: [ids]` only checked that the ids named were judged: a subset passed."""
+    messages = exact(tmp_path, "restricted_hours", "deposit_not_in_future")
+    assert messages == [
+        "expected exactly the rules restricted_hours holding on card.select_method, got "
+        "corporate_card_owner, individual_credit_card_only, mobile_card_types, overseas_3ds_only, "
+        "restricted_hours (corporate_card_owner, individual_credit_card_only, mobile_card_types, "
+        "overseas_3ds_only held as well)",
+        "expected exactly the rules deposit_not_in_future holding on oct.deposit, got "
+        "deposit_not_in_future, deposits_cover_due (deposits_cover_due held as well)"]
+
+
+def test_applied_with_a_rule_that_did_not_hold_fails_naming_it(tmp_path: Path) -> None:
+    messages = exact(tmp_path, f"{ALL_SELECT}, phone_owner",
+                     "deposit_not_in_future, deposits_cover_due, partner_not_payable")
+    assert messages[0].endswith("(phone_owner did not hold there or is not judged there)")
+    assert messages[1].endswith("(partner_not_payable did not hold there or is not judged there)")
