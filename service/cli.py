@@ -45,7 +45,12 @@ def _diagram(args: argparse.Namespace) -> int:
     if policy is None:
         return 1
     fmt = args.format or SUFFIX_FORMATS.get(Path(args.output or "").suffix.lower(), "mermaid")
-    diagram = workflow_diagram(policy, args.workflow, highlight=args.state)
+    untested = None
+    if args.coverage:
+        untested = _untested(args.coverage, args.workflow, policy.version)
+        if untested is None:
+            return 1
+    diagram = workflow_diagram(policy, args.workflow, highlight=args.state, untested=untested)
     if fmt == "svg":
         from tollgate.service.svg import render_svg  # runs a subprocess; only needed for this format
 
@@ -66,11 +71,38 @@ def _diagram(args: argparse.Namespace) -> int:
     return 0
 
 
+def _untested(path: str, workflow: str, version: str) -> frozenset[tuple[str, str, str]] | None:
+    """The transitions of `workflow` a `rules test --coverage-json` result says no scenario took;
+    None after saying why the file cannot serve."""
+    import json
+
+    from tollgate.service.application.scenario_coverage import untested_transitions
+
+    try:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+        untested = untested_transitions(result, workflow)
+    except OSError as error:
+        print(f"tollgate: The coverage result {path} cannot be read: {error.strerror}.", file=sys.stderr)
+        return None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        print(f"tollgate: The coverage result {path} is not JSON; write it with `tollgate rules test "
+              "--coverage-json FILE`.", file=sys.stderr)
+        return None
+    except ValueError as error:
+        print(f"tollgate: The file {path} cannot mark the diagram: {error}.", file=sys.stderr)
+        return None
+    if result.get("rules_version") != version:
+        print(f"tollgate: note: the coverage result {path} was measured on rules "
+              f"{result.get('rules_version')}, the diagram is drawn from rules {version}.", file=sys.stderr)
+    return untested
+
+
 def _register_diagram(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "diagram", help="draw a workflow as Mermaid, Graphviz DOT or SVG",
         description="Draw a workflow: rule ids on guarded transitions, timed events marked ⏱, "
-        "and --state highlighted.")
+        "--state highlighted, and with --coverage the transitions no scenario takes marked "
+        "untested (red, dashed, with a legend).")
     parser.add_argument("workflow", metavar="WORKFLOW", help="signup, payment_method, credit or invoice")
     parser.add_argument("--format", "-f", choices=DIAGRAM_FORMATS,
                         help="output format (default: from the -o suffix, else mermaid)")
@@ -78,6 +110,9 @@ def _register_diagram(subparsers: Subparsers) -> None:
     parser.add_argument("--state", metavar="S", help="highlight the state S")
     parser.add_argument("--rules", metavar="PATH",
                         help="the rules file (default: $TOLLGATE_RULES, ./rules.yaml or the bundled one)")
+    parser.add_argument("--coverage", metavar="RESULT",
+                        help="mark the transitions untested by scenarios, as the JSON result of "
+                        "`tollgate rules test --coverage-json RESULT` says")
     parser.set_defaults(handler=_diagram)
 
 
@@ -298,10 +333,31 @@ def main(argv: list[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else 2
     handler: Handler = args.handler
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # a reader gone early (`| head`) shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
     except TollgateError as error:
         print(f"tollgate: {error}", file=sys.stderr)
         return next((code for kind, code in EXIT_CODES.items() if isinstance(error, kind)), 1)
+
+
+#: The exit status when the reader of stdout went away (`tollgate rules test | head`): 128 +
+#: SIGPIPE, what a shell reports for a command a pipe cut short, without Python's traceback.
+EXIT_BROKEN_PIPE = 141
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush at exit finds no closed pipe."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # a stdout without a file descriptor (captured in tests)
+        pass
 
 
 if __name__ == "__main__":

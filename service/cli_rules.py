@@ -200,7 +200,7 @@ def register_rules(subparsers: Subparsers) -> None:
     _register_impact(actions)
 
 
-# ── tollgate rules test [PATH…] [--rules FILE] [--junit FILE] ────────────────────────────────
+# ── tollgate rules test [PATH…] [--rules FILE] [--junit FILE] [--coverage] [--fail-under N] ──
 
 DEFAULT_SCENARIOS = "tests/policy"
 
@@ -230,7 +230,8 @@ def _rules_test(args: argparse.Namespace) -> int:
         print(f"tollgate: No scenario files (*.yaml) under {', '.join(map(str, paths))}.", file=sys.stderr)
         return 2
     rules = args.rules or default_rules_path()
-    if load_rules(rules) is None:
+    policy = load_rules(rules)
+    if policy is None:
         return 2
     results = run_files(files, rules)
     for result in results:
@@ -246,7 +247,57 @@ def _rules_test(args: argparse.Namespace) -> int:
         except OSError as error:
             print(f"tollgate: The file {args.junit} cannot be written: {error.strerror}.", file=sys.stderr)
             return 2
+    if args.coverage or args.fail_under is not None or args.coverage_json:
+        covered = _coverage(args, policy, results)
+        if covered is None:
+            return 2
+        if not covered:
+            return 1
     return 1 if failed else 0
+
+
+def _coverage(args: argparse.Namespace, policy: Policy, results: list[Any]) -> bool | None:
+    """Print the coverage (with --coverage or --fail-under), write --coverage-json; False when
+    a share is under --fail-under, None when the JSON file cannot be written."""
+    import json
+
+    from tollgate.service.application.scenario_coverage import measure
+
+    coverage = measure(policy, [r.seen for r in results])
+    if args.coverage_json:
+        try:
+            Path(args.coverage_json).write_text(
+                json.dumps(coverage.as_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        except OSError as error:
+            print(f"tollgate: The file {args.coverage_json} cannot be written: {error.strerror}.",
+                  file=sys.stderr)
+            return None
+    print()
+    if args.coverage:
+        for line in coverage.report():
+            print(line)
+    else:
+        for line in coverage.summary():
+            print(line)
+    below = coverage.below(args.fail_under) if args.fail_under is not None else []
+    if below:
+        shares = ", ".join(f"{kind} {coverage.percent(kind):.1f}%" for kind in below)
+        print(f"Coverage is under {args.fail_under:g}%: {shares}.")
+        if not args.coverage:
+            print("Never exercised:")
+            for gap in coverage.never_exercised():
+                print(f"  {gap}")
+    return not below
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a percentage from 0 to 100")
+    return value
 
 
 def _write_junit(path: str, results: list[Any]) -> None:
@@ -277,12 +328,20 @@ def _register_test(actions: Subparsers) -> None:
         "test", help="run policy scenarios on a test clock",
         description="Run policy scenario files (schemas/scenario.schema.json) on the real runtime in "
         "memory, each scenario on its own test clock; print each with ✓ or ✗ and every failed "
-        "expectation as file:line. Exit 1 if a scenario fails, 2 if a scenario file is bad.")
+        "expectation as file:line. Exit 1 if a scenario fails or coverage is under --fail-under, 2 if "
+        "a scenario file is bad.")
     test.add_argument("paths", nargs="*", metavar="PATH",
                       help=f"scenario files or folders (default: {DEFAULT_SCENARIOS}/ if it exists)")
     test.add_argument("--rules", metavar="FILE",
                       help="the rules file (default: $TOLLGATE_RULES, ./rules.yaml or the bundled one)")
     test.add_argument("--junit", metavar="FILE", help="also write the results as JUnit XML to FILE")
+    test.add_argument("--coverage", action="store_true",
+                      help="report each rule (seen holding and failing, per event), transition (taken) "
+                      "and timer (fired), what was never exercised, and a percentage of each")
+    test.add_argument("--fail-under", type=_percent, metavar="N",
+                      help="exit 1 when the rules, transitions or timers covered are under N percent")
+    test.add_argument("--coverage-json", metavar="FILE",
+                      help="write the coverage as JSON to FILE (for `tollgate diagram --coverage`)")
     test.set_defaults(handler=_rules_test)
 
 

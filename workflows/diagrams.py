@@ -8,7 +8,7 @@ lives in `service/svg.py`).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from tollgate.workflows.definitions import CREATE_EVENT, Definition, Transition
@@ -21,6 +21,9 @@ __all__ = ["RENDERERS", "Diagram", "Edge", "StateNode", "edge_label", "extract",
 TIMED_MARK = "⏱"
 HIGHLIGHT_FILL = "#ffe08a"
 HIGHLIGHT_STROKE = "#b8860b"
+UNTESTED_MARK = "✗ untested"
+UNTESTED_COLOR = "#d1242f"
+LEGEND_UNTESTED = "no scenario takes it (tollgate rules test --coverage)"
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class Edge:
     routes: tuple[str, ...] = ()
     otherwise: bool = False
     timers: tuple[str, ...] = ()
+    untested: bool = False  # drawn with a coverage result that says no scenario takes it
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,11 @@ class Diagram:
     edges: tuple[Edge, ...]
     create_guards: tuple[str, ...] = ()
     rules_version: str | None = None
+    coverage: bool = False  # drawn with a coverage result: untested edges are marked, with a legend
+
+    @property
+    def untested(self) -> int:
+        return sum(1 for e in self.edges if e.untested)
 
     @property
     def initial(self) -> str:
@@ -75,9 +84,11 @@ def _guard_ids(policy: Policy | None, workflow: str, event: str) -> tuple[str, .
     return tuple(r.id for r in policy.rules_for(workflow, event) if r.kind == "guard" and r.enabled)
 
 
-def extract(definition: Definition, policy: Policy | None = None, *,
-            highlight: str | None = None) -> Diagram:
-    """The IR of one workflow; without a policy, only what the definition itself says is shown."""
+def extract(definition: Definition, policy: Policy | None = None, *, highlight: str | None = None,
+            untested: Collection[tuple[str, str, str]] | None = None) -> Diagram:
+    """The IR of one workflow; without a policy, only what the definition itself says is shown.
+    `untested`, from a coverage result, holds the (source, target, event) of each transition no
+    scenario took: those edges are marked (None: drawn without coverage)."""
     if highlight is not None and highlight not in definition.state_names:
         raise NotFound(f"The {definition.name} workflow has no state '{highlight}'; its states: "
                        f"{', '.join(definition.state_names)}.")
@@ -101,25 +112,29 @@ def extract(definition: Definition, policy: Policy | None = None, *,
             routes=() if unconditional else tuple(dict.fromkeys(t.when for t in merged if t.when)),
             otherwise=unconditional and routed,
             timers=timer_ids,
+            untested=untested is not None and (source, target, event) in untested,
         ))
     return Diagram(definition.name, definition.description, states, tuple(edges),
                    _guard_ids(policy, definition.name, CREATE_EVENT),
-                   policy.version if policy is not None else None)
+                   policy.version if policy is not None else None, coverage=untested is not None)
 
 
-def workflow_diagram(policy: Policy, workflow: str, *, highlight: str | None = None) -> Diagram:
+def workflow_diagram(policy: Policy, workflow: str, *, highlight: str | None = None,
+                     untested: Collection[tuple[str, str, str]] | None = None) -> Diagram:
     """The IR of the policy's workflow named `workflow`; `NotFound` names the known ones."""
     definition = policy.definitions.get(workflow)
     if definition is None:
         raise NotFound(f"There is no workflow '{workflow}'; choose one of: "
                        f"{', '.join(policy.definitions)}.")
-    return extract(definition, policy, highlight=highlight)
+    return extract(definition, policy, highlight=highlight, untested=untested)
 
 
 def edge_label(edge: Edge, escape: Callable[[str], str] = lambda s: s) -> str:
     """`⏱ issue [guard, …] (when route, internal)`: the text on an arrow, names passed through
-    `escape` (the renderers share it, so every format says the same)."""
-    parts = [f"{TIMED_MARK} {escape(edge.event)}" if edge.timed else escape(edge.event)]
+    `escape` (the renderers share it, so every format says the same); `✗ untested` first when a
+    coverage result says no scenario takes it."""
+    parts = [escape(UNTESTED_MARK)] if edge.untested else []
+    parts.append(f"{TIMED_MARK} {escape(edge.event)}" if edge.timed else escape(edge.event))
     if edge.guards:
         parts.append("[" + ", ".join(escape(g) for g in edge.guards) + "]")
     notes = []
@@ -132,6 +147,13 @@ def edge_label(edge: Edge, escape: Callable[[str], str] = lambda s: s) -> str:
     if notes:
         parts.append("(" + ", ".join(notes) + ")")
     return " ".join(parts)
+
+
+def _coverage_note(diagram: Diagram) -> str:
+    edges = len(diagram.edges)
+    if not diagram.untested:
+        return f"every one of the {edges} transitions is taken by a scenario"
+    return f"{diagram.untested} of {edges} transitions untested"
 
 
 def _create_label(diagram: Diagram, escape: Callable[[str], str]) -> str:
@@ -181,6 +203,11 @@ def to_mermaid(diagram: Diagram) -> str:
     for state in diagram.states:
         if state.final:
             lines.append(f"    {ids[state.name]} --> [*]")
+    if diagram.coverage:
+        lines += [f"    note left of {ids[diagram.initial]}",
+                  f"        coverage: {mermaid_text(_coverage_note(diagram))}",
+                  f"        {mermaid_text(UNTESTED_MARK + ': ' + LEGEND_UNTESTED)}",
+                  "    end note"]
     highlighted = [ids[s.name] for s in diagram.states if s.highlighted]
     if highlighted:
         lines.append(f"    classDef current fill:{HIGHLIGHT_FILL},stroke:{HIGHLIGHT_STROKE},"
@@ -200,6 +227,8 @@ def dot_string(text: str) -> str:
 def to_dot(diagram: Diagram) -> str:
     """Graphviz digraph with the same information; the highlighted state is filled."""
     title = diagram.workflow + (f" (rules {diagram.rules_version})" if diagram.rules_version else "")
+    if diagram.coverage:
+        title += f"\ncoverage: {_coverage_note(diagram)}"
     lines = [
         f"digraph {dot_string(diagram.workflow)} {{",
         f"  graph [rankdir=LR, labelloc=t, fontname=\"Helvetica\", label={dot_string(title)}];",
@@ -224,11 +253,30 @@ def to_dot(diagram: Diagram) -> str:
         attrs = [f"label={dot_string(edge_label(edge))}"]
         if edge.timed:
             attrs.append('color="#1f6feb", fontcolor="#1f6feb"')
-        if edge.internal:
+        if edge.untested:
+            attrs.append(f'color="{UNTESTED_COLOR}", fontcolor="{UNTESTED_COLOR}", penwidth=2')
+        if edge.internal or edge.untested:
             attrs.append("style=dashed")
         lines.append(f"  {dot_string(edge.source)} -> {dot_string(edge.target)} [{', '.join(attrs)}];")
+    if diagram.coverage:
+        lines += _dot_legend()
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _dot_legend() -> list[str]:
+    """A small boxed key: a tested arrow and an untested one, as the diagram draws them."""
+    point = 'shape=point, width=0.01, height=0.01, label=""'
+    return [
+        "  subgraph \"cluster_legend\" {",
+        '    label="legend"; fontsize=9; style=dashed; color="#999999";',
+        f'    "__legend_1" [{point}]; "__legend_2" [{point}];',
+        f'    "__legend_3" [{point}]; "__legend_4" [{point}];',
+        '    "__legend_1" -> "__legend_2" [label="taken by a scenario"];',
+        f'    "__legend_3" -> "__legend_4" [label={dot_string(UNTESTED_MARK + ": " + LEGEND_UNTESTED)}, '
+        f'color="{UNTESTED_COLOR}", fontcolor="{UNTESTED_COLOR}", penwidth=2, style=dashed];',
+        "  }",
+    ]
 
 
 RENDERERS: dict[str, Callable[[Diagram], str]] = {"mermaid": to_mermaid, "dot": to_dot}

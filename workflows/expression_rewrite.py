@@ -97,6 +97,32 @@ def _tokens(text: str) -> Iterable[tuple[int, int]]:
             i += 1
 
 
+def blank_comments(text: str) -> str:
+    """`text` with each CEL line comment (`// …` to the end of the line, outside string literals)
+    turned into spaces: same length and lines, so positions still point into the source, and a
+    comment can no longer swallow what is put after the text (`combine` wraps it in parentheses)."""
+    if "//" not in text:
+        return text
+    out: list[str] = []
+    i = cursor = 0
+    while i < len(text):
+        ch = text[i]
+        if ch in "\"'":
+            i = _string_end(text, i)
+        elif ch in "rRbB" and i + 1 < len(text) and text[i + 1] in "\"'" and (
+                i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")):
+            i = _string_end(text, i + 1)
+        elif text.startswith("//", i):
+            end = text.find("\n", i)
+            end = len(text) if end < 0 else end
+            out += [text[cursor:i], " " * (end - i)]
+            i = cursor = end
+        else:
+            i += 1
+    out.append(text[cursor:])
+    return "".join(out)
+
+
 def _skip_space(text: str, i: int) -> int:
     while i < len(text) and text[i] in " \t\r\n":
         i += 1
@@ -113,7 +139,9 @@ def _prev_char(text: str, i: int) -> str:
 def rewrite(source: str, constants: Mapping[str, Any], maps: frozenset[str],
             scalars: frozenset[str], functions: frozenset[str]
             ) -> tuple[str, list[Binding], set[str]]:
-    """Inline constants and flatten field reads; report unknown identifiers with positions."""
+    """Inline constants and flatten field reads; report unknown identifiers with positions.
+    Comments are dropped (blanked) first: CEL has `//` line comments, and the engine never sees them."""
+    source = blank_comments(source)
     pieces: list[str] = []
     bindings: dict[str, Binding] = {}
     plain: set[str] = set()

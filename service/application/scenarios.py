@@ -7,7 +7,7 @@ in-memory SQLite database (`sqlite://`), so nothing is left on disk and scenario
 one another. A failed expectation names the `file:line` of that expectation.
 
 The runner also records what each scenario exercised (`Seen`: every attempt with its rules and
-transition, every timer fired), for a coverage report to be built on later.
+transition, every timer fired); `scenario_coverage.py` turns that into a coverage report.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tollgate.service.application.runtime import Runtime
 from tollgate.service.exceptions import GuardDenied
 from tollgate.service.storage.db import Database
 from tollgate.workflows.calendar import parse_instant
+from tollgate.workflows.definitions import CREATE_EVENT
 from tollgate.workflows.documents import Document, PathKey, load_yaml, schema_problems
 from tollgate.workflows.exceptions import InvalidTransition, Problem, RulesError, TollgateError
 
@@ -51,14 +52,17 @@ class Failure:
 
 @dataclass
 class Seen:
-    """What a scenario exercised: every attempt (workflow, event, from, to, outcome, failed rules,
-    actor) and the rules judged on each applied event — the raw material of coverage."""
+    """What a scenario exercised — the raw material of coverage: every attempt (workflow, event,
+    from, to, outcome, failed rules, routes that held, actor); each rule binding seen holding and
+    failing, as (rule, event): a guard on every attempt of its events, a route on every applied
+    event whose branches it was judged for; each transition taken, as (workflow, from, event, to)
+    with `to` the source for an internal one; each timer that fired its event, by id."""
 
     attempts: list[dict[str, Any]] = field(default_factory=list)
-    held: set[str] = field(default_factory=set)
-    failed: set[str] = field(default_factory=set)
+    held: set[tuple[str, str]] = field(default_factory=set)
+    failed: set[tuple[str, str]] = field(default_factory=set)
     transitions: set[tuple[str, str, str, str]] = field(default_factory=set)
-    timers_fired: set[tuple[str, str]] = field(default_factory=set)
+    timers_fired: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -194,7 +198,7 @@ class _Run:
             except GuardDenied as denied:
                 return ("denied", [r.rule for r in denied.reasons])
             self.instances[spec["as"]] = spec["workflow"]
-            return ("applied", [])
+            return ("applied", self.guards(spec["workflow"], CREATE_EVENT))
         if "fire" in step:
             spec = step["fire"]
             instance = spec["instance"]
@@ -202,11 +206,18 @@ class _Run:
                 raise StepError(f"there is no instance '{instance}' yet; create it in an earlier step")
             self.rt.fire(instance, spec["event"], self.filled(instance, spec.get("data") or {}), actor=ACTOR)
             last = self.rt.history(instance)[-1]
+            if last["outcome"] == "applied":
+                held = self.guards(self.instances[instance], spec["event"])
+                return ("applied", held + [n["rule"] for n in last["notes"]])
             return (last["outcome"], [r["rule"] for r in last["reasons"]])
         spec = step["advance"]
         to = parse_instant(spec["to"]) if "to" in spec else self.now() + parse_duration(spec["by"])
         self.rt.advance_clock(self.clock, to)
         return None
+
+    def guards(self, workflow: str, event: str) -> list[str]:
+        """The enabled guards judged on `event` of `workflow` (all held when it applied)."""
+        return [r.id for r in self.policy.rules_for(workflow, event) if r.enabled and r.kind == "guard"]
 
     def filled(self, instance: str, data: Mapping[str, Any]) -> dict[str, Any]:
         """`data` with the value `$emailed_code` replaced by the code last emailed for `instance`."""
@@ -294,18 +305,23 @@ class _Run:
 
     def check_applied(self, path: PathKey, step: Mapping[str, Any], rules: Any,
                       verdict: tuple[str, list[str]] | str | None) -> None:
+        """`applied: true`, or `applied: [ids]`: exactly these rules held on the event — every
+        enabled guard bound to it, and the route that chose the branch taken, if any."""
         if not (isinstance(verdict, tuple) and verdict[0] == "applied"):
             self.fail(path, f"expected applied, got {_verdict(verdict)}")
             return
-        if rules is True or "fire" not in step:
+        if rules is True:
             return
-        workflow = self.instances[step["fire"]["instance"]]
-        judged = {r.id for r in self.policy.rules_for(workflow, step["fire"]["event"]) if r.enabled}
-        missing = sorted(set(rules) - judged)
-        if missing:
-            self.fail(path, f"expected the rules {', '.join(sorted(rules))} judged and holding, got "
-                      f"{', '.join(missing)} not judged on {workflow}.{step['fire']['event']} "
-                      f"(judged: {', '.join(sorted(judged)) or 'none'})")
+        held = set(verdict[1])
+        if set(rules) != held:
+            what = f"{step['fire']['instance']}.{step['fire']['event']}" if "fire" in step else \
+                f"the creation of {step['create']['as']}"
+            extra, missing = sorted(held - set(rules)), sorted(set(rules) - held)
+            differences = [f"{', '.join(extra)} held as well"] if extra else []
+            if missing:
+                differences.append(f"{', '.join(missing)} did not hold there or is not judged there")
+            self.fail(path, f"expected exactly the rules {', '.join(sorted(rules)) or 'none'} holding on "
+                      f"{what}, got {', '.join(sorted(held)) or 'none'} ({'; '.join(differences)})")
 
     def check_notifications(self, path: PathKey, expected: list[Mapping[str, Any]], before: int) -> None:
         produced = self.rt.notifications()[before:]
@@ -327,19 +343,30 @@ class _Run:
     def seen(self) -> Seen:
         seen = Seen()
         for alias, workflow in self.instances.items():
+            definition = self.policy.definitions[workflow]
             for row in self.rt.history(alias):
+                event, source = row["event"], row["from"] or ""
                 failed = [r["rule"] for r in row["reasons"]]
-                seen.attempts.append({"workflow": workflow, "event": row["event"], "from": row["from"],
+                routes = [n["rule"] for n in row["notes"]]
+                seen.attempts.append({"workflow": workflow, "event": event, "from": row["from"],
                                       "to": row["to"], "outcome": row["outcome"], "failed": failed,
-                                      "actor": row["actor"]})
-                seen.failed.update(failed)
-                guards = {r.id for r in self.policy.rules_for(workflow, row["event"])
-                          if r.enabled and r.kind == "guard"}
-                seen.held.update(guards - set(failed))
-                if row["outcome"] == "applied":
-                    seen.transitions.add((workflow, row["from"] or "", row["event"], row["to"]))
+                                      "routes": routes, "actor": row["actor"]})
+                seen.failed.update((rule, event) for rule in failed)
+                seen.held.update((rule, event) for rule in self.guards(workflow, event) if rule not in failed)
                 if row["actor"] == "timer":
-                    seen.timers_fired.add((workflow, row["event"]))
+                    seen.timers_fired.update(t.id for t in self.policy.timers_of(workflow)
+                                             if t.event == event and source in t.states)
+                if row["outcome"] != "applied":
+                    continue
+                seen.transitions.add((workflow, source, event, row["to"]))
+                # Routes are judged in the order of the event's branches until one holds.
+                for branch in definition.branches(event, source):
+                    if branch.when is None:
+                        break
+                    if branch.when in routes:
+                        seen.held.add((branch.when, event))
+                        break
+                    seen.failed.add((branch.when, event))
         return seen
 
 
