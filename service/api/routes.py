@@ -129,7 +129,7 @@ ROUTES: tuple[Route, ...] = (
           "The rules version in effect now, with the versions scheduled to take effect later.",
           (Reply(200, "The rules in effect, and `scheduled` (soonest first).", "rules_version"),)),
     Route("rules.list_rules_versions", "GET", "/rules/versions", "read",
-          "Every rules version the database keeps, newest (the active one) first.",
+          "Every rules version the database keeps, newest first, with when each takes effect and its status.",
           (Reply(200, "The versions.", "rules_version_list"),)),
     Route("rules.diff_rules", "GET", "/rules/diff", "read",
           "What changed in policy terms from one rules version to another (as `tollgate rules diff "

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
 from tollgate.service.application import rules_files
 from tollgate.service.application.passwords import new_engine
@@ -261,16 +261,20 @@ class RulesVersions:
         new_id = conn.execute(insert(rules_versions).values(
             sha256=policy.sha256, yaml=policy.text, source=source, activated_at=now,
             activated_by=actor, effective_at=effective).returning(rules_versions.c.id)).scalar_one()
-        self._bump(conn)
+        self._bump(conn, new_id if effective_at is None else None)
         return RulesVersion(new_id, policy.sha256, now, source, policy.text, effective)
 
     @staticmethod
-    def _bump(conn: Connection) -> None:
-        """Move `rules_state.generation`: every process reads its schedule again."""
-        moved = conn.execute(update(rules_state).where(rules_state.c.id == 1)
-                             .values(generation=rules_state.c.generation + 1)).rowcount
+    def _bump(conn: Connection, first: int | None = None) -> None:
+        """Move `rules_state.generation`: every process reads its schedule again. `first`: a
+        version in effect now, which real-time timers count as planned under when none was (the
+        first version of a database: no timer is armed yet)."""
+        state = rules_state.c
+        moved = conn.execute(update(rules_state).where(state.id == 1).values(
+            generation=state.generation + 1,
+            timers_version=func.coalesce(state.timers_version, first))).rowcount
         if not moved:
-            conn.execute(insert(rules_state).values(id=1, generation=1, timers_version=None))
+            conn.execute(insert(rules_state).values(id=1, generation=1, timers_version=first))
 
     def keep_engine(self, policy: Policy) -> None:
         with self._engines_lock:
