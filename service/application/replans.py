@@ -129,9 +129,20 @@ class Replans:
             for row in chunk:
                 record = records.get(row.instance)
                 due = None
+                if record is not None and row.instance not in armed_at:
+                    done.kept += 1  # no applied transition recorded (rows seeded in bulk): as armed
+                    continue
                 if record is not None:
-                    due = replan_due(policy, record["workflow"], row.name, record["state"], record["context"],
-                                     record["account_view"], armed_at.get(row.instance, row.due_at))
+                    try:
+                        due = replan_due(policy, record["workflow"], row.name, record["state"],
+                                         record["context"], record["account_view"],
+                                         armed_at[row.instance])
+                    except Exception as error:  # the new rules fail on this instance: leave it as armed
+                        log.error("The timer '%s' of '%s' could not be re-planned under rules version %d "
+                                  "(%s); it stays due at %s.", row.name, row.instance, version.id, error,
+                                  rfc3339(row.due_at))
+                        done.kept += 1
+                        continue
                 key = (timers.c.instance == row.instance) & (timers.c.name == row.name)
                 rule = policy.timers.get(row.name)
                 if due is None or rule is None:
