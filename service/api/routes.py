@@ -65,7 +65,8 @@ _ID = (("type", "string"),)
 _WF = Param("workflow", "Only instances of this workflow.")
 _INSTANCE_REPLY = Reply(200, "The instance.", "instance", headers=("ETag",))
 _EFFECTIVE_AT = Param("effective_at", "The instant from which the version judges events and timers (RFC 3339 "
-                      "with an offset, after now); without it, now.", (("type", "string"), ("format", "date-time")))
+                      "with an offset, after now); without it, now.",
+                      (("type", "string"), ("format", "date-time")))
 
 ROUTES: tuple[Route, ...] = (
     Route("health.healthz", "GET", "/healthz", None, "Liveness and the active rules version.",

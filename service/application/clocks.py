@@ -27,7 +27,6 @@ from tollgate.service.storage.db import Database
 from tollgate.service.storage.tables import clocks
 from tollgate.workflows.exceptions import NotFound
 
-
 #: Timers due before a version's instant fire under the version before it; the smallest step.
 _TICK = timedelta(microseconds=1)
 

@@ -84,11 +84,13 @@ class Replans:
                  rfc3339(version.effective), planned, done.moved, done.removed, done.kept)
         return done
 
-    def clock(self, conn: Connection, clock_id: str, instant: datetime, real_now: datetime) -> Replanned | None:
+    def clock(self, conn: Connection, clock_id: str, instant: datetime,
+              real_now: datetime) -> Replanned | None:
         """Inside an advance's transaction (its lease held): the clock reaches `instant`; re-plan its
         timers if the version in effect there is not the one they were planned under."""
         version, engine = self.versions.schedule(conn).at(instant, real_now)
-        conn.execute(update(clocks).where(clocks.c.id == clock_id, clocks.c.now < instant).values(now=instant))
+        conn.execute(update(clocks).where(clocks.c.id == clock_id, clocks.c.now < instant)
+                     .values(now=instant))
         planned = conn.execute(select(clocks.c.rules_version).where(clocks.c.id == clock_id)).scalar_one()
         if planned == version.id:
             return None
@@ -162,7 +164,7 @@ class Replans:
         found = {row.id: dict(row._mapping) for row in conn.execute(
             select(c.id, c.workflow, c.state, c.context, c.account).where(c.id.in_(list(ids))))}
         account_ids = {r["account"] for r in found.values() if r["account"]}
-        accounts = {row.id: account_view(row._mapping) for row in conn.execute(
+        accounts = {row.id: account_view(dict(row._mapping)) for row in conn.execute(
             select(c.id, c.state, c.context).where(c.id.in_(sorted(account_ids))))} if account_ids else {}
         for record in found.values():
             record["context"] = record["context"] or {}
@@ -170,7 +172,8 @@ class Replans:
         return found
 
     @staticmethod
-    def _armed_at(conn: Connection, engine: Engine, records: dict[str, dict[str, Any]]) -> dict[str, datetime]:
+    def _armed_at(conn: Connection, engine: Engine,
+                  records: dict[str, dict[str, Any]]) -> dict[str, datetime]:
         """When each instance's timers were armed: the instant of its last applied transition that
         was not internal (an internal one leaves timers as they are), its creation included."""
         h = history.c

@@ -75,7 +75,7 @@ class RulesHistory:
         with self._reading() as conn:
             rows = conn.execute(query).all()
         now = self.now()
-        live = sorted(((r.effective_at or r.activated_at, r.id) for r in rows if r.cancelled_at is None))
+        live = sorted((r.effective_at or r.activated_at, r.id) for r in rows if r.cancelled_at is None)
         in_effect = [key for key in live if key[0] <= now] or live[:1]
         active = in_effect[-1][1] if in_effect else None
         entries = []

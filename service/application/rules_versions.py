@@ -32,13 +32,12 @@ from tollgate.service.application.passwords import new_engine
 from tollgate.service.application.policy_files import load_policy
 from tollgate.service.application.rules_files import log
 from tollgate.service.application.times import rfc3339
-from tollgate.service.storage.db import Database
 from tollgate.service.exceptions import Conflict
+from tollgate.service.storage.db import Database
 from tollgate.service.storage.tables import rules_state, rules_versions
 from tollgate.workflows.engine import Engine
 from tollgate.workflows.exceptions import BadRequest, NotFound, Problem, RulesError, TollgateError
 from tollgate.workflows.policy import Policy
-
 
 #: `source` of a version re-activated from an earlier one: this prefix and that version's number.
 REACTIVATED_SOURCE = "version:"

@@ -55,7 +55,8 @@ def longer(rules_text: str) -> str:
 
 
 def schedule(api: Client, text: str, at: datetime = T, *, status: int = 200) -> dict:
-    response = api.put(f"/rules?effective_at={quote(at.isoformat())}", data=text, headers=YAML, role="policy_editor")
+    response = api.put(f"/rules?effective_at={quote(at.isoformat())}", data=text, headers=YAML,
+                       role="policy_editor")
     assert response.status_code == status, response
     return response.get_json()
 
@@ -193,7 +194,8 @@ def test_an_earlier_version_is_reactivated_as_a_new_version(api: Client, longer:
     first = api.ok("GET", "/rules")
     signup = api.create("signup")["id"]
     assert api.put("/rules", data=longer, headers=YAML, role="policy_editor").status_code == 200
-    api.fire(signup, "select_type", {"country": "KR", "member_type": "individual", "birth_date": "1990-01-01"})
+    api.fire(signup, "select_type",
+             {"country": "KR", "member_type": "individual", "birth_date": "1990-01-01"})
     assert api.post("/rules/versions/1/activate", role="viewer").status_code == 403
     back = api.ok("POST", "/rules/versions/1/activate", role="policy_editor")
     assert_conforms(back, "rules_version")
@@ -209,7 +211,8 @@ def test_an_earlier_version_is_reactivated_as_a_new_version(api: Client, longer:
 
 def test_reactivation_can_be_scheduled(api: Client, longer: str) -> None:
     assert api.put("/rules", data=longer, headers=YAML, role="policy_editor").status_code == 200
-    back = api.ok("POST", f"/rules/versions/1/activate?effective_at={quote(T.isoformat())}", role="policy_editor")
+    back = api.ok("POST", f"/rules/versions/1/activate?effective_at={quote(T.isoformat())}",
+                  role="policy_editor")
     assert back["version"] == 3 and datetime.fromisoformat(back["effective_at"]) == T
     assert statuses(api) == [(3, "scheduled"), (2, "active"), (1, "superseded")]
 
@@ -228,8 +231,8 @@ def test_a_bad_effective_at_is_a_400_naming_it(api: Client, longer: str, value: 
 @pytest.mark.parametrize("offset", [timedelta(0), -HOUR])
 def test_an_effective_at_not_in_the_future_is_refused(api: Client, longer: str, offset: timedelta) -> None:
     """An instant already past (or now) would judge events already judged: 400, not taken as now."""
-    response = api.put(f"/rules?effective_at={quote((API_NOW + offset).isoformat())}", data=longer, headers=YAML,
-                       role="policy_editor")
+    at = quote((API_NOW + offset).isoformat())
+    response = api.put(f"/rules?effective_at={at}", data=longer, headers=YAML, role="policy_editor")
     assert response.status_code == 400
     assert "not in the future" in response.get_json()["detail"]
     assert [p["path"] for p in response.get_json()["errors"]] == ["$.effective_at"]
@@ -238,7 +241,8 @@ def test_an_effective_at_not_in_the_future_is_refused(api: Client, longer: str, 
 
 def test_an_unencoded_plus_in_the_offset_is_read_as_one(api: Client, longer: str) -> None:
     """curl users write ?effective_at=2025-03-06T12:00:00+09:00 unencoded; the + arrives as a space."""
-    response = api.put(f"/rules?effective_at={T.isoformat()}", data=longer, headers=YAML, role="policy_editor")
+    response = api.put(f"/rules?effective_at={T.isoformat()}", data=longer, headers=YAML,
+                       role="policy_editor")
     assert response.status_code == 200, response
     assert datetime.fromisoformat(response.get_json()["effective_at"]) == T
 

@@ -70,11 +70,13 @@ def test_migration_0010_dates_existing_versions_from_their_activation(database_u
         activated = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
         with db.engine.begin() as conn:
             for n in (1, 2):
-                conn.execute(text("INSERT INTO rules_versions (sha256, yaml, source, activated_at, activated_by) "
-                                  "VALUES (:s, 'x', 'api', :t, 'admin')"), {"s": str(n) * 64, "t": activated})
+                conn.execute(text("INSERT INTO rules_versions (sha256, yaml, source, activated_at, "
+                                  "activated_by) VALUES (:s, 'x', 'api', :t, 'admin')"),
+                             {"s": str(n) * 64, "t": activated})
         db.migrate()
         with db.engine.connect() as conn:
-            rows = conn.execute(text("SELECT id, effective_at, cancelled_at FROM rules_versions ORDER BY id")).all()
+            rows = conn.execute(text("SELECT id, effective_at, cancelled_at FROM rules_versions "
+                                     "ORDER BY id")).all()
             state = conn.execute(select(rules_state.c.generation, rules_state.c.timers_version)).one()
         assert [(r.id, r.cancelled_at) for r in rows] == [(1, None), (2, None)]
         assert all(str(r.effective_at)[:19] == "2026-01-02 03:04:05" for r in rows)
