@@ -135,9 +135,14 @@ class Clocks:
         first, the clock's timers are brought under the version in effect where it is now."""
         if self.replans is None:
             return []
-        start = self._take_over(clock_id, None, lease)  # (where the clock is under the lease)
-        with self.db.read() as conn:
-            return self.replans.versions.schedule(conn).changes_between(start, to, self.now())
+        real_now = self.now()
+        with self.db.read() as conn:  # (the lease is held: the clock stays where it is)
+            start = self.clock_now(conn, clock_id)
+            schedule = self.replans.versions.schedule(conn)
+            planned = conn.execute(select(clocks.c.rules_version).where(clocks.c.id == clock_id)).scalar()
+        if planned != schedule.at(start, real_now)[0].id:  # (a write only when there is work)
+            self._take_over(clock_id, start, lease)
+        return schedule.changes_between(start, to, real_now)
 
     def _take_over(self, clock_id: str, instant: datetime | None, lease: str) -> datetime:
         """Move the clock to `instant` (None: where it is) and re-plan its timers if another
