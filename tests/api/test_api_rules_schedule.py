@@ -131,8 +131,8 @@ def test_a_clock_advanced_across_the_instant_replans_armed_timers(api: Client, l
 
 
 def test_a_keep_timer_stays_as_armed_when_the_version_takes_effect(api: Client, longer: str) -> None:
-    keep = longer.replace("    on_new_version: replan\n    workflow: signup",
-                          "    on_new_version: keep\n    workflow: signup", 1)
+    keep = longer.replace("    on_new_version: replan\n  credit_offer_lapses:",
+                          "    on_new_version: keep\n  credit_offer_lapses:", 1)
     assert keep != longer
     schedule(api, keep)
     clock = api.clock(T - 2 * HOUR)
