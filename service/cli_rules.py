@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from tollgate.bundled import default_rules_path
 from tollgate.service.application.policy_files import load_policy_file
-from tollgate.workflows.exceptions import Problem, RulesError
+from tollgate.workflows.exceptions import BadRequest, Problem, RulesError
 from tollgate.workflows.policy import Policy
 
 __all__ = ["load_rules", "print_problems", "register_rules"]
@@ -63,19 +64,42 @@ def _rules_activate(args: argparse.Namespace) -> int:
     from tollgate.service.bootstrap import build_runtime
     from tollgate.service.settings import Settings
 
+    effective_at = None
+    if args.effective_at is not None:
+        effective_at = _instant(args.effective_at)
+        if effective_at is None:
+            print(f"tollgate: --effective-at '{args.effective_at}' is not an RFC 3339 timestamp with an "
+                  "offset; write it like 2026-12-01T00:00:00+09:00.", file=sys.stderr)
+            return 2
     runtime = build_runtime(Settings.from_environment(database_url=args.database), batch_workers=1)
     try:
         runtime.db.migrate()
-        version, imported = runtime.import_rules_file(args.path, force=True, actor="cli")
+        version, imported = runtime.import_rules_file(args.path, force=True, actor="cli",
+                                                      effective_at=effective_at)
+        if imported and effective_at is None:
+            runtime.replan_timers()  # armed real-time timers, under the version now in effect
     except RulesError as error:
         print_problems(error.problems, args.path)
         return 1
+    except BadRequest as error:  # --effective-at not in the future
+        print(f"tollgate: --effective-at: {error.message}", file=sys.stderr)
+        return 2
     finally:
         runtime.db.dispose()
     state = "activated as" if imported else "is already the active"
-    print(f"{args.path}: {state} rules version {version.id} ({version.sha256[:12]}) on database "
+    when = f", in effect from {version.as_dict()['effective_at']}" if imported else ""
+    print(f"{args.path}: {state} rules version {version.id} ({version.sha256[:12]}){when} on database "
           f"{runtime.db.url.split('@')[-1]}")
     return 0
+
+
+def _instant(text: str) -> datetime | None:
+    """An aware instant from RFC 3339 text with an offset, or None."""
+    try:
+        moment = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None and "T" in text.upper() else None
 
 
 # ── tollgate rules init [PATH] ───────────────────────────────────────────────────────────────
@@ -186,6 +210,9 @@ def register_rules(subparsers: Subparsers) -> None:
     activate.add_argument("path", metavar="PATH", help="the rules file")
     activate.add_argument("--database", metavar="URL",
                           help="SQLAlchemy URL (default: $TOLLGATE_DATABASE_URL or sqlite:///tollgate.db)")
+    activate.add_argument("--effective-at", metavar="T",
+                          help="schedule the version: it judges events and timers from the instant T "
+                          "(RFC 3339 with an offset, after now) on, the earlier version until then")
     activate.set_defaults(handler=_rules_activate)
     init = actions.add_parser(
         "init", help="write an editable copy of the bundled rules",

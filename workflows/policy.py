@@ -38,6 +38,10 @@ class TimerRule:
     states: frozenset[str]
     at: Expression
     when: Expression | None = None
+    #: What a new rules version taking effect does to this timer where it is already armed:
+    #: "replan" (its due time computed again under the new version; removed if it no longer
+    #: applies) or "keep" (left as armed). The incoming version's declaration decides.
+    on_new_version: str = "replan"
 
 
 @dataclass
@@ -290,7 +294,8 @@ def load_policy(text: str, file: str, workflow_definitions: Mapping[str, Definit
                             functions=functions, problems=problems, schemas=schemas)
         if at is not None:
             timers[timer_id] = TimerRule(timer_id, spec["workflow"], spec["event"],
-                                         frozenset(spec["states"]), at, when)
+                                         frozenset(spec["states"]), at, when,
+                                         spec.get("on_new_version", "replan"))
     if problems:
         raise RulesError(sorted(problems, key=lambda p: (p.line or 0, p.column or 0)))
 

@@ -64,6 +64,9 @@ class Route:
 _ID = (("type", "string"),)
 _WF = Param("workflow", "Only instances of this workflow.")
 _INSTANCE_REPLY = Reply(200, "The instance.", "instance", headers=("ETag",))
+_EFFECTIVE_AT = Param("effective_at", "The instant from which the version judges events and timers (RFC 3339 "
+                      "with an offset, after now); without it, now.",
+                      (("type", "string"), ("format", "date-time")))
 
 ROUTES: tuple[Route, ...] = (
     Route("health.healthz", "GET", "/healthz", None, "Liveness and the active rules version.",
@@ -123,10 +126,11 @@ ROUTES: tuple[Route, ...] = (
           "Advance a test clock, firing every due timer in time order.",
           (Reply(200, "The clock and the timers fired.", "clock"),), (400, 404, 409, 422),
           body="advance_clock"),
-    Route("rules.get_rules", "GET", "/rules", "read", "The active rules version.",
-          (Reply(200, "The active rules.", "rules_version"),)),
+    Route("rules.get_rules", "GET", "/rules", "read",
+          "The rules version in effect now, with the versions scheduled to take effect later.",
+          (Reply(200, "The rules in effect, and `scheduled` (soonest first).", "rules_version"),)),
     Route("rules.list_rules_versions", "GET", "/rules/versions", "read",
-          "Every rules version the database keeps, newest (the active one) first.",
+          "Every rules version the database keeps, newest first, with when each takes effect and its status.",
           (Reply(200, "The versions.", "rules_version_list"),)),
     Route("rules.diff_rules", "GET", "/rules/diff", "read",
           "What changed in policy terms from one rules version to another (as `tollgate rules diff "
@@ -140,8 +144,9 @@ ROUTES: tuple[Route, ...] = (
     Route("rules.validate_rules", "POST", "/rules/validate", "rules", "Validate a rules.yaml text only.",
           (Reply(200, "The rules are valid.", "rules_valid"),), (422,), body="yaml"),
     Route("rules.put_rules", "PUT", "/rules", "rules",
-          "Validate a rules.yaml text, then activate it as a new version.",
-          (Reply(200, "The new active version.", "rules_version"),), (422,), body="yaml"),
+          "Validate a rules.yaml text, then activate it as a new version: now, or from `effective_at`.",
+          (Reply(200, "The new version.", "rules_version"),), (400, 422), body="yaml",
+          query=(_EFFECTIVE_AT,)),
     Route("rules.impact_rules", "POST", "/rules/impact", "rules",
           "Impact of a candidate rules.yaml text before activation (as `tollgate rules impact --json`): "
           "the recorded attempts of the window replayed under it (with the self-check under the versions "
@@ -151,6 +156,13 @@ ROUTES: tuple[Route, ...] = (
           (400, 422), body="yaml",
           query=(Param("since", "The window: a duration (30d, 12h, 90m), an RFC 3339 instant, or `all` "
                        "(default 30d)."),)),
+    Route("rules.cancel_rules_version", "POST", "/rules/versions/{n}/cancel", "rules",
+          "Cancel a scheduled version before it takes effect (409 once it has, or if cancelled already).",
+          (Reply(200, "The cancelled version.", "rules_version"),), (404, 409)),
+    Route("rules.activate_rules_version", "POST", "/rules/versions/{n}/activate", "rules",
+          "Activate an earlier version's text again, as a new version (its source names the earlier "
+          "one): now, or from `effective_at`.",
+          (Reply(200, "The new version.", "rules_version"),), (400, 404, 422), query=(_EFFECTIVE_AT,)),
     Route("openapi.openapi", "GET", "/openapi.json", "read", "This OpenAPI 3.1 description.",
           (Reply(200, "The OpenAPI document."),)),
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -18,6 +18,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from tollgate.service.application.leases import ClockLeases
 from tollgate.service.application.parallel import SPANS_PER_WORKER, WorkerPool, Workers
+from tollgate.service.application.replans import Replans
 from tollgate.service.application.sweeps import TIMER_ACTOR, Span, Sweeps
 from tollgate.service.application.times import rfc3339
 from tollgate.service.exceptions import ClockError, Conflict
@@ -26,17 +27,22 @@ from tollgate.service.storage.db import Database
 from tollgate.service.storage.tables import clocks
 from tollgate.workflows.exceptions import NotFound
 
+#: Timers due before a version's instant fire under the version before it; the smallest step.
+_TICK = timedelta(microseconds=1)
+
 
 class Clocks:
     """The test clocks of `db`; advances sweep with `sweeps`, on `workers` when an instant is big."""
 
     def __init__(self, db: Database, now: Callable[[], datetime], sweeps: Sweeps, leases: ClockLeases,
-                 workers: Workers) -> None:
+                 workers: Workers, replans: Replans | None = None) -> None:
         self.db = db
         self.now = now
         self.sweeps = sweeps
         self.leases = leases
         self.workers = workers
+        #: Re-plans the clock's timers when its advance crosses the instant of a scheduled version.
+        self.replans = replans
 
     def clock_now(self, conn: Connection, clock_id: str | None) -> datetime:
         if clock_id is None:
@@ -51,7 +57,12 @@ class Clocks:
         with self.db.transaction() as conn:
             if conn.execute(select(clocks.c.id).where(clocks.c.id == clock_id)).first():
                 raise Conflict(f"A clock '{clock_id}' already exists.")
-            conn.execute(insert(clocks).values(id=clock_id, now=now, created_at=self.now()))
+            planned = None
+            if self.replans is not None:  # its timers will be armed under the version in effect there
+                real_now = self.now()
+                planned = self.replans.versions.schedule(conn).at(now, real_now)[0].id
+            conn.execute(insert(clocks).values(id=clock_id, now=now, created_at=self.now(),
+                                               rules_version=planned))
         return {"id": clock_id, "now": rfc3339(now), "fired": []}
 
     def get_clock(self, clock_id: str) -> dict[str, Any]:
@@ -84,19 +95,26 @@ class Clocks:
         count = 0
         try:
             with self.db.bulk_work():
-                while True:
-                    spans = self.parallel_spans(clock_id, to, lease) if self.workers.active else None
-                    if spans:
-                        handled, entries = self.workers.run(partial(
-                            WorkerPool.sweep, clock_id=clock_id, spans=spans, batch=batch, actor=actor,
-                            collect=collect, lease=lease))
-                    else:
-                        handled, entries = self.sweeps.sweep(clock_id, to, batch=batch, actor=actor,
-                                                             collect=collect, lease=lease)
-                    if not handled:
-                        break
-                    count += handled
-                    fired.extend(entries)
+                # Each version scheduled inside (current, to] takes effect on the clock at its
+                # instant: the timers due before it fire first, then the clock's timers are
+                # re-planned under it, then those due from it on fire (judged by it).
+                changes = self._version_changes(clock_id, current, to, lease)
+                for until in [*(change - _TICK for change in changes), to]:
+                    while True:
+                        spans = self.parallel_spans(clock_id, until, lease) if self.workers.active else None
+                        if spans:
+                            handled, entries = self.workers.run(partial(
+                                WorkerPool.sweep, clock_id=clock_id, spans=spans, batch=batch, actor=actor,
+                                collect=collect, lease=lease))
+                        else:
+                            handled, entries = self.sweeps.sweep(clock_id, until, batch=batch, actor=actor,
+                                                                 collect=collect, lease=lease)
+                        if not handled:
+                            break
+                        count += handled
+                        fired.extend(entries)
+                    if until != to:
+                        self._take_over(clock_id, until + _TICK, lease)
             with self.db.transaction() as conn:
                 self.leases.hold(conn, clock_id, lease)
                 conn.execute(update(clocks).where(clocks.c.id == clock_id, clocks.c.now < to).values(now=to))
@@ -111,6 +129,31 @@ class Clocks:
         if not collect:
             result["fired_count"] = count
         return result
+
+    def _version_changes(self, clock_id: str, start: datetime, to: datetime, lease: str) -> list[datetime]:
+        """The instants in (start, to] at which another rules version takes effect on the clock;
+        first, the clock's timers are brought under the version in effect where it is now."""
+        if self.replans is None:
+            return []
+        real_now = self.now()
+        with self.db.read() as conn:  # (the lease is held: the clock stays where it is)
+            start = self.clock_now(conn, clock_id)
+            schedule = self.replans.versions.schedule(conn)
+            planned = conn.execute(select(clocks.c.rules_version).where(clocks.c.id == clock_id)).scalar()
+        if planned != schedule.at(start, real_now)[0].id:  # (a write only when there is work)
+            self._take_over(clock_id, start, lease)
+        return schedule.changes_between(start, to, real_now)
+
+    def _take_over(self, clock_id: str, instant: datetime | None, lease: str) -> datetime:
+        """Move the clock to `instant` (None: where it is) and re-plan its timers if another
+        version is in effect there, in one transaction under the advance's lease."""
+        assert self.replans is not None
+        with self.db.transaction(bulk=True) as conn:
+            self.leases.hold(conn, clock_id, lease)
+            if instant is None:
+                instant = self.clock_now(conn, clock_id)
+            self.replans.clock(conn, clock_id, instant, self.now())
+        return instant
 
     # ── the lease that serializes the advances of one clock ─────────────────────────────────
 

@@ -69,6 +69,7 @@ class Events:
                 clock = account_record["clock"]
                 account = account_view(account_record)
             now = uow.now_of(clock)
+            uow.judge_at(now)  # the version in effect at the instance's own instant
             instance_id = instance_id or f"{definition.id_prefix}_{secrets.token_hex(8)}"
             if uow.find(instance_id) is not None:
                 raise Conflict(f"An instance '{instance_id}' already exists.")

@@ -30,7 +30,7 @@ from tollgate.workflows.replay import record_inputs
 from tollgate.workflows.secrets import redact
 
 if TYPE_CHECKING:
-    from tollgate.service.application.rules_versions import RulesVersion, RulesVersions
+    from tollgate.service.application.rules_versions import RulesVersion, RulesVersions, Schedule
 
 MAX_SEND_DEPTH = 4
 
@@ -89,15 +89,33 @@ class LazyAccount(Mapping[str, Any]):
 
 
 class EventUnit(UnitOfWork):
-    """A unit of work that judges events under one rules version (its `engine`)."""
+    """A unit of work that judges each event under the rules version in effect at the event's
+    instant (`judge_at`); `version` and `engine` are those of the event judged last."""
 
     def __init__(self, conn: Connection, version: RulesVersion, engine: Engine, *,
                  now: Callable[[], datetime], lock: bool, keys: Mapping[str, tuple[Key, ...]] | None = None,
-                 optimistic: bool = False) -> None:
+                 optimistic: bool = False, schedule: Schedule | None = None) -> None:
         super().__init__(conn, version_id=version.id, now=now, lock=lock, keys=keys, optimistic=optimistic)
         self.version = version
         self.engine = engine
         self._plans: dict[tuple[str, str], _Plan] = {}
+        #: The schedule the unit was opened under (`Sweeps.judge_then_write` checks it is still
+        #: the one in force before writing).
+        self.rules_schedule = schedule
+        #: Only when several versions can judge (a version is scheduled): looked up per event.
+        self._choices = None if schedule is None or schedule.single else schedule
+        self._plan_sets: dict[int, dict[tuple[str, str], _Plan]] = {version.id: self._plans}
+
+    def judge_at(self, instant: datetime) -> None:
+        """Judge what follows under the version in effect at `instant` (a no-op unless a version
+        is scheduled): history rows name it, timers are armed by its timer schedules."""
+        choices = self._choices
+        if choices is None:
+            return
+        version, engine = choices.at(instant, self.now_of(None))
+        if version.id != self.version_id:
+            self.version, self.engine, self.version_id = version, engine, version.id
+            self._plans = self._plan_sets.setdefault(version.id, {})
 
     def _plan(self, workflow: str, event: str) -> _Plan:
         """What judging `event` on `workflow` needs besides the record, worked out once per unit."""
@@ -121,6 +139,12 @@ class EventUnit(UnitOfWork):
                 data: Mapping[str, Any]) -> tuple[Outcome, datetime, dict[str, Any]]:
         """The outcome of `event` on `record`, the instant it was judged at, and what the history
         row keeps to judge it again (`workflows/replay.py`: `record_inputs`)."""
+        clock = record["clock"]
+        now = self.real_now if clock is None else self.clock_times.get(clock)
+        if now is None:
+            now = self.now_of(clock)
+        if self._choices is not None:
+            self.judge_at(now)
         plan = self._plans.get((record["workflow"], event))
         if plan is None:
             plan = self._plan(record["workflow"], event)
@@ -137,10 +161,6 @@ class EventUnit(UnitOfWork):
         gathered = {name: provide(self, record, data) for name, provide in providers} if providers else {}
         snapshot = Snapshot(workflow=record["workflow"], state=record["state"], context=record["context"],
                             id=record["id"], account=account, facts=gathered, secrets=record["secrets"] or {})
-        clock = record["clock"]
-        now = self.real_now if clock is None else self.clock_times.get(clock)
-        if now is None:
-            now = self.now_of(clock)
         try:
             outcome = self.engine.decide(snapshot, event, data, now)
         except (TollgateError, *_INFRASTRUCTURE_ERRORS):
@@ -215,6 +235,7 @@ class EventUnit(UnitOfWork):
         """After `rollback_to`, keep the attempt whose linked send failed in the history as denied."""
         record = self.get(instance_id)
         now = self.now_of(record["clock"])
+        self.judge_at(now)
         secret = self.engine.definition(record["workflow"]).secret_fields
         self._history(record["id"], record["history_seq"] + 1, event, record["state"], record["state"],
                       "denied", failure.reasons, (), redact(data, secret), now, actor, UNREPLAYABLE_SEND)
@@ -227,6 +248,7 @@ class EventUnit(UnitOfWork):
         (instance, name, event, due_at as read), is parked in `failed_timers` by `write`."""
         record = self.get(instance_id)
         now = self.now_of(record["clock"])
+        self.judge_at(now)
         secret = self.engine.definition(record["workflow"]).secret_fields
         reason = Reason("rules_failed", "정책 규칙을 평가하는 중 오류가 발생하여 적용하지 않았습니다.",
                         "The rules failed while judging this event; nothing was applied.",
@@ -277,7 +299,12 @@ class Units:
         self.keys = {d.name: tuple(d.keys.values()) for d in definitions().values() if d.keys}
 
     def open(self, conn: Connection, *, optimistic: bool = False, lock: bool | None = None) -> EventUnit:
-        """A unit on `conn` under the version active in it (`lock=False`: no row locks, for reads)."""
-        version = self.versions.active(conn)
-        return EventUnit(conn, version, self.versions.engine_for(version), now=self.now,
-                         lock=self.row_locks if lock is None else lock, keys=self.keys, optimistic=optimistic)
+        """A unit on `conn` under the versions in force in it (`lock=False`: no row locks, for
+        reads); it starts under the one in effect at real time."""
+        schedule = self.versions.schedule(conn)
+        version, engine = schedule.entries[0]
+        uow = EventUnit(conn, version, engine, now=self.now, lock=self.row_locks if lock is None else lock,
+                        keys=self.keys, optimistic=optimistic, schedule=schedule)
+        if not schedule.single:
+            uow.judge_at(uow.now_of(None))
+        return uow

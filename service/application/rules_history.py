@@ -7,7 +7,7 @@ The comparison itself is the pure core's (`workflows/policy_diff.py`); this modu
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +21,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from tollgate.service.application import rules_files
 from tollgate.service.application.policy_files import load_policy
-from tollgate.service.application.times import rfc3339
+from tollgate.service.application.times import rfc3339, system_now
 from tollgate.service.storage.db import Database, normalise_url
 from tollgate.service.storage.tables import rules_versions
 from tollgate.workflows.exceptions import NotFound, TollgateError
@@ -34,7 +34,7 @@ _KEEP = 8
 
 @dataclass(frozen=True)
 class VersionEntry:
-    """One stored rules version, without its text."""
+    """One stored rules version, without its text; `status` is one of `STATUSES`."""
 
     id: int
     sha256: str
@@ -42,30 +42,50 @@ class VersionEntry:
     activated_at: datetime
     activated_by: str
     active: bool
+    effective_at: datetime | None = None
+    status: str = "active"
+    cancelled_at: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"version": self.id, "sha256": self.sha256, "source": self.source,
                 "activated_at": rfc3339(self.activated_at), "activated_by": self.activated_by,
-                "active": self.active}
+                "active": self.active, "effective_at": rfc3339(self.effective_at or self.activated_at),
+                "status": self.status, "cancelled_at": rfc3339(self.cancelled_at)}
+
+
+#: scheduled: takes effect later; active: in effect now; superseded: took effect, then another
+#: did; cancelled: cancelled while it was scheduled.
+STATUSES = ("scheduled", "active", "superseded", "cancelled")
 
 
 class RulesHistory:
-    """The versions stored in `db`, read only."""
+    """The versions stored in `db`, read only; `now` is real time (which versions are in effect)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, now: Callable[[], datetime] = system_now) -> None:
         self.db = db
+        self.now = now
         self._policies: OrderedDict[str, Policy] = OrderedDict()
         self._lock = Lock()
 
     def versions(self) -> list[VersionEntry]:
-        """Every version, newest first; the newest is the active one."""
-        query = select(rules_versions.c.id, rules_versions.c.sha256, rules_versions.c.source,
-                       rules_versions.c.activated_at, rules_versions.c.activated_by
-                       ).order_by(rules_versions.c.id.desc())
+        """Every version, newest first, with its status now (see `STATUSES`)."""
+        c = rules_versions.c
+        query = select(c.id, c.sha256, c.source, c.activated_at, c.activated_by, c.effective_at,
+                       c.cancelled_at).order_by(c.id.desc())
         with self._reading() as conn:
             rows = conn.execute(query).all()
-        return [VersionEntry(r.id, r.sha256, r.source, r.activated_at, r.activated_by, i == 0)
-                for i, r in enumerate(rows)]
+        now = self.now()
+        live = sorted((r.effective_at or r.activated_at, r.id) for r in rows if r.cancelled_at is None)
+        in_effect = [key for key in live if key[0] <= now] or live[:1]
+        active = in_effect[-1][1] if in_effect else None
+        entries = []
+        for r in rows:
+            effective = r.effective_at or r.activated_at
+            status = ("cancelled" if r.cancelled_at is not None else "active" if r.id == active
+                      else "scheduled" if effective > now else "superseded")
+            entries.append(VersionEntry(r.id, r.sha256, r.source, r.activated_at, r.activated_by,
+                                        status == "active", effective, status, r.cancelled_at))
+        return entries
 
     def policy(self, version: int) -> Policy:
         """The compiled policy of a stored version; `NotFound` names the versions there are."""

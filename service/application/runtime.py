@@ -12,6 +12,7 @@ import gc
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from tollgate.service.application import facts as fact_providers
 from tollgate.service.application.batches import Batches
@@ -24,9 +25,10 @@ from tollgate.service.application.leases import ClockLeases
 from tollgate.service.application.parallel import Workers
 from tollgate.service.application.policy_files import definitions
 from tollgate.service.application.reads import Reads
+from tollgate.service.application.replans import Replanned, Replans
 from tollgate.service.application.rules_history import RulesHistory
 from tollgate.service.application.rules_versions import RulesVersion, RulesVersions
-from tollgate.service.application.sweeps import Sweeps
+from tollgate.service.application.sweeps import TIMER_ACTOR, Sweeps
 from tollgate.service.application.times import system_now
 from tollgate.service.storage.db import Database
 
@@ -50,7 +52,7 @@ class Runtime:
         self.now = now
         self.workers = workers
         self.versions = RulesVersions(db, now)
-        self.rules_history = RulesHistory(db)
+        self.rules_history = RulesHistory(db, now)
         self.impact = Impact(db, self.rules_history)
         self.units = Units(self.versions, now, row_locks=db.for_update())
         self.reads = Reads(db)
@@ -59,13 +61,14 @@ class Runtime:
         self.leases = ClockLeases(db)
         self.sweeps = Sweeps(db, self.units, self.leases)
         self.parallel = Workers(db, workers)
-        self.clocks = Clocks(db, now, self.sweeps, self.leases, self.parallel)
+        self.replans = Replans(db, self.versions)
+        self.clocks = Clocks(db, now, self.sweeps, self.leases, self.parallel, self.replans)
         self.batches = Batches(db, self.sweeps, self.parallel)
         # The services' methods, as the edges call them (bound once: no per-call indirection).
         self.engine_for = self.versions.engine_for
         self.active_rules = self.versions.active_rules
         self.validate_rules = self.versions.validate_rules
-        self.activate_rules = self.versions.activate_rules
+        self.scheduled_rules = self.versions.scheduled_rules
         self.list_rules_versions = self.rules_history.versions
         self.diff_rules_versions = self.rules_history.diff
         self.rules_impact = self.impact.report
@@ -82,9 +85,40 @@ class Runtime:
         self.get_clock = self.clocks.get_clock
         self.advance_clock = self.clocks.advance_clock
         self.sweep = self.sweeps.sweep
-        self.run_due_timers = self.sweeps.run_due_timers
         self.fire_many = self.batches.fire_many
         self.start_workers = self.parallel.start
+
+    # ── rules versions that take effect (`replans.py`: armed timers re-planned once) ────────────
+
+    def activate_rules(self, text: str, *, source: str = "api", actor: str = "admin",
+                       filename: str = "rules.yaml", effective_at: datetime | None = None) -> RulesVersion:
+        """Activate `text` as a new version, now or at `effective_at`; one activated now re-plans
+        the real-time timers at once (a scheduled one, when its instant comes)."""
+        version = self.versions.activate_rules(text, source=source, actor=actor, filename=filename,
+                                               effective_at=effective_at)
+        self.replan_timers()
+        return version
+
+    def reactivate_rules(self, number: int, *, actor: str = "admin",
+                         effective_at: datetime | None = None) -> RulesVersion:
+        """Activate the text of the stored version `number` again, as a new version."""
+        version = self.versions.reactivate(number, actor=actor, effective_at=effective_at)
+        self.replan_timers()
+        return version
+
+    def cancel_rules_version(self, number: int, *, actor: str = "admin") -> RulesVersion:
+        return self.versions.cancel(number, actor=actor)
+
+    def replan_timers(self, now: datetime | None = None) -> Replanned | None:
+        """Re-plan real-time timers if another version took effect since they were planned."""
+        return self.replans.real_time(self.now() if now is None else now)
+
+    def run_due_timers(self, *, limit: int = 1000, actor: str = TIMER_ACTOR) -> list[dict[str, Any]]:
+        """Fire the real-time timers due now, after re-planning them if a version took effect
+        (the same instant for both, so no timer due after a version's instant fires unplanned)."""
+        now = self.now()
+        self.replans.real_time(now)
+        return self.sweeps.run_due_timers(limit=limit, actor=actor, until=now)
 
     def bootstrap(self, rules_path: str | Path, *, strict: bool = True) -> RulesVersion:
         """Migrate the schema; import the rules file if it changed since its last import

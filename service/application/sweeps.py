@@ -130,7 +130,8 @@ class Sweeps:
             with self.db.transaction(bulk=True) as conn:
                 if fence is not None:
                     fence(conn)
-                if self.units.versions.active(conn) == uow.version and uow.reads_unchanged(conn):
+                if (self.units.versions.schedule(conn) is uow.rules_schedule
+                        and uow.reads_unchanged(conn)):
                     uow.rebind(conn)
                     uow.write(rows)  # StaleBatch (all of it undone) if an instance it updates changed
                     self.optimistic_counts["written"] += 1
@@ -355,8 +356,11 @@ class Sweeps:
             counts[self.attempt(uow, instance, event, data, actor, None)] += 1
         return counts
 
-    def run_due_timers(self, *, limit: int = 1000, actor: str = TIMER_ACTOR) -> list[dict[str, Any]]:
-        """Fire real-time timers that are due now (the scheduler and `tollgate worker` call this)."""
+    def run_due_timers(self, *, limit: int = 1000, actor: str = TIMER_ACTOR,
+                       until: datetime | None = None) -> list[dict[str, Any]]:
+        """Fire real-time timers that are due now, or by `until` (the scheduler and `tollgate
+        worker` call this through `Runtime.run_due_timers`)."""
         with self.db.bulk_work():
-            _, entries = self.sweep(None, self.units.now(), batch=limit, actor=actor)
+            _, entries = self.sweep(None, self.units.now() if until is None else until, batch=limit,
+                                    actor=actor)
         return entries

@@ -34,7 +34,8 @@ BULK_GC_THRESHOLD = (50_000, 20, 10)
 #: Critical sections that one process of the cluster (every server, gunicorn worker and `tollgate
 #: worker` on one database) enters at a time, until the transaction that entered it ends; the
 #: number is the PostgreSQL advisory lock key.
-CLUSTER_LOCKS = {"schema": 0x746F6C6C_0001, "rules_versions": 0x746F6C6C_0002}
+CLUSTER_LOCKS = {"schema": 0x746F6C6C_0001, "rules_versions": 0x746F6C6C_0002,
+                 "rules_takeover": 0x746F6C6C_0003}
 
 _GC_LOCK = threading.Lock()
 _bulk_depth = 0

@@ -58,6 +58,21 @@ rules_versions = Table(
     Column("source", String(500), nullable=False),
     Column("activated_at", UTCDateTime, nullable=False),
     Column("activated_by", String(100), nullable=False),
+    # Effective-dated versions (migration 0010): the version judges instants from `effective_at`
+    # on (its activation time unless it was scheduled); a scheduled one may be cancelled before.
+    Column("effective_at", UTCDateTime, nullable=True),
+    Column("cancelled_at", UTCDateTime, nullable=True),
+    Column("cancelled_by", String(100), nullable=True),
+)
+
+#: One row (id 1): `generation` moves on every change of the versions, so a process re-reads its
+#: schedule only then; `timers_version` is the version real-time timers were last re-planned under
+#: (`service/application/replans.py`). Migration 0010.
+rules_state = Table(
+    "rules_state", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("timers_version", BigInteger, nullable=True),
 )
 
 #: The last import of each rules file (by absolute path): a server start imports the file again
@@ -80,6 +95,8 @@ clocks = Table(
     # and a lease whose holder died lapses at `lease_expires` (migration 0005).
     Column("lease_owner", String(32), nullable=True),
     Column("lease_expires", UTCDateTime, nullable=True),
+    # The rules version this clock's timers were last planned under (migration 0010).
+    Column("rules_version", BigInteger, nullable=True),
 )
 
 instances = Table(

@@ -78,7 +78,7 @@ def test_a_later_grace_deadline_moves_the_pending_suspension_by_one_hour(
     assert move == {"timer": "grace_deadline", "change": "moves", "shift": "+1 h", "count": 1,
                     "examples": [recorded.invoice],
                     "example_from": "2026-11-30T16:00:00+00:00", "example_to": "2026-11-30T17:00:00+00:00",
-                    "on_new_version": "replan", "applies_to_armed": True}
+                    "on_new_version": "keep", "applies_to_armed": False}
     assert report["looking_back"]["by_rule"] == []  # the invoice's attempts keep their verdicts
 
 

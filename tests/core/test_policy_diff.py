@@ -265,7 +265,9 @@ def test_a_timer_condition_and_states(policy: Policy, edited: Callable[..., Poli
 def test_a_timer_removed_and_added(policy: Policy, edited: Callable[..., Policy]) -> None:
     block = ("  autopay_next_day:\n    workflow: invoice\n    event: start_autopay\n    states: [autopay]\n"
              "    when: local_day(now) < params.billing.autopay_days.last\n"
-             "    at: add_days(start_of_day(now), 1)\n")
+             "    at: add_days(start_of_day(now), 1)\n"
+             "    # keep: the autopay retries of an issued invoice follow the terms it was issued with.\n"
+             "    on_new_version: keep\n")
     fewer = edited((block, ""))
     removed = diff_policies(policy, fewer)
     assert [(t.timer, t.change, t.old) for t in removed.timers] == [

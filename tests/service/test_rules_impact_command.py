@@ -64,7 +64,8 @@ def test_changes_are_printed_by_rule_and_timer_and_exit_1(
     assert f"    payment_method.select_method: 1 applied → denied (e.g. {recorded.evening})" in out
     assert f"    payment_method.select_method: 1 denied → applied (e.g. {recorded.morning})" in out
     assert (f"  grace_deadline 2026-12-01 01:00 → 2026-12-01 02:00: 1 moves by +1 h "
-            f"(e.g. {recorded.invoice}) [on_new_version: replan — applies to the timers armed now]") in out
+            f"(e.g. {recorded.invoice}) [on_new_version: keep — armed timers keep their due time; "
+            "only timers armed after activation]") in out
 
 
 def test_json_is_the_api_report(database_url: str, recorded: History, tmp_path: Path,
