@@ -63,7 +63,8 @@ class RuleChange:
 
 @dataclass(frozen=True)
 class TimerChange:
-    """One aspect of one timer's schedule: added, removed, at, when, states, event or workflow."""
+    """One aspect of one timer's schedule: added, removed, at, when, states, event, workflow or
+    on_new_version."""
 
     timer: str
     workflow: str
@@ -397,6 +398,8 @@ def _timer_aspects(a: TimerRule, b: TimerRule, defs: Mapping[str, Definition]) -
             old_when is not None and new_when is not None and _normal(old_when) != _normal(new_when)):
         yield TimerChange(timer, workflow, "when", old_when and _display(old_when),
                           new_when and _display(new_when))
+    if a.on_new_version != b.on_new_version:  # what taking effect does to timers already armed
+        yield TimerChange(timer, workflow, "on_new_version", a.on_new_version, b.on_new_version)
 
 
 def _in_order(states: frozenset[str], order: tuple[str, ...]) -> list[str]:

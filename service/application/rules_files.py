@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
 from tollgate.service.storage.tables import rules_file_imports, rules_versions
 from tollgate.workflows.exceptions import Problem, RulesError
@@ -78,16 +78,19 @@ def display_name(source: str) -> str:
     return source[len(FILE_SOURCE):] if source.startswith(FILE_SOURCE) else "rules.yaml"
 
 
-def plan(conn: Connection, rules: RulesFile, *, force: bool) -> Plan:
-    """Decide what to do with `rules`, from the active version and the file's last import.
+def plan(conn: Connection, rules: RulesFile, *, force: bool, now: datetime) -> Plan:
+    """Decide what to do with `rules`, from the version in effect at `now` (a version scheduled for
+    later is not active yet, however new) and the file's last import.
 
     `force` (an operator's explicit `tollgate rules activate`) imports the file even when it has
     not changed since its last import. A path never imported before whose text a start already
     imported (before this table existed, or from another path) is recorded, not imported again:
     that text was replaced on purpose since.
     """
+    effective = func.coalesce(rules_versions.c.effective_at, rules_versions.c.activated_at)
     active = conn.execute(select(rules_versions.c.id, rules_versions.c.sha256)
-                          .order_by(rules_versions.c.id.desc()).limit(1)).first()
+                          .where(rules_versions.c.cancelled_at.is_(None), effective <= now)
+                          .order_by(effective.desc(), rules_versions.c.id.desc()).limit(1)).first()
     last = conn.execute(select(rules_file_imports.c.sha256)
                         .where(rules_file_imports.c.path == rules.path)).scalar_one_or_none()
     if active is not None and active.sha256 == rules.sha256:

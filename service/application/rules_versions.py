@@ -293,11 +293,11 @@ class RulesVersions:
             self.check_effective_at(effective_at)
         rules = rules_files.read_rules_file(path)
         with self.db.read() as conn:
-            first = rules_files.plan(conn, rules, force=force)
+            first = rules_files.plan(conn, rules, force=force, now=self.now())
         policy = load_policy(rules.text, rules.path) if first.action == "import" else None
         with self.db.transaction() as conn:
             self.db.cluster_lock(conn, "rules_versions")
-            chosen = rules_files.plan(conn, rules, force=force)
+            chosen = rules_files.plan(conn, rules, force=force, now=self.now())
             if chosen.action == "import":
                 policy = policy or load_policy(rules.text, rules.path)
                 imported = self.insert_version(conn, policy, rules.source, actor, effective_at)

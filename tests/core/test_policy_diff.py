@@ -262,6 +262,18 @@ def test_a_timer_condition_and_states(policy: Policy, edited: Callable[..., Poli
         ("overdue_after_autopay", "states", ["issued", "autopay"], ["issued"])]
 
 
+def test_a_timer_switched_between_replan_and_keep(policy: Policy, edited: Callable[..., Policy]) -> None:
+    """What a new version does to timers already armed is policy: switching it is a change."""
+    replan = edited(("    at: ts(context.suspend_after)\n    # keep: the overdue notice told the customer "
+                     "this deadline (context.suspend_after).\n    on_new_version: keep",
+                     "    at: ts(context.suspend_after)\n    on_new_version: replan"))
+    diff = diff_policies(policy, replan)
+    assert [(t.timer, t.change, t.old, t.new) for t in diff.timers] == [
+        ("grace_deadline", "on_new_version", "keep", "replan")]
+    assert _lines(diff)[0] == "timer grace_deadline (invoice): on_new_version keep → replan"
+    assert [(a.workflow, a.event) for a in diff.affected] == [("invoice", "suspend")]
+
+
 def test_a_timer_removed_and_added(policy: Policy, edited: Callable[..., Policy]) -> None:
     block = ("  autopay_next_day:\n    workflow: invoice\n    event: start_autopay\n    states: [autopay]\n"
              "    when: local_day(now) < params.billing.autopay_days.last\n"

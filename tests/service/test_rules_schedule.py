@@ -194,3 +194,34 @@ def test_cli_activate_schedules_a_file(database_url: str, tmp_path: Path,
     assert main(["rules", "activate", str(edited), "--database", database_url, "--effective-at",
                  "2001-01-01T00:00:00+00:00"]) == 2
     assert "not in the future" in capsys.readouterr().err
+
+
+def test_a_file_scheduled_for_later_is_not_taken_for_the_active_version(
+        database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A restart keeps the scheduled file scheduled; `rules activate` of the same file without
+    `--effective-at` activates it now (before, the newest version by number counted as active, so
+    the activation was refused as "already the active version")."""
+    from tollgate.service.cli import main
+
+    runtime = Runtime(Database(database_url))
+    runtime.bootstrap(RULES_PATH)
+    runtime.close()
+    edited = tmp_path / "rules.yaml"
+    edited.write_text(longer(), encoding="utf-8")
+    assert main(["rules", "activate", str(edited), "--database", database_url, "--effective-at",
+                 "2199-12-01T00:00:00+09:00"]) == 0
+    restarted = Runtime(Database(database_url))
+    try:
+        version, imported = restarted.import_rules_file(edited)  # what a start does with the file
+        assert (version.id, imported) == (1, False)
+    finally:
+        restarted.close()
+    capsys.readouterr()
+    assert main(["rules", "activate", str(edited), "--database", database_url]) == 0
+    assert "activated as rules version 3" in capsys.readouterr().out
+    check = Runtime(Database(database_url))
+    try:
+        statuses = [(v.id, v.status) for v in check.list_rules_versions()]
+        assert statuses[:2] == [(3, "active"), (2, "scheduled")]
+    finally:
+        check.close()
