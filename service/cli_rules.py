@@ -202,7 +202,7 @@ def register_rules(subparsers: Subparsers) -> None:
                        help="the rules file (default: $TOLLGATE_RULES, ./rules.yaml or the bundled one)")
     check.set_defaults(handler=_rules_check)
     activate = actions.add_parser(
-        "activate", help="activate a rules file as a new version now",
+        "activate", help="activate a rules file as a new version, now or at --effective-at",
         description="Validate a rules file and activate it as a new rules version on the database "
         "(unless it is the active version already), as PUT /rules does; running servers and workers "
         "judge the next event by it. A start imports the file by itself only when it changed since "
