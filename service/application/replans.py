@@ -115,7 +115,8 @@ class Replans:
                 return done
         policy = engine.policy
         where = timers.c.clock.is_(None) if clock_id is None else timers.c.clock == clock_id
-        armed = conn.execute(select(timers.c.instance, timers.c.name, timers.c.event, timers.c.due_at)
+        armed = conn.execute(select(timers.c.instance, timers.c.name, timers.c.event, timers.c.due_at,
+                                    timers.c.armed_at)
                              .where(where).order_by(timers.c.instance, timers.c.name)).all()
         todo = []
         for row in armed:
@@ -127,18 +128,20 @@ class Replans:
         for start in range(0, len(todo), _CHUNK):
             chunk = todo[start:start + _CHUNK]
             records = self._records(conn, {row.instance for row in chunk})
-            armed_at = self._armed_at(conn, engine, records)
+            # since migration 0009 a timer records when it was armed; older ones: from the history
+            unrecorded = {row.instance for row in chunk if row.armed_at is None}
+            armed_at = self._armed_at(conn, engine, {i: records[i] for i in unrecorded if i in records})
             for row in chunk:
                 record = records.get(row.instance)
                 due = None
-                if record is not None and row.instance not in armed_at:
+                when = row.armed_at or armed_at.get(row.instance)
+                if record is not None and when is None:
                     done.kept += 1  # no applied transition recorded (rows seeded in bulk): as armed
                     continue
                 if record is not None:
                     try:
                         due = replan_due(policy, record["workflow"], row.name, record["state"],
-                                         record["context"], record["account_view"],
-                                         armed_at[row.instance])
+                                         record["context"], record["account_view"], when)
                     except Exception as error:  # the new rules fail on this instance: leave it as armed
                         log.error("The timer '%s' of '%s' could not be re-planned under rules version %d "
                                   "(%s); it stays due at %s.", row.name, row.instance, version.id, error,
@@ -178,6 +181,8 @@ class Replans:
         was not internal (an internal one leaves timers as they are), its creation included."""
         h = history.c
         found: dict[str, datetime] = {}
+        if not records:
+            return found
         rows = conn.execute(select(h.instance, h.event, h.from_state, h.to_state, h.at)
                             .where(h.instance.in_(list(records)), h.outcome == "applied")
                             .order_by(h.instance, h.seq.desc()))
