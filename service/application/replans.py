@@ -134,11 +134,11 @@ class Replans:
             for row in chunk:
                 record = records.get(row.instance)
                 due = None
-                when = row.armed_at or armed_at.get(row.instance)
+                when: datetime | None = row.armed_at or armed_at.get(row.instance)
                 if record is not None and when is None:
                     done.kept += 1  # no applied transition recorded (rows seeded in bulk): as armed
                     continue
-                if record is not None:
+                if record is not None and when is not None:
                     try:
                         due = replan_due(policy, record["workflow"], row.name, record["state"],
                                          record["context"], record["account_view"], when)
