@@ -6,11 +6,58 @@ the tests all start here, so that what a process is made of is decided once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from tollgate.service.application.relay import Relay, RetryPolicy
 from tollgate.service.application.rules_versions import RulesVersion
 from tollgate.service.application.runtime import Runtime
 from tollgate.service.application.times import system_now
+from tollgate.service.delivery.channels import Sender
+from tollgate.service.delivery.webhooks import WebhookSender
 from tollgate.service.settings import Settings
 from tollgate.service.storage.db import Database
+
+
+def _sms_webhook(settings: Settings) -> Sender | None:
+    if not settings.webhook_sms_url or not settings.webhook_secret:
+        return None
+    return WebhookSender("sms", settings.webhook_sms_url, settings.webhook_secret,
+                         timeout=settings.webhook_timeout, name="SMS webhook")
+
+
+def _gateway_webhook(settings: Settings) -> Sender | None:
+    if not settings.webhook_gateway_url or not settings.webhook_secret:
+        return None
+    return WebhookSender("gateway", settings.webhook_gateway_url, settings.webhook_secret,
+                         timeout=settings.webhook_timeout, name="payment-gateway webhook")
+
+
+#: How each notification channel leaves tollgate: channel → a factory of its sender from the
+#: settings (None: not configured; that channel's notifications wait in the outbox, pending, and
+#: clients can still read them from GET /notifications). Channels are what the actions write
+#: (workflows/actions.py): `sms` → the SMS webhook; `gateway` (the `charge_request` template) →
+#: the payment-gateway webhook; `email` → SMTP.
+SENDERS: dict[str, Callable[[Settings], Sender | None]] = {
+    "sms": _sms_webhook,
+    "gateway": _gateway_webhook,
+}
+
+
+def build_senders(settings: Settings) -> dict[str, Sender]:
+    """The configured senders by channel."""
+    built = {channel: factory(settings) for channel, factory in SENDERS.items()}
+    return {channel: sender for channel, sender in built.items() if sender is not None}
+
+
+def build_relay(settings: Settings, runtime: Runtime) -> Relay | None:
+    """The delivery relay of a process (serve's scheduler, `tollgate worker`); None without any
+    configured channel."""
+    senders = build_senders(settings)
+    if not senders:
+        return None
+    return Relay(runtime.outbox, senders,
+                 policy=RetryPolicy(settings.relay_retry_base, settings.relay_retry_window),
+                 batch=settings.relay_batch, timeout=settings.webhook_timeout)
 
 
 def build_runtime(settings: Settings, *, batch_workers: int | None = None) -> Runtime:

@@ -143,12 +143,20 @@ def _worker(args: argparse.Namespace) -> int:
     runtime = _prepare(args, settings)
     if runtime is None:
         return 1
-    scheduler = Scheduler(runtime, interval=args.interval, batch=args.batch)
+    from tollgate.service.bootstrap import build_relay
+
+    relay = build_relay(settings, runtime)
+    scheduler = Scheduler(runtime, interval=args.interval, batch=args.batch, relay=relay,
+                          relay_interval=settings.relay_interval)
     try:
         if args.once:
             print(f"tollgate worker: {scheduler.tick()} timers handled")
+            if relay is not None:
+                print(f"tollgate worker: {relay.run_once().delivered} notifications delivered")
         elif args.until_idle:
             print(f"tollgate worker: {scheduler.run_until_idle()} timers handled")
+            if relay is not None:
+                print(f"tollgate worker: {relay.run_until_idle().delivered} notifications delivered")
         else:
             sleep_until_stopped(scheduler)
     finally:

@@ -23,6 +23,7 @@ from tollgate.service.application.leases import ClockLeases
 from tollgate.service.application.parallel import Workers
 from tollgate.service.application.policy_files import definitions
 from tollgate.service.application.reads import Reads
+from tollgate.service.application.relay import Outbox
 from tollgate.service.application.rules_history import RulesHistory
 from tollgate.service.application.rules_versions import RulesVersion, RulesVersions
 from tollgate.service.application.sweeps import Sweeps
@@ -59,6 +60,7 @@ class Runtime:
         self.parallel = Workers(db, workers)
         self.clocks = Clocks(db, now, self.sweeps, self.leases, self.parallel)
         self.batches = Batches(db, self.sweeps, self.parallel)
+        self.outbox = Outbox(db, now)  # delivery bookkeeping; the relay itself is built in bootstrap
         # The services' methods, as the edges call them (bound once: no per-call indirection).
         self.engine_for = self.versions.engine_for
         self.active_rules = self.versions.active_rules
@@ -82,6 +84,7 @@ class Runtime:
         self.run_due_timers = self.sweeps.run_due_timers
         self.fire_many = self.batches.fire_many
         self.start_workers = self.parallel.start
+        self.redeliver = self.outbox.redeliver
 
     def bootstrap(self, rules_path: str | Path, *, strict: bool = True) -> RulesVersion:
         """Migrate the schema; import the rules file if it changed since its last import
