@@ -238,8 +238,9 @@ class Relay:
         self.channels = tuple(sorted(self.senders))
         self.policy = policy or RetryPolicy()
         self.batch = batch
-        #: How long a claim holds: every send of the batch may take the whole timeout.
-        self.lease = batch * timeout + 30.0
+        #: How long a claim holds: every send of the batch may take the whole timeout twice
+        #: (to connect, then to answer).
+        self.lease = 2 * batch * timeout + 5.0
         self.rng = rng or random.Random()
 
     def run_once(self) -> Pass:

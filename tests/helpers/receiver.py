@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hang-first", type=int, default=0)
     parser.add_argument("--hang-seconds", type=float, default=5.0)
     parser.add_argument("--status", type=int, default=202)
+    parser.add_argument("--delay", type=float, default=0.0, 
+                        help="seconds before every answer (a slow receiver)")
     args = parser.parse_args(argv)
     lock = threading.Lock()
     seen: Counter[str] = Counter()
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                 concurrent = in_flight[key] > 0
                 in_flight[key] += 1
             try:
+                if args.delay:
+                    time.sleep(args.delay)
                 if not verified:
                     status = 400
                 elif nth <= args.hang_first:
@@ -88,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
                 with lock:
                     in_flight[key] -= 1
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            if not isinstance(sys.exc_info()[1], ConnectionError):  # a sender killed or timed out
+                super().handle_error(request, client_address)
+
+    server = Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     print(f"PORT {server.server_address[1]}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
