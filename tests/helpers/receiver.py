@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hang-first", type=int, default=0)
     parser.add_argument("--hang-seconds", type=float, default=5.0)
     parser.add_argument("--status", type=int, default=202)
-    parser.add_argument("--delay", type=float, default=0.0, 
+    parser.add_argument("--delay", type=float, default=0.0,
                         help="seconds before every answer (a slow receiver)")
     args = parser.parse_args(argv)
     lock = threading.Lock()
