@@ -71,6 +71,8 @@ SUITES: Mapping[str, tuple[str, Callable[[], Measure]]] = {
                 _lazy("bench.billing", "billing_figures")),
     "workers": ("the billing month on PostgreSQL with 1, 2 and 4 workers",
                 _lazy("bench.workers", "worker_figures")),
+    "relay": ("webhooks through the relay ÷ a bare send loop; a 10,000-invoice month delivered once",
+              _lazy("bench.relay", "relay_figures")),
 }
 
 

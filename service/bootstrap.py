@@ -57,7 +57,8 @@ def build_relay(settings: Settings, runtime: Runtime) -> Relay | None:
         return None
     return Relay(runtime.outbox, senders,
                  policy=RetryPolicy(settings.relay_retry_base, settings.relay_retry_window),
-                 batch=settings.relay_batch, timeout=settings.webhook_timeout)
+                 batch=settings.relay_batch, timeout=settings.webhook_timeout,
+                 concurrency=settings.relay_concurrency)
 
 
 def build_runtime(settings: Settings, *, batch_workers: int | None = None) -> Runtime:

@@ -30,7 +30,8 @@ ENVIRONMENT = {"TOLLGATE_DATABASE_URL": "database_url", "TOLLGATE_RULES": "rules
 # Delivery (service/application/relay.py, service/delivery/webhooks.py; README "Delivery").
 ENVIRONMENT.update({
     "TOLLGATE_RELAY_RETRY_BASE_SECONDS": "relay_retry_base", "TOLLGATE_RELAY_RETRY_WINDOW_SECONDS":
-    "relay_retry_window", "TOLLGATE_RELAY_BATCH": "relay_batch", "TOLLGATE_RELAY_INTERVAL_SECONDS":
+    "relay_retry_window", "TOLLGATE_RELAY_BATCH": "relay_batch",
+    "TOLLGATE_RELAY_CONCURRENCY": "relay_concurrency", "TOLLGATE_RELAY_INTERVAL_SECONDS":
     "relay_interval", "TOLLGATE_WEBHOOK_SMS_URL": "webhook_sms_url", "TOLLGATE_WEBHOOK_GATEWAY_URL":
     "webhook_gateway_url", "TOLLGATE_WEBHOOK_SECRET": "webhook_secret",
     "TOLLGATE_WEBHOOK_TIMEOUT_SECONDS": "webhook_timeout"})
@@ -57,7 +58,9 @@ class Settings:
     #: Seconds from a notification's first attempt after which a failing one is dead.
     relay_retry_window: float = 24 * 3600.0
     #: Notifications a relay claims and sends per pass.
-    relay_batch: int = 50
+    relay_batch: int = 100
+    #: Sends of a pass in flight at once (threads, each with its own kept-alive connection).
+    relay_concurrency: int = 8
     #: Seconds an idle relay waits before looking again.
     relay_interval: float = 1.0
     webhook_sms_url: str | None = None
@@ -119,6 +122,11 @@ def delivery_settings(values: Mapping[str, Any]) -> dict[str, Any]:
     if "relay_batch" in values:
         out["relay_batch"] = _positive_int(values["relay_batch"], "TOLLGATE_RELAY_BATCH must be a whole "
                                            f"number of at least 1, not {values['relay_batch']!r}.")
+    if "relay_concurrency" in values:
+        out["relay_concurrency"] = _positive_int(
+            values["relay_concurrency"],
+            f"TOLLGATE_RELAY_CONCURRENCY must be a whole number of at least 1, not "
+            f"{values['relay_concurrency']!r}.")
     for name, var in (("webhook_sms_url", "TOLLGATE_WEBHOOK_SMS_URL"),
                       ("webhook_gateway_url", "TOLLGATE_WEBHOOK_GATEWAY_URL")):
         url = values.get(name)
