@@ -6,6 +6,7 @@ the tests all start here, so that what a process is made of is decided once.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from tollgate.service.application.relay import Relay, RetryPolicy
@@ -16,6 +17,8 @@ from tollgate.service.delivery.channels import Sender
 from tollgate.service.delivery.webhooks import WebhookSender
 from tollgate.service.settings import Settings
 from tollgate.service.storage.db import Database
+
+log = logging.getLogger("tollgate.relay")
 
 
 def _sms_webhook(settings: Settings) -> Sender | None:
@@ -54,7 +57,14 @@ def build_relay(settings: Settings, runtime: Runtime) -> Relay | None:
     configured channel."""
     senders = build_senders(settings)
     if not senders:
+        log.info("No delivery channel is configured (TOLLGATE_WEBHOOK_SMS_URL, TOLLGATE_WEBHOOK_GATEWAY_URL, "
+                 "TOLLGATE_SMTP_URL): notifications stay pending in the outbox (GET /notifications).")
         return None
+    log.info("Delivery relay: %s; %d per pass, %d at once, first retry after %g s, dead after %g s.",
+             ", ".join(f"{channel} → {getattr(sender, 'name', type(sender).__name__)}"
+                       for channel, sender in sorted(senders.items())),
+             settings.relay_batch, settings.relay_concurrency, settings.relay_retry_base,
+             settings.relay_retry_window)
     return Relay(runtime.outbox, senders,
                  policy=RetryPolicy(settings.relay_retry_base, settings.relay_retry_window),
                  batch=settings.relay_batch, timeout=settings.webhook_timeout,

@@ -70,3 +70,23 @@ def test_verify_accepts_any_matching_v1_during_a_secret_rotation() -> None:
     new = sign(SECRET, body, 1_764_000_000)
     old = sign("whsec_old", body, 1_764_000_000).split(",")[1]
     assert verify(SECRET, body, f"{new.split(',')[0]},{old},{new.split(',')[1]}", now=1_764_000_000)
+
+
+def test_the_readmes_standalone_verification_snippet_agrees_with_the_signer() -> None:
+    import re
+    import time
+
+    from tests.helpers.paths import ROOT
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    (code,) = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S)
+               if "def verify_tollgate_signature" in block]
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    check = namespace["verify_tollgate_signature"]
+    body = b'{"id":"ntf_1"}'
+    now = int(time.time())
+    assert check(SECRET, body, sign(SECRET, body, now))  # type: ignore[operator]
+    assert not check(SECRET, body + b" ", sign(SECRET, body, now))  # type: ignore[operator]
+    assert not check(SECRET, body, sign(SECRET, body, now - 301))  # type: ignore[operator]
+    assert not check("whsec_other", body, sign(SECRET, body, now))  # type: ignore[operator]
