@@ -1,6 +1,6 @@
 """`tollgate bench`: every benchmark figure of one run, as a table and a JSON list.
 
-The suites run in order (core, http, billing, workers) with progress on stderr; each returns its
+The suites run in order (core, http, billing, workers, relay) with progress on stderr; each returns its
 figures (`bench.report.Figure`s or their JSON objects). A suite whose module is not there yet, or
 that cannot run here (no wrk, no PostgreSQL), gives one "not available" row saying why instead
 of stopping the others. The JSON list has one object per figure: `name, value, unit, baseline,

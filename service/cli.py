@@ -260,14 +260,14 @@ def _bench(args: argparse.Namespace) -> int:
 def _register_bench(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "bench", help="measure the performance figures against their baselines",
-        description="Run the benchmarks (core, http, billing, workers); each figure is a ratio to a "
+        description="Run the benchmarks (core, http, billing, workers, relay); each figure is a ratio to a "
         "baseline measured in the same run. Prints a table, progress on stderr; exit 1 if a suite "
         "could not run.")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run of every figure at small N (under two minutes)")
     parser.add_argument("--json", metavar="FILE", help="write the figures as a JSON list to FILE")
     parser.add_argument("--only", metavar="LIST",
-                        help="comma-separated suites to run: core,http,billing,workers (default: all)")
+                        help="comma-separated suites to run: core,http,billing,workers,relay (default: all)")
     parser.set_defaults(handler=_bench)
 
 

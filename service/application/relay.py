@@ -216,6 +216,9 @@ class Outbox:
         """The attempt log of one notification, oldest first."""
         a = notification_attempts.c
         with self.db.read() as conn:
+            known = select(notifications.c.id).where(notifications.c.id == notification_id)
+            if conn.execute(known).first() is None:
+                raise NotFound(f"There is no notification {notification_id}.")
             return [{"attempt": r.attempt, "at": rfc3339(r.at), "result": r.result, "status": r.status,
                      "detail": r.detail}
                     for r in conn.execute(select(notification_attempts)

@@ -62,3 +62,24 @@ def test_redeliver_is_in_the_openapi_document(api: Client) -> None:
     listed = spec["components"]["schemas"]["notification_list"]["properties"]["items"]["items"]
     assert listed["properties"]["delivery"]["properties"]["state"]["enum"] == [
         "pending", "retrying", "delivered", "dead"]
+
+
+def test_the_attempt_log_of_a_notification_is_readable_and_404_when_unknown(
+        api: Client, clock: str, app: Flask) -> None:
+    from datetime import UTC, datetime
+
+    from tollgate.service.storage.tables import notification_attempts
+
+    account = api.create("signup", clock=clock)["id"]
+    api.fire(account, "select_type", {"country": "KR", "member_type": "business"})
+    api.fire(account, "submit_email", {"email": "m@example.com"})
+    note_id = api.notifications(account)[0]["id"]
+    assert api.ok("GET", f"/notifications/{note_id}/attempts", role="viewer") == {"items": []}
+    with _runtime(app).db.transaction() as conn:  # as a relay records a failed attempt
+        conn.execute(notification_attempts.insert().values(
+            notification=note_id, attempt=1, at=datetime(2026, 12, 1, tzinfo=UTC), result="failed",
+            status="500", detail="The SMS webhook answered 500 Internal Server Error."))
+    assert api.ok("GET", f"/notifications/{note_id}/attempts")["items"] == [
+        {"attempt": 1, "at": "2026-12-01T00:00:00+00:00", "result": "failed", "status": "500",
+         "detail": "The SMS webhook answered 500 Internal Server Error."}]
+    assert api.call("GET", "/notifications/424242/attempts").status_code == 404
