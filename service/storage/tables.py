@@ -176,7 +176,7 @@ notifications = Table(
     Column("last_status", String(16), nullable=True),
     Column("first_attempt_at", UTCDateTime, nullable=True),  # the retry window's start (real time)
     Index("ix_notifications_instance", "instance", "id"),
-    Index("ix_notifications_due", "delivery_state", "next_attempt_at"),
+    Index("ix_notifications_due", "delivery_state", "channel", "next_attempt_at"),
 )
 
 #: Every attempt to deliver a notification (migration 0011): when, delivered or failed, the

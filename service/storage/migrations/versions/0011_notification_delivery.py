@@ -36,7 +36,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("last_status", sa.String(16), nullable=True))
         batch.add_column(sa.Column("first_attempt_at", sa.DateTime(timezone=True), nullable=True))
     op.execute("UPDATE notifications SET delivery_state = 'delivered'")
-    op.create_index("ix_notifications_due", "notifications", ["delivery_state", "next_attempt_at"])
+    op.create_index("ix_notifications_due", "notifications", ["delivery_state", "channel", "next_attempt_at"])
     op.create_table(
         "notification_attempts",
         sa.Column("id", BigId, primary_key=True, autoincrement=True),
