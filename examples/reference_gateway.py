@@ -166,7 +166,10 @@ def server(gateway: Gateway, secret: str, port: int) -> ThreadingHTTPServer:
             fresh = gateway.charge(key, request)
             self.answer(202 if fresh else 200, {"accepted": key, "duplicate": not fresh})
 
-    return ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 128  # a relay sends several at once (the default backlog is 5)
+
+    return Server(("127.0.0.1", port), Handler)
 
 
 def main(argv: list[str] | None = None) -> int:

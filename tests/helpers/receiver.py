@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                     in_flight[key] -= 1
 
     class Server(ThreadingHTTPServer):
+        request_queue_size = 128  # several relays' senders connect at once (the default is 5)
+
         def handle_error(self, request: Any, client_address: Any) -> None:
             if not isinstance(sys.exc_info()[1], ConnectionError):  # a sender killed or timed out
                 super().handle_error(request, client_address)
