@@ -209,9 +209,11 @@ def _register_serve(subparsers: Subparsers) -> None:
 
 
 def _register_worker(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser("worker", help="fire due timers (scale-out on PostgreSQL)",
-                                   description="Claim and fire due real-time timers in batches; "
-                                   "several workers never fire one timer twice.")
+    parser = subparsers.add_parser("worker", help="fire due timers and deliver the outbox (scale-out)",
+                                   description="Claim and fire due real-time timers in batches, and "
+                                   "relay due notifications to the configured channels (README, "
+                                   "Delivery); several workers never fire one timer twice, nor send "
+                                   "one notification twice at once.")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between idle sweeps")
     parser.add_argument("--batch", type=int, default=1000, help="timers claimed per transaction")
     parser.add_argument("--once", action="store_true", help="one sweep, then exit")
