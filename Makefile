@@ -29,7 +29,7 @@ serve: $(VENV)/.installed graphviz
 	$(BIN)/tollgate serve --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check tollgate/*.py workflows service bench tests
+	$(BIN)/ruff check tollgate/*.py workflows service bench tests examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

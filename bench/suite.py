@@ -1,7 +1,7 @@
 """`tollgate bench`: every benchmark figure of one run, as a table and a JSON list.
 
-The suites run in order (core, http, billing, workers, replay, replay_1m) with progress on
-stderr; each returns its figures (`bench.report.Figure`s or their JSON objects). A suite whose
+The suites run in order (core, http, billing, workers, replay, replay_1m, relay) with
+progress on stderr; each returns its figures (`bench.report.Figure`s or their JSON objects). A suite whose
 module is not there yet, or that cannot run here (no wrk, no PostgreSQL), gives one "not
 available" row saying why instead of stopping the others. The JSON list has one object per
 figure: `name, value, unit, baseline, ratio, goal, met` (bool) and extra keys (`direction`,
@@ -75,6 +75,8 @@ SUITES: Mapping[str, tuple[str, Callable[[], Measure]]] = {
                _lazy("bench.replay", "replay_figures")),
     "replay_1m": ("`rules impact` over 100,000 and 1,000,000 recorded attempts: peak RSS, cost per attempt",
                   _lazy("bench.replay", "replay_memory_figures")),
+    "relay": ("webhooks through the relay ÷ a bare send loop; a 10,000-invoice month delivered once",
+              _lazy("bench.relay", "relay_figures")),
 }
 
 

@@ -23,7 +23,7 @@ from tollgate.workflows.exceptions import TollgateError
 
 ROLES: Mapping[str, frozenset[str]] = {
     "viewer": frozenset({"read"}),
-    "operator": frozenset({"read", "instances", "events", "clocks"}),
+    "operator": frozenset({"read", "instances", "events", "clocks", "outbox"}),
     "policy_editor": frozenset({"read", "rules"}),
     # The payment gateway reports results (EVENT_LIMITS); the reply to its report is all it reads.
     "gateway": frozenset({"events"}),

@@ -179,12 +179,20 @@ def _worker(args: argparse.Namespace) -> int:
     runtime = _prepare(args, settings)
     if runtime is None:
         return 1
-    scheduler = Scheduler(runtime, interval=args.interval, batch=args.batch)
+    from tollgate.service.bootstrap import build_relay
+
+    relay = build_relay(settings, runtime)
+    scheduler = Scheduler(runtime, interval=args.interval, batch=args.batch, relay=relay,
+                          relay_interval=settings.relay_interval)
     try:
         if args.once:
             print(f"tollgate worker: {scheduler.tick()} timers handled")
+            if relay is not None:
+                print(f"tollgate worker: {relay.run_once().delivered} notifications delivered")
         elif args.until_idle:
             print(f"tollgate worker: {scheduler.run_until_idle()} timers handled")
+            if relay is not None:
+                print(f"tollgate worker: {relay.run_until_idle().delivered} notifications delivered")
         else:
             sleep_until_stopped(scheduler)
     finally:
@@ -237,9 +245,11 @@ def _register_serve(subparsers: Subparsers) -> None:
 
 
 def _register_worker(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser("worker", help="fire due timers (scale-out on PostgreSQL)",
-                                   description="Claim and fire due real-time timers in batches; "
-                                   "several workers never fire one timer twice.")
+    parser = subparsers.add_parser("worker", help="fire due timers and deliver the outbox (scale-out)",
+                                   description="Claim and fire due real-time timers in batches, and "
+                                   "relay due notifications to the configured channels (README, "
+                                   "Delivery); several workers never fire one timer twice, nor send "
+                                   "one notification twice at once.")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between idle sweeps")
     parser.add_argument("--batch", type=int, default=1000, help="timers claimed per transaction")
     parser.add_argument("--once", action="store_true", help="one sweep, then exit")
@@ -288,15 +298,15 @@ def _bench(args: argparse.Namespace) -> int:
 def _register_bench(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "bench", help="measure the performance figures against their baselines",
-        description="Run the benchmarks (core, http, billing, workers, replay, replay_1m); each "
-        "figure is a ratio to a baseline measured in the same run. Prints a table, progress on "
-        "stderr; exit 1 if a suite could not run.")
+        description="Run the benchmarks (core, http, billing, workers, replay, replay_1m, relay); "
+        "each figure is a ratio to a baseline measured in the same run. Prints a table, progress "
+        "on stderr; exit 1 if a suite could not run.")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run of every figure at small N (under two minutes)")
     parser.add_argument("--json", metavar="FILE", help="write the figures as a JSON list to FILE")
     parser.add_argument("--only", metavar="LIST",
-                        help="comma-separated suites to run: core,http,billing,workers,replay,replay_1m "
-                        "(default: all)")
+                        help="comma-separated suites to run: core,http,billing,workers,replay,replay_1m,"
+                        "relay (default: all)")
     parser.set_defaults(handler=_bench)
 
 

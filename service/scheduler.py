@@ -17,6 +17,7 @@ import threading
 import time
 from types import FrameType
 
+from tollgate.service.application.relay import Relay
 from tollgate.service.application.runtime import Runtime
 
 log = logging.getLogger("tollgate.scheduler")
@@ -25,13 +26,53 @@ log = logging.getLogger("tollgate.scheduler")
 MAX_BACKOFF = 60.0
 
 
+class RelayLoop:
+    """The delivery relay's own thread beside the timer sweeps (a slow receiver never delays a
+    timer): a pass when the last one was full, else a pause of `interval`; a pass that fails as a
+    whole (the database is down) backs off like a failing sweep."""
+
+    def __init__(self, relay: Relay, stop: threading.Event, *, interval: float = 1.0) -> None:
+        self.relay = relay
+        self.interval = interval
+        self._stop = stop
+        self._thread: threading.Thread | None = None
+
+    def run_forever(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                done = self.relay.run_once()
+            except Exception:
+                failures += 1
+                pause = float(min(self.interval * 2 ** min(failures - 1, 16),
+                                  max(MAX_BACKOFF, self.interval)))
+                log.exception("The delivery relay failed (%d time(s) in a row); retrying in %.1f s.",
+                              failures, pause)
+                self._stop.wait(pause)
+                continue
+            failures = 0
+            if done.claimed < self.relay.batch:
+                self._stop.wait(self.interval)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run_forever, name="tollgate-relay", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
 class Scheduler:
-    def __init__(self, runtime: Runtime, *, interval: float = 1.0, batch: int = 500) -> None:
+    def __init__(self, runtime: Runtime, *, interval: float = 1.0, batch: int = 500,
+                 relay: Relay | None = None, relay_interval: float = 1.0) -> None:
         self.runtime = runtime
         self.interval = interval
         self.batch = batch
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Delivery of the outbox, in its own thread (None: no channel configured).
+        self.relay = None if relay is None else RelayLoop(relay, self._stop, interval=relay_interval)
 
     def tick(self) -> int:
         """Fire what is due now; return how many timers were handled."""
@@ -82,11 +123,15 @@ class Scheduler:
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run_forever, name="tollgate-scheduler", daemon=True)
         self._thread.start()
+        if self.relay is not None:
+            self.relay.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self.relay is not None:
+            self.relay.join(timeout)
 
     def running(self) -> bool:
         """Whether the thread started by `start` is still sweeping."""
@@ -98,6 +143,7 @@ class Scheduler:
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_TIMEOUT = 60.0
 
 
 def sleep_until_stopped(scheduler: Scheduler) -> None:
@@ -127,6 +173,8 @@ def sleep_until_stopped(scheduler: Scheduler) -> None:
                  scheduler.interval, scheduler.batch)
         while scheduler.running():
             scheduler.join(0.5)
+        if scheduler.relay is not None:  # the relay's batch in progress is sent and recorded first
+            scheduler.relay.join(STOP_TIMEOUT)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

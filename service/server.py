@@ -45,9 +45,14 @@ class TollgateServer(BaseApplication):
 
 
 def _start_scheduler(worker: Any) -> None:
+    from tollgate.service.bootstrap import build_relay
     from tollgate.service.scheduler import Scheduler
+    from tollgate.service.settings import Settings
+
     runtime = worker.wsgi.extensions["tollgate"]
-    scheduler = Scheduler(runtime)
+    settings = Settings.from_environment()
+    scheduler = Scheduler(runtime, relay=build_relay(settings, runtime),
+                          relay_interval=settings.relay_interval)
     scheduler.start()
     worker.tollgate_scheduler = scheduler
 

@@ -30,6 +30,14 @@ ENVIRONMENT = {"TOLLGATE_DATABASE_URL": "database_url", "TOLLGATE_RULES": "rules
                # email (service/delivery/email.py); the URL holds the SMTP password: never shown
                "TOLLGATE_SMTP_URL": "smtp_url", "TOLLGATE_SMTP_FROM": "smtp_from",
                "TOLLGATE_TEMPLATES_DIR": "templates_dir"}
+# Delivery (service/application/relay.py, service/delivery/webhooks.py; README "Delivery").
+ENVIRONMENT.update({
+    "TOLLGATE_RELAY_RETRY_BASE_SECONDS": "relay_retry_base", "TOLLGATE_RELAY_RETRY_WINDOW_SECONDS":
+    "relay_retry_window", "TOLLGATE_RELAY_BATCH": "relay_batch",
+    "TOLLGATE_RELAY_CONCURRENCY": "relay_concurrency", "TOLLGATE_RELAY_INTERVAL_SECONDS":
+    "relay_interval", "TOLLGATE_WEBHOOK_SMS_URL": "webhook_sms_url", "TOLLGATE_WEBHOOK_GATEWAY_URL":
+    "webhook_gateway_url", "TOLLGATE_WEBHOOK_SECRET": "webhook_secret",
+    "TOLLGATE_WEBHOOK_TIMEOUT_SECONDS": "webhook_timeout"})
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,23 @@ class Settings:
     smtp_from: str | None = None
     #: A folder of template files that win over the bundled ones (`email/<template>.<lang>.*.j2`).
     templates_dir: str | None = None
+    # ── delivery (relay and webhooks) ──
+    #: Seconds before the first retry of a failed delivery; later ones back off exponentially.
+    relay_retry_base: float = 10.0
+    #: Seconds from a notification's first attempt after which a failing one is dead.
+    relay_retry_window: float = 24 * 3600.0
+    #: Notifications a relay claims and sends per pass.
+    relay_batch: int = 100
+    #: Sends of a pass in flight at once (threads, each with its own kept-alive connection).
+    relay_concurrency: int = 8
+    #: Seconds an idle relay waits before looking again.
+    relay_interval: float = 1.0
+    webhook_sms_url: str | None = None
+    webhook_gateway_url: str | None = None
+    #: The HMAC key of `Tollgate-Signature` (never logged or shown).
+    webhook_secret: str | None = field(default=None, repr=False)
+    #: Seconds a webhook receiver has to connect and answer.
+    webhook_timeout: float = 10.0
     #: Real time for the application (tests pin it); None: the system clock.
     now: Callable[[], datetime] | None = None
 
@@ -83,12 +108,58 @@ class Settings:
         if "log_format" in values:
             values["log_format"] = log_format(values["log_format"])
         smtp(values)
+        values.update(delivery_settings(values))
         for name in ("rules", "secret_key", "smtp_url", "smtp_from", "templates_dir"):
             if name in values and not values[name]:
                 values[name] = None
         if not values.get("database_url"):
             values.pop("database_url", None)
         return cls(**values)
+
+
+def delivery_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The delivery settings among `values`, checked (numbers positive, URLs http(s), a secret
+    whenever a webhook URL is set)."""
+    out: dict[str, Any] = {}
+    numbers = {"relay_retry_base": "TOLLGATE_RELAY_RETRY_BASE_SECONDS",
+               "relay_retry_window": "TOLLGATE_RELAY_RETRY_WINDOW_SECONDS",
+               "relay_interval": "TOLLGATE_RELAY_INTERVAL_SECONDS",
+               "webhook_timeout": "TOLLGATE_WEBHOOK_TIMEOUT_SECONDS"}
+    for name, var in numbers.items():
+        if name in values:
+            out[name] = _positive_number(values[name], f"{var} must be a number of seconds above 0, not "
+                                                       f"{values[name]!r}.")
+    if "relay_batch" in values:
+        out["relay_batch"] = _positive_int(values["relay_batch"], "TOLLGATE_RELAY_BATCH must be a whole "
+                                           f"number of at least 1, not {values['relay_batch']!r}.")
+    if "relay_concurrency" in values:
+        out["relay_concurrency"] = _positive_int(
+            values["relay_concurrency"],
+            f"TOLLGATE_RELAY_CONCURRENCY must be a whole number of at least 1, not "
+            f"{values['relay_concurrency']!r}.")
+    for name, var in (("webhook_sms_url", "TOLLGATE_WEBHOOK_SMS_URL"),
+                      ("webhook_gateway_url", "TOLLGATE_WEBHOOK_GATEWAY_URL")):
+        url = values.get(name)
+        if name in values:
+            out[name] = url or None
+        if url and not str(url).startswith(("http://", "https://")):
+            raise ValueError(f"{var} must be an http:// or https:// URL.")
+        if url and not values.get("webhook_secret"):
+            raise ValueError(f"{var} is set but TOLLGATE_WEBHOOK_SECRET is not: webhooks are always signed; "
+                             "set a long random secret shared with the receiver.")
+    if "webhook_secret" in values:
+        out["webhook_secret"] = values["webhook_secret"] or None
+    return out
+
+
+def _positive_number(value: Any, refusal: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = 0.0
+    if not number > 0 or number == float("inf"):
+        raise ValueError(refusal)
+    return number
 
 
 def batch_workers(value: Any) -> int:

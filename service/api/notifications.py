@@ -1,4 +1,4 @@
-"""`/notifications`: the outbox (email and SMS) that transitions wrote."""
+"""`/notifications`: the outbox (email, SMS, gateway) that transitions wrote, and its redelivery."""
 
 from __future__ import annotations
 
@@ -36,3 +36,21 @@ def list_notifications() -> Response:
                              "existing instance.") from None
     role = actor()
     return reply({"items": rt.notifications(instance, reveal=lambda clock: reveals_secrets(role, clock))})
+
+
+def _notification_id(id: str) -> int:
+    if not id.isascii() or not id.isdigit() or len(id) > 18:
+        raise NotFound(f"There is no notification '{id}'; notification ids are whole numbers.")
+    return int(id)
+
+
+@bind(bp)
+def attempts(id: str) -> Response:
+    """The delivery attempts of notification `id` (time, result, the receiver's status, detail)."""
+    return reply({"items": runtime().outbox.attempts(_notification_id(id))})
+
+
+@bind(bp)
+def redeliver(id: str) -> Response:
+    """Queue notification `id` for delivery again (operator, admin); 404 for an unknown id."""
+    return reply(runtime().redeliver(_notification_id(id)))

@@ -16,7 +16,7 @@ from flask import Blueprint
 View = TypeVar("View", bound=Callable[..., Any])
 
 #: Permissions a route may require; `service/auth.py` maps roles onto them.
-PERMISSIONS = ("read", "instances", "events", "clocks", "rules")
+PERMISSIONS = ("read", "instances", "events", "clocks", "rules", "outbox")
 JSON = "application/json"
 
 
@@ -112,6 +112,12 @@ ROUTES: tuple[Route, ...] = (
     Route("notifications.list_notifications", "GET", "/notifications", "read", "The notification outbox.",
           (Reply(200, "The notifications, oldest first.", "notification_list"),), (400,),
           query=(Param("instance", "Only notifications of this instance."),)),
+    Route("notifications.attempts", "GET", "/notifications/{id}/attempts", "read",
+          "Every delivery attempt of a notification, oldest first.",
+          (Reply(200, "The attempts.", "notification_attempts"),), (404,)),
+    Route("notifications.redeliver", "POST", "/notifications/{id}/redeliver", "outbox",
+          "Send a notification again: pending now, with a fresh retry window; its attempts stay logged.",
+          (Reply(200, "The notification's delivery, pending again.", "redelivery"),), (404,)),
     Route("timers.list_failed_timers", "GET", "/timers/failed", "read",
           "Parked timers: the rules failed on their event at run time, so they do not fire by themselves.",
           (Reply(200, "The parked timers, oldest failure first.", "failed_timer_list"),),

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, func, or_, select
 
 from tollgate.service.application.policy_files import definitions
+from tollgate.service.application.relay import delivery_view
 from tollgate.service.application.times import rfc3339
 from tollgate.service.storage.db import Database
 from tollgate.service.storage.tables import failed_timers, history, instances, notifications, timers
@@ -120,7 +121,8 @@ class Reads:
             return [{"id": n.id, "instance": n.instance, "template": n.template, "channel": n.channel,
                      "recipient": n.recipient,
                      "payload": n.payload if reveal is None or reveal(n.clock) else
-                     redact_payload(n.template, n.payload), "created_at": rfc3339(n.created_at)}
+                     redact_payload(n.template, n.payload), "created_at": rfc3339(n.created_at),
+                     "delivery": delivery_view(n)}
                     for n in conn.execute(query)]
 
     def failed_timers(self, *, instance_id: str | None = None,

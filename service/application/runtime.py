@@ -25,6 +25,7 @@ from tollgate.service.application.leases import ClockLeases
 from tollgate.service.application.parallel import Workers
 from tollgate.service.application.policy_files import definitions
 from tollgate.service.application.reads import Reads
+from tollgate.service.application.relay import Outbox
 from tollgate.service.application.replans import Replanned, Replans
 from tollgate.service.application.rules_history import RulesHistory
 from tollgate.service.application.rules_versions import RulesVersion, RulesVersions
@@ -64,6 +65,7 @@ class Runtime:
         self.replans = Replans(db, self.versions)
         self.clocks = Clocks(db, now, self.sweeps, self.leases, self.parallel, self.replans)
         self.batches = Batches(db, self.sweeps, self.parallel)
+        self.outbox = Outbox(db, now)  # delivery bookkeeping; the relay itself is built in bootstrap
         # The services' methods, as the edges call them (bound once: no per-call indirection).
         self.engine_for = self.versions.engine_for
         self.active_rules = self.versions.active_rules
@@ -87,6 +89,7 @@ class Runtime:
         self.sweep = self.sweeps.sweep
         self.fire_many = self.batches.fire_many
         self.start_workers = self.parallel.start
+        self.redeliver = self.outbox.redeliver
 
     # ── rules versions that take effect (`replans.py`: armed timers re-planned once) ────────────
 

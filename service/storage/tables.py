@@ -190,7 +190,30 @@ notifications = Table(
     Column("recipient", String(254), nullable=False),
     Column("payload", Json, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    # Delivery (migration 0011, service/application/relay.py): pending → delivered, or retrying →
+    # … → dead; `next_attempt_at` NULL is "now"; `claim` is the token of the relay sending it.
+    Column("delivery_state", String(16), nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime, nullable=True),
+    Column("claim", String(32), nullable=True),
+    Column("last_status", String(16), nullable=True),
+    Column("first_attempt_at", UTCDateTime, nullable=True),  # the retry window's start (real time)
     Index("ix_notifications_instance", "instance", "id"),
+    Index("ix_notifications_due", "delivery_state", "channel", "next_attempt_at"),
+)
+
+#: Every attempt to deliver a notification (migration 0011): when, delivered or failed, the
+#: receiver's status (e.g. "202", "250"; NULL without an answer) and a short sentence.
+notification_attempts = Table(
+    "notification_attempts", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("notification", BigInteger, ForeignKey("notifications.id"), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("result", String(16), nullable=False),
+    Column("status", String(16), nullable=True),
+    Column("detail", String(500), nullable=False),
+    Index("ix_notification_attempts_notification", "notification", "id"),
 )
 
 idempotency = Table(

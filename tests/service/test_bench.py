@@ -88,7 +88,7 @@ def test_bench_quick_core_writes_a_json_list_with_the_required_keys(
 
 def test_bench_only_refuses_an_unknown_suite(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--only", "core,disk"]) == 2
-    assert ("Unknown benchmark disk; choose from core, http, billing, workers, replay, replay_1m"
+    assert ("Unknown benchmark disk; choose from core, http, billing, workers, replay, replay_1m, relay"
             in capsys.readouterr().err)
 
 
