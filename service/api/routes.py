@@ -103,6 +103,11 @@ ROUTES: tuple[Route, ...] = (
           query=(Param("dry_run", "true: evaluate without applying.", (("type", "boolean"),)),),
           headers=(Param("Idempotency-Key", "Replaying the same key returns the first response."),
                    Param("If-Match", 'The instance version as an ETag ("3"); 412 when stale.'))),
+    Route("batch.fire_events", "POST", "/events", "events",
+          "Fire a batch of up to 1,000 events (a payment gateway's settlement file), each answered as "
+          "POST /instances/{id}/events would answer it alone; every answered event is committed.",
+          (Reply(200, "One result per event, in order: its status and body.", "event_results"),),
+          (400,), body="fire_events"),
     Route("instances.history", "GET", "/instances/{id}/history", "read",
           "Every attempt on the instance, applied or denied, in order.",
           (Reply(200, "The history.", "history"),), (404,)),

@@ -74,6 +74,7 @@ class Runtime:
         self.failed_timers = self.reads.failed_timers
         self.create_instance = self.events.create_instance
         self.fire = self.events.fire
+        self.fire_batch = self.events.fire_batch
         self.fingerprint = self.idempotency.fingerprint
         self.create_clock = self.clocks.create_clock
         self.get_clock = self.clocks.get_clock
