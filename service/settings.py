@@ -26,7 +26,14 @@ ENVIRONMENT = {"TOLLGATE_DATABASE_URL": "database_url", "TOLLGATE_RULES": "rules
                "TOLLGATE_TOKENS": "tokens", "TOLLGATE_BATCH_WORKERS": "batch_workers",
                "TOLLGATE_SECRET_KEY": "secret_key",  # keys idempotency fingerprints (Idempotency)
                "TOLLGATE_MAX_BODY_BYTES": "max_body_bytes",
-               "TOLLGATE_LOG_LEVEL": "log_level", "TOLLGATE_LOG_FORMAT": "log_format"}
+               "TOLLGATE_LOG_LEVEL": "log_level", "TOLLGATE_LOG_FORMAT": "log_format",
+               # `tollgate serve` (the command line's options win over these)
+               "TOLLGATE_HOST": "host", "TOLLGATE_PORT": "port", "TOLLGATE_WORKERS": "workers",
+               "TOLLGATE_THREADS": "threads",
+               "TOLLGATE_SCHEDULER_INTERVAL_SECONDS": "scheduler_interval",
+               "TOLLGATE_SCHEDULER_BATCH": "scheduler_batch"}
+#: Each setting's variable, for error messages.
+VARIABLES = {name: var for var, name in ENVIRONMENT.items()}
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,14 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY
     log_level: int = logging.INFO
     log_format: str = "text"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: gunicorn worker processes; None: 1 on SQLite (one writer), one per core on PostgreSQL.
+    workers: int | None = None
+    threads: int = 8
+    #: The scheduler thread of each server worker: seconds between idle sweeps, timers per sweep.
+    scheduler_interval: float = 1.0
+    scheduler_batch: int = 500
     #: Real time for the application (tests pin it); None: the system clock.
     now: Callable[[], datetime] | None = None
 
@@ -73,6 +88,20 @@ class Settings:
             values["log_level"] = log_level(values["log_level"])
         if "log_format" in values:
             values["log_format"] = log_format(values["log_format"])
+        if "host" in values:
+            values["host"] = host(values["host"])
+        if "port" in values:
+            values["port"] = _bounded_int(values["port"], "port", 1, 65535, "a TCP port")
+        if "workers" in values:
+            values["workers"] = None if values["workers"] in ("auto", "", None) else \
+                _bounded_int(values["workers"], "workers", 1, 64, "\"auto\" or a number of processes")
+        if "threads" in values:
+            values["threads"] = _bounded_int(values["threads"], "threads", 1, 256, "a number of threads")
+        if "scheduler_interval" in values:
+            values["scheduler_interval"] = _seconds(values["scheduler_interval"], "scheduler_interval")
+        if "scheduler_batch" in values:
+            values["scheduler_batch"] = _bounded_int(values["scheduler_batch"], "scheduler_batch", 1, 100_000,
+                                                     "a number of timers")
         for name in ("rules", "secret_key"):
             if name in values and not values[name]:
                 values[name] = None
@@ -109,6 +138,38 @@ def log_format(value: Any) -> str:
     if fmt not in LOG_FORMATS:
         raise ValueError(f"TOLLGATE_LOG_FORMAT={fmt!r} is not a log format; use text or json.")
     return fmt
+
+
+def host(value: Any) -> str:
+    text = str(value).strip()
+    if not text or any(c.isspace() or c in "/@?#" for c in text) or len(text) > 253:
+        raise ValueError(f"TOLLGATE_HOST={value!r} is not an address to listen on; give an IP address or "
+                         "a host name, e.g. 127.0.0.1 or 0.0.0.0.")
+    return text
+
+
+def _bounded_int(value: Any, name: str, low: int, high: int, what: str) -> int:
+    """`value` as a whole number from `low` to `high`; otherwise ValueError naming the variable."""
+    if isinstance(value, bool):
+        value = None
+    try:
+        number = int(str(value).strip()) if not isinstance(value, int) else value
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not low <= number <= high:
+        raise ValueError(f"{VARIABLES[name]}={str(value)!r} is not {what}: give a whole number from {low} to "
+                         f"{high}.")
+    return number
+
+
+def _seconds(value: Any, name: str) -> float:
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        number = -1.0
+    if not 0.01 <= number <= 3600:
+        raise ValueError(f"{VARIABLES[name]}={str(value)!r} is not a number of seconds from 0.01 to 3600.")
+    return number
 
 
 def _positive_int(value: Any, refusal: str) -> int:

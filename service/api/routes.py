@@ -16,7 +16,7 @@ from flask import Blueprint
 View = TypeVar("View", bound=Callable[..., Any])
 
 #: Permissions a route may require; `service/auth.py` maps roles onto them.
-PERMISSIONS = ("read", "instances", "events", "clocks", "rules")
+PERMISSIONS = ("read", "instances", "events", "clocks", "rules", "metrics")
 JSON = "application/json"
 
 
@@ -43,7 +43,7 @@ class Reply:
 
 @dataclass(frozen=True)
 class Route:
-    """One method on one path; `permission` None means public (only `/healthz`)."""
+    """One method on one path; `permission` None means public (only `/healthz` and `/readyz`)."""
 
     endpoint: str  # blueprint.view
     method: str
@@ -68,6 +68,13 @@ _INSTANCE_REPLY = Reply(200, "The instance.", "instance", headers=("ETag",))
 ROUTES: tuple[Route, ...] = (
     Route("health.healthz", "GET", "/healthz", None, "Liveness and the active rules version.",
           (Reply(200, "The service is up.", "health"),)),
+    Route("health.readyz", "GET", "/readyz", None,
+          "Readiness: the database answers, its schema is at the newest migration, a rules version is "
+          "loaded.",
+          (Reply(200, "Ready: every check passed.", "ready"),), (503,)),
+    Route("health.metrics_text", "GET", "/metrics", "metrics",
+          "Prometheus metrics in the text exposition format (summed over every server worker).",
+          (Reply(200, "The metrics.", media="text/plain; version=0.0.4"),)),
     Route("workflows.list_workflows", "GET", "/workflows", "read",
           "Every workflow: states, events, transitions and bound rule ids.",
           (Reply(200, "The workflows.", "workflow_list"),)),
@@ -111,9 +118,21 @@ ROUTES: tuple[Route, ...] = (
     Route("instances.history", "GET", "/instances/{id}/history", "read",
           "Every attempt on the instance, applied or denied, in order.",
           (Reply(200, "The history.", "history"),), (404,)),
-    Route("notifications.list_notifications", "GET", "/notifications", "read", "The notification outbox.",
-          (Reply(200, "The notifications, oldest first.", "notification_list"),), (400,),
-          query=(Param("instance", "Only notifications of this instance."),)),
+    Route("notifications.list_notifications", "GET", "/notifications", "read",
+          "The notification outbox, oldest first, paginated and filtered like /instances.",
+          (Reply(200, "A page of notifications, oldest first.", "notification_list"),), (400,),
+          query=(Param("instance", "Only notifications of this instance."),
+                 Param("account", "Only notifications of this account and of the instances that "
+                       "reference it."),
+                 Param("channel", "Only this channel (email, sms, gateway)."),
+                 Param("template", "Only this template (e.g. charge_request)."),
+                 Param("state", "Only this delivery state.",
+                       (("enum", ["pending", "delivered", "retrying", "dead"]),)),
+                 Param("since", "Only notifications created at or after this RFC 3339 time.",
+                       (("type", "string"), ("format", "date-time"))),
+                 Param("limit", "Page size, 1 to 500 (default 50).",
+                       (("type", "integer"), ("minimum", 1), ("maximum", 500))),
+                 Param("cursor", "The next_cursor of the previous page."))),
     Route("timers.list_failed_timers", "GET", "/timers/failed", "read",
           "Parked timers: the rules failed on their event at run time, so they do not fire by themselves.",
           (Reply(200, "The parked timers, oldest failure first.", "failed_timer_list"),),
@@ -126,8 +145,15 @@ ROUTES: tuple[Route, ...] = (
           (Reply(200, "The clock.", "clock"),), (404,)),
     Route("clocks.advance_clock", "POST", "/clocks/{id}/advance", "clocks",
           "Advance a test clock, firing every due timer in time order.",
-          (Reply(200, "The clock and the timers fired.", "clock"),), (400, 404, 409, 422),
+          (Reply(200, "The clock, the counts of the timers fired per event and outcome, and the first "
+                 "page of them (next_cursor: the rest).", "clock"),), (400, 404, 409, 422),
           body="advance_clock"),
+    Route("clocks.list_fired", "GET", "/clocks/{id}/fired", "read",
+          "The next page of the timers an advance fired, read from the history.",
+          (Reply(200, "A page of fired timers.", "fired_page"),), (400, 404),
+          query=(Param("cursor", "The next_cursor of the advance or of the previous page.", required=True),
+                 Param("limit", "Page size, 1 to 500 (default 500).",
+                       (("type", "integer"), ("minimum", 1), ("maximum", 500))))),
     Route("rules.get_rules", "GET", "/rules", "read", "The active rules version.",
           (Reply(200, "The active rules.", "rules_version"),)),
     Route("rules.list_rules_versions", "GET", "/rules/versions", "read",

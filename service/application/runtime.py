@@ -71,6 +71,7 @@ class Runtime:
         self.list_instances = self.reads.list_instances
         self.history = self.reads.history
         self.notifications = self.reads.notifications
+        self.notification_page = self.reads.notification_page
         self.failed_timers = self.reads.failed_timers
         self.create_instance = self.events.create_instance
         self.fire = self.events.fire
@@ -79,6 +80,7 @@ class Runtime:
         self.create_clock = self.clocks.create_clock
         self.get_clock = self.clocks.get_clock
         self.advance_clock = self.clocks.advance_clock
+        self.fired_page = self.clocks.fired_page
         self.sweep = self.sweeps.sweep
         self.run_due_timers = self.sweeps.run_due_timers
         self.fire_many = self.batches.fire_many
