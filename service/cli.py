@@ -111,11 +111,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     # first: before anything imports prometheus_client, and before the workers fork
     metrics_dir, made = prepare_metrics_dir()
-    status = 2
+    master, status = os.getpid(), 2
     try:
         status = _serve_prepared(args, (metrics_dir, made))
     finally:
-        if made and status != 0:  # `serve` removes it when it ran
+        # `serve` removes it once it ran; a forked worker's exit unwinds through here too
+        if made and status != 0 and os.getpid() == master:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return status
 

@@ -10,7 +10,9 @@ Counters and histograms are recorded as things happen, in the process they happe
   `service/api/routes.py`, never the raw path) and `tollgate_http_requests_total{method, route,
   status}`;
 - `tollgate_delivery_attempts_total{channel, result}` through `delivery_attempted(channel, ok)`,
-  for the outbox relay to call on every send (`result="failed"`: delivery failures by channel).
+  for the outbox relay to call on every send (`result="failed"`: delivery failures by channel);
+  code below the edges (the application layer may not import this module) notes
+  `storage.db.note(conn, "delivery", (channel, ok))` in the transaction that records the attempt.
 
 Gauges that describe the database are queried at scrape time, cheaply, by `ScrapeCollector`:
 the due-timer backlog, the outbox backlog by channel and the active rules version.
@@ -18,7 +20,7 @@ the due-timer backlog, the outbox backlog by channel and the active rules versio
 Several gunicorn workers: `tollgate serve` points PROMETHEUS_MULTIPROC_DIR at an empty directory
 before the workers start (`server.prepare_metrics_dir`), each worker writes its own files there, a scrape
 on any worker sums them all (`MultiProcessCollector`), and a worker that exits is marked dead
-(`worker_exited`, gunicorn's child_exit). Without that variable (tests, another WSGI server) the
+(gunicorn's child_exit in `service/server.py`). Without that variable (tests, another WSGI server) the
 process's own registry is served. This module must be imported after the variable is set:
 prometheus_client picks its storage when it is first imported.
 """
@@ -90,6 +92,9 @@ def _observe_commit(notes: list[tuple[str, Any]]) -> None:
         elif kind == "timer_lag":
             for seconds in value:
                 TIMER_LAG.observe(max(0.0, seconds))
+        elif kind == "delivery":  # (channel, ok) noted by a relay below the edges, counted once committed
+            channel, ok = value
+            delivery_attempted(channel, ok)
     for (workflow, event, outcome), number in events.items():  # once per label set and transaction
         EVENTS.labels(workflow, event, outcome).inc(number)
     for (workflow, rule), count in denials.items():
@@ -134,13 +139,4 @@ def exposition(gauges: Gauges) -> bytes:
     return generate_latest(registry)
 
 
-# ── multiprocess mode under `tollgate serve` (`service/server.py` prepares the directory) ─────────
-
-def worker_exited(pid: int) -> None:
-    """gunicorn's child_exit: the dead worker's live gauges stop counting (its counters stay)."""
-    if os.environ.get(MULTIPROC_ENV):
-        multiprocess.mark_process_dead(pid)
-
-
-__all__ = ["CONTENT_TYPE", "REGISTRY", "delivery_attempted", "exposition", "install", "observe_request",
-           "worker_exited"]
+__all__ = ["CONTENT_TYPE", "REGISTRY", "delivery_attempted", "exposition", "install", "observe_request"]

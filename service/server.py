@@ -70,8 +70,11 @@ def prepare_metrics_dir(environ: Any = os.environ) -> tuple[str, bool]:
 
 
 def _worker_exited(server: Any, worker: Any) -> None:
-    from tollgate.service.metrics import worker_exited
-    worker_exited(worker.pid)
+    """gunicorn's child_exit, in the master: the dead worker's live gauges stop counting (its
+    counters stay in the sum). prometheus_client's own function only: the master creates no metric."""
+    if os.environ.get(METRICS_DIR_ENV):
+        from prometheus_client import multiprocess
+        multiprocess.mark_process_dead(worker.pid)
 
 
 def _start_scheduler(worker: Any) -> None:
@@ -109,9 +112,12 @@ def serve(host: str, port: int, *, workers: int = 2, threads: int = 8, scheduler
                # (tests, scale-out on one host) would fight over it, and tollgate does not use it.
                "control_socket_disable": True}
     metrics_dir, made = prepared_metrics_dir or prepare_metrics_dir()
+    master = os.getpid()
     try:
         TollgateServer(options, scheduler=scheduler).run()
     finally:
-        if made:
+        # A forked worker leaves through this frame too (its SystemExit unwinds the stack it
+        # inherited): only the master removes the directory, once every worker is gone.
+        if made and os.getpid() == master:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

@@ -28,8 +28,9 @@ def _item(raw: dict[str, Any]) -> BatchItem:
     if key is not None:  # the fingerprint of the single call: its method, path and body
         single = {"event": raw["event"], **({"data": raw["data"]} if "data" in raw else {})}
         fingerprint = runtime().fingerprint("POST", f"/instances/{raw['instance']}/events", single)
+    if_match = raw.get("if_match")  # int(): JSON Schema counts 3.0 as an integer
     return BatchItem(raw["instance"], raw["event"], raw.get("data", {}), key, fingerprint,
-                     raw.get("if_match"))
+                     None if if_match is None else int(if_match))
 
 
 @bind(bp)

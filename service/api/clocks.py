@@ -53,7 +53,8 @@ def advance_clock(id: str) -> Response:
     # Timers fire as themselves ("timer"), whoever moved the clock, as the scheduler's do.
     advanced = runtime().advance_clock(id, parse_timestamp(body["to"], "to"), collect="counts")
     first, last = advanced["history"]
-    page = _page(id, first, last, None, body.get("limit", DEFAULT_FIRED_LIMIT))
+    # int(): JSON Schema counts 191.0 as an integer
+    page = _page(id, first, last, None, int(body.get("limit", DEFAULT_FIRED_LIMIT)))
     return reply({"id": advanced["id"], "now": advanced["now"], **page, "counts": advanced["counts"]})
 
 

@@ -74,7 +74,7 @@ ROUTES: tuple[Route, ...] = (
           (Reply(200, "Ready: every check passed.", "ready"),), (503,)),
     Route("health.metrics_text", "GET", "/metrics", "metrics",
           "Prometheus metrics in the text exposition format (summed over every server worker).",
-          (Reply(200, "The metrics.", media="text/plain; version=0.0.4"),)),
+          (Reply(200, "The metrics (prometheus_client's exposition format).", media="text/plain"),)),
     Route("workflows.list_workflows", "GET", "/workflows", "read",
           "Every workflow: states, events, transitions and bound rule ids.",
           (Reply(200, "The workflows.", "workflow_list"),)),

@@ -7,6 +7,7 @@ one scrape: tests/e2e/test_metrics.py.)
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 from tests.helpers.client import Client
 from tests.helpers.kst import kst_instant
 from tollgate.service import metrics
+from tollgate.service.storage import db as database
 from tollgate.service.storage.bulk import BulkWriter
 
 
@@ -98,13 +100,18 @@ def test_gauges_are_read_at_scrape_time(app: Flask, api: Client) -> None:
         value(before, "tollgate_outbox_backlog", channel="email") + 1
 
 
-def test_delivery_attempts_are_counted_by_channel_and_result(api: Client) -> None:
+def test_delivery_attempts_are_counted_by_channel_and_result(app: Flask, api: Client) -> None:
     before = scrape(api)
     metrics.delivery_attempted("sms", ok=False)
     metrics.delivery_attempted("sms", ok=True)
-    metrics.delivery_attempted("email", ok=True)
+    with app.extensions["tollgate"].db.transaction() as conn:  # as a relay below the edges records one
+        database.note(conn, "delivery", ("email", True))
+    with contextlib.suppress(RuntimeError), app.extensions["tollgate"].db.transaction() as conn:
+        database.note(conn, "delivery", ("email", False))
+        raise RuntimeError("rolled back: not counted")
     after = scrape(api)
-    for channel, result, n in [("sms", "failed", 1), ("sms", "delivered", 1), ("email", "delivered", 1)]:
+    for channel, result, n in [("sms", "failed", 1), ("sms", "delivered", 1), ("email", "delivered", 1),
+                               ("email", "failed", 0)]:
         name = "tollgate_delivery_attempts_total"
         assert value(after, name, channel=channel, result=result) - \
             value(before, name, channel=channel, result=result) == n
