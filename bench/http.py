@@ -153,11 +153,10 @@ def _free_port() -> int:
 
 
 def default_threads() -> int:
-    """`tollgate serve`'s default --threads."""
-    from tollgate.service.cli import build_parser
+    """`tollgate serve`'s default --threads (TOLLGATE_THREADS, else the settings' default)."""
+    from tollgate.service.settings import Settings
 
-    threads: int = build_parser().parse_args(["serve"]).threads
-    return threads
+    return Settings.from_environment().threads
 
 
 def _rules_path() -> str:

@@ -12,7 +12,8 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from tollgate.service import api, auth, errors
+from tollgate.service import api, auth, errors, metrics
+from tollgate.service.api.routes import BY_ENDPOINT
 from tollgate.service.bootstrap import start_runtime
 from tollgate.service.settings import Settings
 from tollgate.workflows.exceptions import BadRequest
@@ -50,6 +51,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, settings: Settin
     app.extensions["tollgate"] = runtime
     app.extensions["tollgate.settings"] = settings
 
+    metrics.install()  # count the events this process commits
     app.before_request(_start_request)  # first: a refused request (401, 400) is logged too
     errors.init_app(app)
     auth.init_app(app)
@@ -108,8 +110,12 @@ def _log_request(response: Response) -> Response:
     the query string or the body (they may hold tokens, passwords or codes)."""
     request_id = g.get("request_id") or uuid.uuid4().hex
     response.headers["X-Request-Id"] = request_id
+    seconds = time.perf_counter() - g.get("started", time.perf_counter())
+    route = BY_ENDPOINT.get(request.endpoint or "")  # the template (/instances/{id}), never the raw path
+    metrics.observe_request(request.method, route.path if route is not None else "unmatched",
+                            response.status_code, seconds)
     if log.isEnabledFor(logging.INFO):
-        elapsed = round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 1)
+        elapsed = round(seconds * 1000, 1)
         role = g.get("role", "-")
         log.info("%s %s %s role=%s %.1fms request_id=%s", request.method, request.path,
                  response.status_code, role, elapsed, request_id,

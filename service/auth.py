@@ -1,6 +1,6 @@
 """Bearer-token auth: `TOLLGATE_TOKENS="role=token,…"`, five roles, one permission per route.
 
-Every route but `/healthz` needs a token (401 with `WWW-Authenticate: Bearer` without a valid
+Every route but `/healthz` and `/readyz` needs a token (401 with `WWW-Authenticate: Bearer` without a valid
 one) whose role grants the route's permission from `service/api/routes.py` (403 otherwise).
 Tokens are compared in constant time and never logged; the role is the actor in the history.
 
@@ -22,12 +22,14 @@ from tollgate.service.application.roles import EVENT_LIMITS, TIMER_ROLES, event_
 from tollgate.workflows.exceptions import TollgateError
 
 ROLES: Mapping[str, frozenset[str]] = {
-    "viewer": frozenset({"read"}),
-    "operator": frozenset({"read", "instances", "events", "clocks", "outbox"}),
+    "viewer": frozenset({"read", "metrics"}),
+    "operator": frozenset({"read", "instances", "events", "clocks", "outbox", "metrics"}),
     "policy_editor": frozenset({"read", "rules"}),
     # The payment gateway reports results (EVENT_LIMITS); the reply to its report is all it reads.
     "gateway": frozenset({"events"}),
     "admin": frozenset(PERMISSIONS),
+    # Prometheus: scrapes /metrics and reads nothing else.
+    "monitor": frozenset({"metrics"}),
 }
 CHALLENGE = 'Bearer realm="tollgate"'
 

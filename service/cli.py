@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -142,8 +143,24 @@ def _prepare(args: argparse.Namespace, settings: Settings) -> Any:
 
 def _serve(args: argparse.Namespace) -> int:
     """Run the HTTP API on gunicorn with a timer scheduler in each worker."""
+    from tollgate.service.server import prepare_metrics_dir
+
+    # first: before anything imports prometheus_client, and before the workers fork
+    metrics_dir, made = prepare_metrics_dir()
+    master, status = os.getpid(), 2
+    try:
+        status = _serve_prepared(args, (metrics_dir, made))
+    finally:
+        # `serve` removes it once it ran; a forked worker's exit unwinds through here too
+        if made and status != 0 and os.getpid() == master:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return status
+
+
+def _serve_prepared(args: argparse.Namespace, metrics_dir: tuple[str, bool]) -> int:
     from tollgate.service.logs import configure_logging
     from tollgate.service.server import serve
+    from tollgate.service.settings import Settings
 
     if args.batch_workers is not None:
         if args.batch_workers < 1:
@@ -153,7 +170,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.max_body_bytes is not None:
         os.environ["TOLLGATE_MAX_BODY_BYTES"] = str(args.max_body_bytes)
     try:
-        settings = _settings(args)
+        settings = Settings.from_environment(database_url=args.database, rules=args.rules, host=args.host,
+                                             port=args.port, workers=args.workers, threads=args.threads)
     except ValueError as error:
         print(f"tollgate serve: {error}", file=sys.stderr)
         return 2
@@ -164,9 +182,9 @@ def _serve(args: argparse.Namespace) -> int:
     runtime.db.dispose()
     # SQLite has one writer: a second process only adds lock waits (p99 53 ms → 949 ms measured with
     # wrk); PostgreSQL scales with a process per core.
-    workers = args.workers or (1 if runtime.db.dialect.single_writer else max(2, os.cpu_count() or 2))
-    return serve(args.host, args.port, workers=workers, threads=args.threads,
-                 scheduler=not args.no_scheduler)
+    workers = settings.workers or (1 if runtime.db.dialect.single_writer else max(2, os.cpu_count() or 2))
+    return serve(settings.host, settings.port, workers=workers, threads=settings.threads,
+                 scheduler=not args.no_scheduler, prepared_metrics_dir=metrics_dir)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -226,11 +244,14 @@ def _register_serve(subparsers: Subparsers) -> None:
                                    description="Run the HTTP API on gunicorn with the timer scheduler. "
                                    "Without $TOLLGATE_TOKENS an admin token is generated and printed "
                                    "once, and the server listens on 127.0.0.1 only.")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    parser.add_argument("--host", default=None,
+                        help="address to listen on (default: $TOLLGATE_HOST, else 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: $TOLLGATE_PORT, else 8080)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="gunicorn worker processes (default: 1 on SQLite, one per core on PostgreSQL)")
-    parser.add_argument("--threads", type=int, default=8, help="threads per worker (default 8)")
+                        help="gunicorn worker processes (default: $TOLLGATE_WORKERS, else 1 on SQLite and "
+                        "one per core on PostgreSQL)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads per worker (default: $TOLLGATE_THREADS, else 8)")
     parser.add_argument("--batch-workers", type=int, default=None, metavar="K",
                         help="on a SQLite file: processes that judge a big clock advance or batch of "
                         "events together (default: $TOLLGATE_BATCH_WORKERS, else auto: one per core, "

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -33,6 +36,7 @@ class TollgateServer(BaseApplication):
                 self.cfg.set(key, value)
         if self.scheduler:
             self.cfg.set("post_worker_init", _start_scheduler)
+        self.cfg.set("child_exit", _worker_exited)
 
     def load(self) -> Any:
         from tollgate.service.app import create_app
@@ -44,25 +48,55 @@ class TollgateServer(BaseApplication):
         return create_app(settings=settings)
 
 
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_metrics_dir(environ: Any = os.environ) -> tuple[str, bool]:
+    """Before anything imports prometheus_client (it picks its storage on import) and before
+    gunicorn forks: point PROMETHEUS_MULTIPROC_DIR at an empty directory, so that every worker
+    writes its metrics there and a scrape on any worker sums them (`service/metrics.py`). The
+    directory given is emptied of the last run's files (a start counts from zero); without one, a
+    temporary directory is made (and removed at exit). Returns (path, whether it was made here)."""
+    given = environ.get(METRICS_DIR_ENV)
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        return str(path), False
+    made = tempfile.mkdtemp(prefix="tollgate-metrics-")
+    environ[METRICS_DIR_ENV] = made
+    return made, True
+
+
+def _worker_exited(server: Any, worker: Any) -> None:
+    """gunicorn's child_exit, in the master: the dead worker's live gauges stop counting (its
+    counters stay in the sum). prometheus_client's own function only: the master creates no metric."""
+    if os.environ.get(METRICS_DIR_ENV):
+        from prometheus_client import multiprocess
+        multiprocess.mark_process_dead(worker.pid)
+
+
 def _start_scheduler(worker: Any) -> None:
     from tollgate.service.bootstrap import build_relay
     from tollgate.service.scheduler import Scheduler
-    from tollgate.service.settings import Settings
 
     runtime = worker.wsgi.extensions["tollgate"]
-    settings = Settings.from_environment()
-    scheduler = Scheduler(runtime, relay=build_relay(settings, runtime),
-                          relay_interval=settings.relay_interval)
+    settings = worker.wsgi.extensions["tollgate.settings"]
+    scheduler = Scheduler(runtime, interval=settings.scheduler_interval, batch=settings.scheduler_batch,
+                          relay=build_relay(settings, runtime), relay_interval=settings.relay_interval)
     scheduler.start()
     worker.tollgate_scheduler = scheduler
 
 
 def serve(host: str, port: int, *, workers: int = 2, threads: int = 8, scheduler: bool = True,
-          access_log: bool = False, front: str = "buffered") -> int:
+          access_log: bool = False, front: str = "buffered",
+          prepared_metrics_dir: tuple[str, bool] | None = None) -> int:
     """Run the API; without TOLLGATE_TOKENS, make an admin token and listen on loopback only.
 
     gunicorn's own access log is off by default: the app logs every request itself (`tollgate.api`,
-    with its role and request id), and a second line per request would double the log volume."""
+    with its role and request id), and a second line per request would double the log volume.
+    `prepared_metrics_dir`: what `prepare_metrics_dir` returned, if the caller ran it first."""
     if not os.environ.get("TOLLGATE_TOKENS"):
         token = secrets.token_urlsafe(24)
         os.environ["TOLLGATE_TOKENS"] = f"admin={token}"
@@ -80,5 +114,13 @@ def serve(host: str, port: int, *, workers: int = 2, threads: int = 8, scheduler
                # gunicorn's runtime control socket is one fixed path per user; several servers
                # (tests, scale-out on one host) would fight over it, and tollgate does not use it.
                "control_socket_disable": True}
-    TollgateServer(options, scheduler=scheduler).run()
+    metrics_dir, made = prepared_metrics_dir or prepare_metrics_dir()
+    master = os.getpid()
+    try:
+        TollgateServer(options, scheduler=scheduler).run()
+    finally:
+        # A forked worker leaves through this frame too (its SystemExit unwinds the stack it
+        # inherited): only the master removes the directory, once every worker is gone.
+        if made and os.getpid() == master:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

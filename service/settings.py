@@ -29,7 +29,12 @@ ENVIRONMENT = {"TOLLGATE_DATABASE_URL": "database_url", "TOLLGATE_RULES": "rules
                "TOLLGATE_LOG_LEVEL": "log_level", "TOLLGATE_LOG_FORMAT": "log_format",
                # email (service/delivery/email.py); the URL holds the SMTP password: never shown
                "TOLLGATE_SMTP_URL": "smtp_url", "TOLLGATE_SMTP_FROM": "smtp_from",
-               "TOLLGATE_TEMPLATES_DIR": "templates_dir"}
+               "TOLLGATE_TEMPLATES_DIR": "templates_dir",
+               # `tollgate serve` (the command line's options win over these)
+               "TOLLGATE_HOST": "host", "TOLLGATE_PORT": "port", "TOLLGATE_WORKERS": "workers",
+               "TOLLGATE_THREADS": "threads",
+               "TOLLGATE_SCHEDULER_INTERVAL_SECONDS": "scheduler_interval",
+               "TOLLGATE_SCHEDULER_BATCH": "scheduler_batch"}
 # Delivery (service/application/relay.py, service/delivery/webhooks.py; README "Delivery").
 ENVIRONMENT.update({
     "TOLLGATE_RELAY_RETRY_BASE_SECONDS": "relay_retry_base", "TOLLGATE_RELAY_RETRY_WINDOW_SECONDS":
@@ -38,6 +43,8 @@ ENVIRONMENT.update({
     "relay_interval", "TOLLGATE_WEBHOOK_SMS_URL": "webhook_sms_url", "TOLLGATE_WEBHOOK_GATEWAY_URL":
     "webhook_gateway_url", "TOLLGATE_WEBHOOK_SECRET": "webhook_secret",
     "TOLLGATE_WEBHOOK_TIMEOUT_SECONDS": "webhook_timeout"})
+#: Each setting's variable, for error messages.
+VARIABLES = {name: var for var, name in ENVIRONMENT.items()}
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,14 @@ class Settings:
     webhook_secret: str | None = field(default=None, repr=False)
     #: Seconds a webhook receiver has to connect and answer.
     webhook_timeout: float = 10.0
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: gunicorn worker processes; None: 1 on SQLite (one writer), one per core on PostgreSQL.
+    workers: int | None = None
+    threads: int = 8
+    #: The scheduler thread of each server worker: seconds between idle sweeps, timers per sweep.
+    scheduler_interval: float = 1.0
+    scheduler_batch: int = 500
     #: Real time for the application (tests pin it); None: the system clock.
     now: Callable[[], datetime] | None = None
 
@@ -109,6 +124,20 @@ class Settings:
             values["log_format"] = log_format(values["log_format"])
         smtp(values)
         values.update(delivery_settings(values))
+        if "host" in values:
+            values["host"] = host(values["host"])
+        if "port" in values:
+            values["port"] = _bounded_int(values["port"], "port", 1, 65535, "a TCP port")
+        if "workers" in values:
+            values["workers"] = None if values["workers"] in ("auto", "", None) else \
+                _bounded_int(values["workers"], "workers", 1, 64, "\"auto\" or a number of processes")
+        if "threads" in values:
+            values["threads"] = _bounded_int(values["threads"], "threads", 1, 256, "a number of threads")
+        if "scheduler_interval" in values:
+            values["scheduler_interval"] = _seconds(values["scheduler_interval"], "scheduler_interval")
+        if "scheduler_batch" in values:
+            values["scheduler_batch"] = _bounded_int(values["scheduler_batch"], "scheduler_batch", 1, 100_000,
+                                                     "a number of timers")
         for name in ("rules", "secret_key", "smtp_url", "smtp_from", "templates_dir"):
             if name in values and not values[name]:
                 values[name] = None
@@ -206,6 +235,38 @@ def smtp(values: dict[str, Any]) -> None:
     if "@" not in parseaddr(values.get("smtp_from") or "")[1]:
         raise ValueError("TOLLGATE_SMTP_FROM must name the sender's address when TOLLGATE_SMTP_URL is set, "
                          "e.g. 'NAVER Cloud Billing <billing@example.com>'.")
+
+
+def host(value: Any) -> str:
+    text = str(value).strip()
+    if not text or any(c.isspace() or c in "/@?#" for c in text) or len(text) > 253:
+        raise ValueError(f"TOLLGATE_HOST={value!r} is not an address to listen on; give an IP address or "
+                         "a host name, e.g. 127.0.0.1 or 0.0.0.0.")
+    return text
+
+
+def _bounded_int(value: Any, name: str, low: int, high: int, what: str) -> int:
+    """`value` as a whole number from `low` to `high`; otherwise ValueError naming the variable."""
+    if isinstance(value, bool):
+        value = None
+    try:
+        number = int(str(value).strip()) if not isinstance(value, int) else value
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not low <= number <= high:
+        raise ValueError(f"{VARIABLES[name]}={str(value)!r} is not {what}: give a whole number from {low} to "
+                         f"{high}.")
+    return number
+
+
+def _seconds(value: Any, name: str) -> float:
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        number = -1.0
+    if not 0.01 <= number <= 3600:
+        raise ValueError(f"{VARIABLES[name]}={str(value)!r} is not a number of seconds from 0.01 to 3600.")
+    return number
 
 
 def _positive_int(value: Any, refusal: str) -> int:

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask
 
-from tollgate.service.api import clocks, health, instances, notifications, openapi, rules, timers, workflows
+from tollgate.service.api import (
+    batch,
+    clocks,
+    health,
+    instances,
+    notifications,
+    openapi,
+    rules,
+    timers,
+    workflows,
+)
 from tollgate.service.api.routes import ROUTES
 
-BLUEPRINTS: tuple[Blueprint, ...] = (health.bp, workflows.bp, instances.bp, notifications.bp, clocks.bp,
-                                     timers.bp, rules.bp, openapi.bp)
+BLUEPRINTS: tuple[Blueprint, ...] = (health.bp, workflows.bp, instances.bp, batch.bp, notifications.bp,
+                                     clocks.bp, timers.bp, rules.bp, openapi.bp)
 
 
 def init_app(app: Flask) -> None:

@@ -34,7 +34,7 @@ ERROR_TEXT = {
     412: "The If-Match version is stale.",
     415: "The body is not JSON.",
     422: "Refused by policy, rules or clock (problem+json with `reasons` or `errors`).",
-    503: "A renderer (Graphviz) is unavailable.",
+    503: "Unavailable: a renderer (Graphviz) is missing, or (/readyz) a readiness check failed.",
 }
 HEADER_TEXT = {
     "Location": "Where the new resource is.",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from flask import Blueprint, Response, request
 
 from tollgate.service.api.routes import bind
-from tollgate.service.api.support import actor, reply, runtime
-from tollgate.workflows.exceptions import BadRequest, NotFound
+from tollgate.service.api.support import actor, parse_timestamp, reply, runtime
+from tollgate.workflows.exceptions import BadRequest, NotFound, Problem
 
 bp = Blueprint("notifications", __name__)
 
@@ -23,20 +25,54 @@ def reveals_secrets(role: str, clock: str | None) -> bool:
     return role == "admin" or (role == "operator" and clock is not None)
 
 
+DEFAULT_LIMIT = 50
+
+
+def _limit() -> int:
+    text = request.args.get("limit")
+    if text is None:
+        return DEFAULT_LIMIT
+    if not text.isdigit() or not 1 <= int(text) <= 500:
+        raise BadRequest(f"The query parameter limit='{text}' is not a whole number from 1 to 500.",
+                         [Problem("limit", f"{text!r} is not a whole number from 1 to 500", file="query")])
+    return int(text)
+
+
+def _since() -> datetime | None:
+    text = request.args.get("since")
+    if text is None:
+        return None
+    try:
+        return parse_timestamp(text, "since")
+    except BadRequest as error:
+        raise BadRequest(f"The query parameter since='{text}' is not an RFC 3339 timestamp with an offset "
+                         "in the supported years; write it like 2025-03-05T12:00:00+09:00.",
+                         [Problem("since", error.message, file="query")]) from None
+
+
+def _existing(name: str) -> str | None:
+    """The value of the filter `name` (an instance id): an id of no instance is a bad filter (400)."""
+    value = request.args.get(name)
+    if value is not None:
+        try:
+            runtime().get_instance(value)
+        except NotFound:
+            raise BadRequest(f"The filter {name}='{value}' names no instance; give the id of an "
+                             "existing instance.",
+                             [Problem(name, "names no instance", file="query")]) from None
+    return value
+
+
 @bind(bp)
 def list_notifications() -> Response:
-    """All notifications, or one instance's; an unknown instance is a bad filter (400)."""
-    instance = request.args.get("instance")
-    rt = runtime()
-    if instance is not None:
-        try:
-            rt.get_instance(instance)
-        except NotFound:
-            raise BadRequest(f"The filter instance='{instance}' names no instance; give the id of an "
-                             "existing instance.") from None
+    """A page of the outbox, oldest first, filtered like `GET /instances`."""
+    args = request.args
     role = actor()
-    return reply({"items": rt.notifications(instance, reveal=lambda clock: reveals_secrets(role, clock))})
-
+    page = runtime().notification_page(
+        instance=_existing("instance"), account=_existing("account"), channel=args.get("channel"),
+        template=args.get("template"), state=args.get("state"), since=_since(), limit=_limit(),
+        cursor=args.get("cursor"), reveal=lambda clock: reveals_secrets(role, clock))
+    return reply(page)
 
 def _notification_id(id: str) -> int:
     if not id.isascii() or not id.isdigit() or len(id) > 18:

@@ -16,7 +16,7 @@ from flask import Blueprint
 View = TypeVar("View", bound=Callable[..., Any])
 
 #: Permissions a route may require; `service/auth.py` maps roles onto them.
-PERMISSIONS = ("read", "instances", "events", "clocks", "rules", "outbox")
+PERMISSIONS = ("read", "instances", "events", "clocks", "rules", "outbox", "metrics")
 JSON = "application/json"
 
 
@@ -43,7 +43,7 @@ class Reply:
 
 @dataclass(frozen=True)
 class Route:
-    """One method on one path; `permission` None means public (only `/healthz`)."""
+    """One method on one path; `permission` None means public (only `/healthz` and `/readyz`)."""
 
     endpoint: str  # blueprint.view
     method: str
@@ -71,6 +71,13 @@ _EFFECTIVE_AT = Param("effective_at", "The instant from which the version judges
 ROUTES: tuple[Route, ...] = (
     Route("health.healthz", "GET", "/healthz", None, "Liveness and the active rules version.",
           (Reply(200, "The service is up.", "health"),)),
+    Route("health.readyz", "GET", "/readyz", None,
+          "Readiness: the database answers, its schema is at the newest migration, a rules version is "
+          "loaded.",
+          (Reply(200, "Ready: every check passed.", "ready"),), (503,)),
+    Route("health.metrics_text", "GET", "/metrics", "metrics",
+          "Prometheus metrics in the text exposition format (summed over every server worker).",
+          (Reply(200, "The metrics (prometheus_client's exposition format).", media="text/plain"),)),
     Route("workflows.list_workflows", "GET", "/workflows", "read",
           "Every workflow: states, events, transitions and bound rule ids.",
           (Reply(200, "The workflows.", "workflow_list"),)),
@@ -106,12 +113,29 @@ ROUTES: tuple[Route, ...] = (
           query=(Param("dry_run", "true: evaluate without applying.", (("type", "boolean"),)),),
           headers=(Param("Idempotency-Key", "Replaying the same key returns the first response."),
                    Param("If-Match", 'The instance version as an ETag ("3"); 412 when stale.'))),
+    Route("batch.fire_events", "POST", "/events", "events",
+          "Fire a batch of up to 1,000 events (a payment gateway's settlement file), each answered as "
+          "POST /instances/{id}/events would answer it alone; every answered event is committed.",
+          (Reply(200, "One result per event, in order: its status and body.", "event_results"),),
+          (400,), body="fire_events"),
     Route("instances.history", "GET", "/instances/{id}/history", "read",
           "Every attempt on the instance, applied or denied, in order.",
           (Reply(200, "The history.", "history"),), (404,)),
-    Route("notifications.list_notifications", "GET", "/notifications", "read", "The notification outbox.",
-          (Reply(200, "The notifications, oldest first.", "notification_list"),), (400,),
-          query=(Param("instance", "Only notifications of this instance."),)),
+    Route("notifications.list_notifications", "GET", "/notifications", "read",
+          "The notification outbox, oldest first, paginated and filtered like /instances.",
+          (Reply(200, "A page of notifications, oldest first.", "notification_list"),), (400,),
+          query=(Param("instance", "Only notifications of this instance."),
+                 Param("account", "Only notifications of this account and of the instances that "
+                       "reference it."),
+                 Param("channel", "Only this channel (email, sms, gateway)."),
+                 Param("template", "Only this template (e.g. charge_request)."),
+                 Param("state", "Only this delivery state.",
+                       (("enum", ["pending", "delivered", "retrying", "dead"]),)),
+                 Param("since", "Only notifications created at or after this RFC 3339 time.",
+                       (("type", "string"), ("format", "date-time"))),
+                 Param("limit", "Page size, 1 to 500 (default 50).",
+                       (("type", "integer"), ("minimum", 1), ("maximum", 500))),
+                 Param("cursor", "The next_cursor of the previous page."))),
     Route("notifications.attempts", "GET", "/notifications/{id}/attempts", "read",
           "Every delivery attempt of a notification, oldest first.",
           (Reply(200, "The attempts.", "notification_attempts"),), (404,)),
@@ -130,8 +154,15 @@ ROUTES: tuple[Route, ...] = (
           (Reply(200, "The clock.", "clock"),), (404,)),
     Route("clocks.advance_clock", "POST", "/clocks/{id}/advance", "clocks",
           "Advance a test clock, firing every due timer in time order.",
-          (Reply(200, "The clock and the timers fired.", "clock"),), (400, 404, 409, 422),
+          (Reply(200, "The clock, the counts of the timers fired per event and outcome, and the first "
+                 "page of them (next_cursor: the rest).", "clock"),), (400, 404, 409, 422),
           body="advance_clock"),
+    Route("clocks.list_fired", "GET", "/clocks/{id}/fired", "read",
+          "The next page of the timers an advance fired, read from the history.",
+          (Reply(200, "A page of fired timers.", "fired_page"),), (400, 404),
+          query=(Param("cursor", "The next_cursor of the advance or of the previous page.", required=True),
+                 Param("limit", "Page size, 1 to 500 (default 500).",
+                       (("type", "integer"), ("minimum", 1), ("maximum", 500))))),
     Route("rules.get_rules", "GET", "/rules", "read",
           "The rules version in effect now, with the versions scheduled to take effect later.",
           (Reply(200, "The rules in effect, and `scheduled` (soonest first).", "rules_version"),)),

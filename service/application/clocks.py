@@ -14,17 +14,17 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
 from tollgate.service.application.leases import ClockLeases
 from tollgate.service.application.parallel import SPANS_PER_WORKER, WorkerPool, Workers
 from tollgate.service.application.replans import Replans
-from tollgate.service.application.sweeps import TIMER_ACTOR, Span, Sweeps
+from tollgate.service.application.sweeps import TIMER_ACTOR, Collect, Span, Sweeps
 from tollgate.service.application.times import rfc3339
 from tollgate.service.exceptions import ClockError, Conflict
 from tollgate.service.storage.bulk import BulkWriter
 from tollgate.service.storage.db import Database
-from tollgate.service.storage.tables import clocks
+from tollgate.service.storage.tables import clocks, history, instances
 from tollgate.workflows.exceptions import NotFound
 
 #: Timers due before a version's instant fire under the version before it; the smallest step.
@@ -70,11 +70,13 @@ class Clocks:
             return {"id": clock_id, "now": rfc3339(self.clock_now(conn, clock_id)), "fired": []}
 
     def advance_clock(self, clock_id: str, to: datetime, *, actor: str = TIMER_ACTOR,
-                      batch: int = 1000, collect: bool = True) -> dict[str, Any]:
+                      batch: int = 1000, collect: Collect = True) -> dict[str, Any]:
         """Move a test clock to `to`, firing every timer due on the way in time order.
 
         Timers set by the fired transitions are fired too when they fall due before `to`. With
-        `collect=False` only the number fired is returned (for runs of millions of timers). With
+        `collect=False` only the number fired is returned (for runs of millions of timers); with
+        `collect="counts"`, `counts` per event and outcome and `history` (the ids bounding this
+        advance's rows in the history, for `fired_page`) instead of `fired`. With
         `workers` > 1 on a SQLite file, an instant with `PARALLEL_MIN_TIMERS` timers or more is
         fired by the worker processes (`parallel.py`), each instant before the next.
 
@@ -93,6 +95,7 @@ class Clocks:
         released = False
         fired: list[dict[str, Any]] = []
         count = 0
+        first_id = self._last_history_id() if collect == "counts" else 0
         try:
             with self.db.bulk_work():
                 # Each version scheduled inside (current, to] takes effect on the clock at its
@@ -121,10 +124,18 @@ class Clocks:
                 conn.execute(update(clocks).where(clocks.c.id == clock_id)
                              .values(lease_owner=None, lease_expires=None))
                 now = conn.execute(select(clocks.c.now).where(clocks.c.id == clock_id)).scalar_one()
+                # still holding the lease: no later advance of this clock has written yet
+                last_id = self._last_history_id(conn) if collect == "counts" else 0
             released = True
         finally:
             if not released:
                 self.leases.release(clock_id, lease)
+        if collect == "counts":
+            counts: dict[str, dict[str, int]] = {}
+            for entry in fired:
+                by_outcome = counts.setdefault(entry["event"], {})
+                by_outcome[entry["outcome"]] = by_outcome.get(entry["outcome"], 0) + entry["count"]
+            return {"id": clock_id, "now": rfc3339(now), "counts": counts, "history": (first_id, last_id)}
         result: dict[str, Any] = {"id": clock_id, "now": rfc3339(now), "fired": fired}
         if not collect:
             result["fired_count"] = count
@@ -154,6 +165,37 @@ class Clocks:
                 instant = self.clock_now(conn, clock_id)
             self.replans.clock(conn, clock_id, instant, self.now())
         return instant
+
+    def _last_history_id(self, conn: Connection | None = None) -> int:
+        """The highest id of the history (0 when empty): an advance's rows come after the one read
+        once it holds the clock's lease, and up to the one read before it lets go."""
+        query = select(func.coalesce(func.max(history.c.id), 0))
+        if conn is not None:
+            return int(conn.execute(query).scalar_one())
+        with self.db.read() as read:
+            return int(read.execute(query).scalar_one())
+
+    def fired_page(self, clock_id: str, first_id: int, last_id: int, *, after: int | None = None,
+                   limit: int = 500) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of what one advance of `clock_id` fired: its timers' attempts recorded in the
+        history with ids in (`first_id`, `last_id`], after the id `after`, in the order they were
+        judged; and the id to go on after (None on the last page). Read from the history a page at
+        a time (one indexed range query), never held in memory whole. A timer whose event was no
+        longer valid in the instance's state changed nothing and left no history row: it is in the
+        advance's `counts` as `dropped` only."""
+        start = first_id if after is None else max(first_id, after)
+        query = (select(history.c.id, history.c.instance, history.c.event, history.c.from_state,
+                        history.c.to_state, history.c.outcome, history.c.reasons, history.c.at)
+                 .join(instances, instances.c.id == history.c.instance)
+                 .where(history.c.id > start, history.c.id <= last_id, history.c.actor == TIMER_ACTOR,
+                        instances.c.clock == clock_id)
+                 .order_by(history.c.id).limit(limit + 1))
+        with self.db.read() as conn:
+            rows = list(conn.execute(query))
+        items = [{"instance": r.instance, "event": r.event, "from": r.from_state, "to": r.to_state,
+                  "at": rfc3339(r.at), "outcome": r.outcome,
+                  **({"reasons": r.reasons} if r.outcome != "applied" else {})} for r in rows[:limit]]
+        return items, (rows[limit - 1].id if len(rows) > limit else None)
 
     # ── the lease that serializes the advances of one clock ─────────────────────────────────
 

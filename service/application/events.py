@@ -10,15 +10,16 @@ under. On SQLite concurrent events share one commit (`Database.grouped`).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from tollgate.service.application import facts as fact_providers
 from tollgate.service.application.idempotency import Idempotency, KeyTaken, Result
-from tollgate.service.application.judging import Units, account_view
+from tollgate.service.application.judging import EventUnit, Units, account_view
 from tollgate.service.application.policy_files import definitions
 from tollgate.service.application.problems import problem
 from tollgate.service.application.reads import Reads
@@ -26,6 +27,7 @@ from tollgate.service.application.roles import authorize
 from tollgate.service.exceptions import (
     Conflict,
     GuardDenied,
+    IdempotencyMismatch,
     RulesFailed,
     SendFailed,
     StaleVersion,
@@ -35,6 +37,31 @@ from tollgate.service.storage.db import Database
 from tollgate.workflows.definitions import CREATE_EVENT
 from tollgate.workflows.exceptions import NotFound, TollgateError
 from tollgate.workflows.replay import record_inputs
+
+#: Events of a batch (`fire_batch`) judged and committed in one transaction: big enough that a
+#: settlement file costs a few commits, small enough that other writers wait little for the lock.
+BATCH_CHUNK = 200
+#: How often a chunk is judged again when a concurrent request took one of its idempotency keys
+#: first or PostgreSQL chose it as a deadlock victim, before the call answers 409.
+BATCH_TRIES = 5
+#: PostgreSQL's SQLSTATEs for a deadlock victim and a serialization failure: the chunk is retried.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One event of `POST /events`: what `POST /instances/{instance}/events` would be sent."""
+
+    instance: str
+    event: str
+    data: Mapping[str, Any]
+    idempotency_key: str | None = None
+    fingerprint: str = ""  # of the single call this item stands for (`Idempotency.fingerprint`)
+    if_match: int | None = None
+
+
+class _ChunkAgain(Exception):
+    """The chunk's transaction must be rolled back and the chunk judged again."""
 
 
 class Events:
@@ -181,6 +208,86 @@ class Events:
                     self.idempotency.store(conn, key, fingerprint, result)
             except IntegrityError:
                 raise KeyTaken from None
+        return result
+
+    # ── batches ──────────────────────────────────────────────────────────────────────────────
+
+    def fire_batch(self, items: Sequence[BatchItem], *, actor: str = "api",
+                   role: str | None = None) -> list[Result]:
+        """Fire many events (a gateway's settlement file); one Result per item, in order, each
+        exactly what `fire` would answer for it alone (replays, 403, 404, 409, 412, 422).
+
+        Atomicity: per event. The items are judged in order, `BATCH_CHUNK` per transaction: a
+        refused event (an error `fire` would raise) is undone alone and its problem becomes its
+        result; the others of its chunk still commit. Results are returned only once every chunk
+        has committed, so each one the caller receives is durable. A chunk whose commit fails
+        takes back nothing of the chunks before it: those events are committed, and a retry with
+        the same idempotency keys answers them as replays. Events without a key are applied again
+        by a retry: give each event its own key.
+        """
+        results: list[Result] = []
+        with self.db.bulk_work():
+            for lo in range(0, len(items), BATCH_CHUNK):
+                results.extend(self._fire_chunk(items[lo:lo + BATCH_CHUNK], actor, role))
+        return results
+
+    def _fire_chunk(self, chunk: Sequence[BatchItem], actor: str, role: str | None) -> list[Result]:
+        for _ in range(BATCH_TRIES):
+            try:
+                with self.db.transaction() as conn:
+                    uow = self.units.open(conn)
+                    uow.load(item.instance for item in chunk)  # one query; row-locked on PostgreSQL
+                    results = [self._fire_item(conn, uow, item, actor, role) for item in chunk]
+                    uow.flush()
+                    return results
+            except _ChunkAgain:
+                continue
+            except OperationalError as error:
+                if getattr(error.orig, "sqlstate", None) not in _RETRYABLE_SQLSTATES:
+                    raise
+        raise Conflict("Concurrent requests kept taking this batch's idempotency keys or rows while "
+                       "it was judged; send the batch again (events already answered are replayed).")
+
+    def _fire_item(self, conn: Connection, uow: EventUnit, item: BatchItem, actor: str,
+                   role: str | None) -> Result:
+        """`_fire_in` for one item of a chunk's unit: a raised refusal undoes this item only."""
+        key = item.idempotency_key
+        if key is not None:
+            try:
+                stored = self.idempotency.replay(conn, key, item.fingerprint)
+            except IdempotencyMismatch as mismatch:
+                return Result(mismatch.status, problem(mismatch))
+            if stored is not None:
+                return stored
+        uow.keep_effects()  # the items before are final; a refusal rolls back to here
+        instance_id, event, data = item.instance, item.event, item.data
+        try:
+            record = uow.get(instance_id)
+            if role is not None:
+                authorize(uow.engine, record, event, role)
+            if item.if_match is not None and record["version"] != item.if_match:
+                raise StaleVersion(f"The instance '{instance_id}' is at version {record['version']}, not "
+                                   f"{item.if_match}; read it again and retry.")
+            try:
+                uow.apply(instance_id, event, data, actor)
+                uow.flush()  # the reply lists the instance's timers as stored
+                result = Result(200, self.reads.record_dict(uow, uow.records[instance_id]))
+            except SendFailed as failure:
+                uow.rollback_to(0)
+                uow.record_failure(instance_id, event, data, actor, failure)
+                result = Result(failure.status, problem(failure))
+            except GuardDenied as denied:  # the denied attempt stays in the history
+                result = Result(denied.status, problem(denied))
+        except TollgateError as error:  # what `fire` raises: nothing of this item is kept
+            uow.rollback_to(0)
+            return Result(error.status, problem(error))
+        if key is not None:
+            try:
+                self.idempotency.store(conn, key, item.fingerprint, result)
+            except IntegrityError:
+                # A concurrent request committed this key first: judge the chunk again, so this
+                # item answers what that request answered.
+                raise _ChunkAgain from None
         return result
 
     def _dry_run(self, instance_id: str, event: str, data: Mapping[str, Any], role: str | None) -> Result:

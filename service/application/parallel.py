@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 from tollgate.service.application.judging import Units
 from tollgate.service.application.leases import ClockLeases
 from tollgate.service.application.rules_versions import RulesVersions
-from tollgate.service.application.sweeps import Span, Sweeps, _Event
+from tollgate.service.application.sweeps import Collect, Span, Sweeps, _Event
 from tollgate.service.application.times import system_now
 from tollgate.service.storage.db import Database
 
@@ -98,7 +98,7 @@ def _ready() -> int:
     return os.getpid()
 
 
-def _sweep_span(clock_id: str, span: Span, batch: int, actor: str, collect: bool,
+def _sweep_span(clock_id: str, span: Span, batch: int, actor: str, collect: Collect,
                 lease: str | None = None) -> tuple[int, list[dict[str, Any]], Counter[str]]:
     sweeps = _worker()
     before = Counter(sweeps.optimistic_counts)
@@ -146,7 +146,7 @@ class WorkerPool:
             future.result()
 
     def sweep(self, clock_id: str, spans: list[Span], *, batch: int, actor: str,
-              collect: bool, lease: str | None = None) -> tuple[int, list[dict[str, Any]]]:
+              collect: Collect, lease: str | None = None) -> tuple[int, list[dict[str, Any]]]:
         """Fire every timer of `spans`, each span by the next free worker; returns the number
         handled and the entries in span order. A worker's error is raised once every span is done.
         `lease`: the advance's lease on the clock, renewed and checked by every batch's write."""

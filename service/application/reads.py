@@ -125,6 +125,56 @@ class Reads:
                      "delivery": delivery_view(n)}
                     for n in conn.execute(query)]
 
+    def notification_page(self, *, instance: str | None = None, account: str | None = None,
+                          channel: str | None = None, template: str | None = None, state: str | None = None,
+                          since: datetime | None = None, limit: int = 50, cursor: str | None = None,
+                          reveal: Callable[[str | None], bool] | None = None) -> dict[str, Any]:
+        """A page of the outbox, oldest (lowest id) first, after `cursor` (`next_cursor` of the
+        page before; None on the last page). Filters: the instance; the account (its own
+        notifications and those of the instances that reference it); channel; template; delivery
+        `state` (`delivery_state_clause`); created at or after `since`. One indexed query a page.
+        """
+        if not 1 <= limit <= 500:
+            raise BadRequest(f"The limit must be between 1 and 500, not {limit}.",
+                             [Problem("limit", f"{limit} is not between 1 and 500", file="query")])
+        query = (select(notifications, instances.c.clock)
+                 .join(instances, instances.c.id == notifications.c.instance))
+        if instance is not None:
+            query = query.where(notifications.c.instance == instance)
+        if account is not None:
+            query = query.where(or_(instances.c.account == account, instances.c.id == account))
+        if channel is not None:
+            query = query.where(notifications.c.channel == channel)
+        if template is not None:
+            query = query.where(notifications.c.template == template)
+        if state is not None:
+            query = query.where(delivery_state_clause(state))
+        if since is not None:
+            query = query.where(notifications.c.created_at >= since)
+        if cursor is not None:
+            query = query.where(notifications.c.id > decode_id_cursor(cursor))
+        query = query.order_by(notifications.c.id).limit(limit + 1)
+        with self.db.read() as conn:
+            rows = list(conn.execute(query))
+        items = [{"id": n.id, "instance": n.instance, "template": n.template, "channel": n.channel,
+                  "recipient": n.recipient,
+                  "payload": n.payload if reveal is None or reveal(n.clock) else
+                  redact_payload(n.template, n.payload), "created_at": rfc3339(n.created_at),
+                  "delivery": delivery_view(n)}
+                 for n in rows[:limit]]
+        next_cursor = encode_id_cursor(rows[limit - 1].id) if len(rows) > limit else None
+        return {"items": items, "next_cursor": next_cursor}
+
+    def backlogs(self, now: datetime) -> dict[str, Any]:
+        """For the metrics, at scrape time: real-time timers due by `now` and not yet fired (one
+        range count on the `ix_timers_due` index), and the undelivered notifications by channel."""
+        with self.db.read() as conn:
+            due = conn.execute(select(func.count()).select_from(timers)
+                               .where(timers.c.clock.is_(None), timers.c.due_at <= now)).scalar_one()
+            outbox = conn.execute(select(notifications.c.channel, func.count()).where(undelivered_clause())
+                                  .group_by(notifications.c.channel)).all()
+        return {"due_timers": int(due), "outbox": {str(channel): int(n) for channel, n in outbox}}
+
     def failed_timers(self, *, instance_id: str | None = None,
                       clock_id: str | None = None) -> list[dict[str, Any]]:
         """Timers parked because the rules failed on their event (oldest failure first), for
@@ -140,6 +190,50 @@ class Reads:
                      "event": t.event, "at": rfc3339(t.due_at), "clock": t.clock,
                      "failed_at": rfc3339(t.failed_at), "error": t.error, "rules_version": t.rules_version}
                     for t in conn.execute(query)]
+
+
+#: Delivery states of a notification (the relay's; see README "Delivery").
+DELIVERY_STATES = ("pending", "delivered", "retrying", "dead")
+
+
+def delivery_state_clause(state: str) -> Any:
+    """The WHERE clause for notifications in the delivery `state` (migration 0011's column)."""
+    if state not in DELIVERY_STATES:
+        states = ", ".join(DELIVERY_STATES)
+        raise BadRequest(f"The state '{state}' is not a delivery state; give one of {states}.",
+                         [Problem("state", f"{state!r} is not one of {states}", file="query")])
+    return notifications.c.delivery_state == state
+
+
+def undelivered_clause() -> Any:
+    """The WHERE clause for the outbox backlog: notifications not yet delivered and not dead
+    (the relay's due index, which leads with the state, keeps counting it cheap)."""
+    return notifications.c.delivery_state.in_(("pending", "retrying"))
+
+
+def encode_id_cursor(last_id: int) -> str:
+    """An opaque cursor after the row id `last_id` (outbox pages, fired timers)."""
+    import base64
+    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_id_cursor(cursor: str) -> int:
+    """The id an `encode_id_cursor` cursor holds; anything else is refused unparsed (400)."""
+    import base64
+    import binascii
+    refused = BadRequest("The cursor is not one this server issued; send the next_cursor of the "
+                         "previous page unchanged, or leave cursor out to start from the first page.",
+                         [Problem("cursor", "not a cursor this server issued", file="query")])
+    if len(cursor) > 40:
+        raise refused
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (ValueError, binascii.Error):
+        raise refused from None
+    match = re.fullmatch(r"id:(\d{1,18})", raw)
+    if match is None:
+        raise refused
+    return int(match.group(1))
 
 
 def _parked(name: str, event: str, at: str | None, failed_at: str | None, error: str) -> dict[str, Any]:

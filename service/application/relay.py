@@ -43,7 +43,7 @@ from sqlalchemy.orm import aliased
 
 from tollgate.service.application.times import rfc3339
 from tollgate.service.delivery.channels import Delivery, Sender, SendResult
-from tollgate.service.storage.db import Database
+from tollgate.service.storage.db import Database, note
 from tollgate.service.storage.tables import instances, notification_attempts, notifications
 from tollgate.workflows.exceptions import NotFound
 
@@ -189,6 +189,8 @@ class Outbox:
                 moved.append({"i": delivery.id, "s": "retrying", "a": retry_at, "st": result.status})
         with self.db.transaction() as conn:
             conn.execute(notification_attempts.insert(), attempts)
+            for claimed, result, _ in outcomes:  # /metrics: attempts by channel and result, once committed
+                note(conn, "delivery", (claimed.delivery.channel, result.delivered))
             for status, ids in delivered.items():
                 conn.execute(update(notifications).where(n.id.in_(ids), n.claim == token).values(
                     delivery_state="delivered", next_attempt_at=None, claim=None, last_status=status))

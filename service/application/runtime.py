@@ -79,13 +79,16 @@ class Runtime:
         self.list_instances = self.reads.list_instances
         self.history = self.reads.history
         self.notifications = self.reads.notifications
+        self.notification_page = self.reads.notification_page
         self.failed_timers = self.reads.failed_timers
         self.create_instance = self.events.create_instance
         self.fire = self.events.fire
+        self.fire_batch = self.events.fire_batch
         self.fingerprint = self.idempotency.fingerprint
         self.create_clock = self.clocks.create_clock
         self.get_clock = self.clocks.get_clock
         self.advance_clock = self.clocks.advance_clock
+        self.fired_page = self.clocks.fired_page
         self.sweep = self.sweeps.sweep
         self.fire_many = self.batches.fire_many
         self.start_workers = self.parallel.start

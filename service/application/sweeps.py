@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import partial
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from sqlalchemy import Connection
 
@@ -25,10 +25,15 @@ from tollgate.service.application.judging import EventUnit, Units
 from tollgate.service.application.leases import ClockLeases
 from tollgate.service.application.times import rfc3339
 from tollgate.service.exceptions import GuardDenied, RulesFailed, SendFailed, StaleBatch
+from tollgate.service.storage import db as database
 from tollgate.service.storage.db import Database
 from tollgate.workflows.exceptions import BadRequest, InvalidTransition, NotFound
 
 TIMER_ACTOR = "timer"
+#: What a sweep returns of the timers it fired: an entry each (True), nothing (False), or
+#: ("counts") one `{"event", "outcome", "count"}` entry per event and outcome of each batch, so an
+#: advance of a million timers tallies them without holding an entry each (`Clocks.advance_clock`).
+Collect = bool | Literal["counts"]
 _T = TypeVar("_T")
 
 log = logging.getLogger("tollgate.timers")
@@ -68,7 +73,7 @@ class Sweeps:
         self.optimistic_counts: Counter[str] = Counter()
 
     def sweep(self, clock_id: str | None, until: datetime, *, batch: int = 1000, actor: str = TIMER_ACTOR,
-              collect: bool = True, lease: str | None = None) -> tuple[int, list[dict[str, Any]]]:
+              collect: Collect = True, lease: str | None = None) -> tuple[int, list[dict[str, Any]]]:
         """Claim up to `batch` due timers and fire them in one transaction; returns how many were
         handled and (if `collect`) what each did.
 
@@ -95,7 +100,7 @@ class Sweeps:
         return handled, entries
 
     def sweep_span(self, clock_id: str, span: Span, *, batch: int = 1000, actor: str = TIMER_ACTOR,
-                   collect: bool = True, lease: str | None = None) -> tuple[int, list[dict[str, Any]]]:
+                   collect: Collect = True, lease: str | None = None) -> tuple[int, list[dict[str, Any]]]:
         """One batch of a parallel sweep (`parallel.py`): up to `batch` of the timers of
         `span` (one instant of a test clock, one range of instance ids), judged outside the write
         lock and written if nothing they read has changed meanwhile (`judge_then_write`); the
@@ -153,7 +158,7 @@ class Sweeps:
         return result
 
     def fire_due(self, uow: EventUnit, clock_id: str | None, until: datetime, batch: int, actor: str,
-                  collect: bool, span: Span | None = None) -> tuple[int, list[dict[str, Any]]]:
+                  collect: Collect, span: Span | None = None) -> tuple[int, list[dict[str, Any]]]:
         """Claim and fire due timers into `uow` (see `sweep`); returns the number claimed and the
         entries (if `collect`)."""
         entries: list[dict[str, Any]] = []
@@ -164,8 +169,12 @@ class Sweeps:
             return 0, entries
         if clock_id is not None and instant is not None:
             uow.set_clock(clock_id, instant)
+        elif clock_id is None and database.COMMIT_OBSERVERS:  # timer lag (fired − due), for the metrics
+            now, stamp = uow.now_of(None), uow.reader.stamp_now
+            database.note(uow.conn, "timer_lag", [(now - stamp(t.due_at)).total_seconds() for t in claimed])
         self.prefetch_for(uow, claimed)
         due_text: dict[Any, str | None] = {}
+        tally: Counter[tuple[str, str]] | None = Counter() if collect == "counts" else None
         timer_ops, records = uow.timer_ops, uow.records
         for timer in claimed:
             instance, name, event, due_at = timer
@@ -179,6 +188,9 @@ class Sweeps:
                 record = uow.find(instance)
                 if record is None:
                     continue
+            if tally is not None:
+                tally[(event, self.attempt(uow, instance, event, {}, actor, None, timer))] += 1
+                continue
             if not collect:
                 self.attempt(uow, instance, event, {}, actor, None, timer)
                 continue
@@ -189,6 +201,8 @@ class Sweeps:
                      "to": record["state"], "at": at, "timer": name}
             self.attempt(uow, instance, event, {}, actor, entry, timer)
             entries.append(entry)
+        if tally is not None:
+            entries = [{"event": e, "outcome": o, "count": n} for (e, o), n in tally.items()]
         return len(claimed), entries
 
     @staticmethod

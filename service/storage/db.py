@@ -7,6 +7,7 @@ checkpoints, cluster locks) is here; what differs between the dialects is `diale
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -17,7 +18,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 
 from tollgate.service.storage.dialects import PAGE_SIZE, dialect_for_url, dumps
 
@@ -36,6 +37,34 @@ BULK_GC_THRESHOLD = (50_000, 20, 10)
 #: number is the PostgreSQL advisory lock key.
 CLUSTER_LOCKS = {"schema": 0x746F6C6C_0001, "rules_versions": 0x746F6C6C_0002,
                  "rules_takeover": 0x746F6C6C_0003}
+
+#: Told what each transaction wrote once it commits (`note`): [(kind, value), …]. The metrics
+#: edge (`service/metrics.py`) registers here; with none registered, `note` keeps nothing.
+COMMIT_OBSERVERS: list[Callable[[list[tuple[str, Any]]], None]] = []
+_NOTES = "tollgate.notes"
+log = logging.getLogger("tollgate.storage")
+
+
+def note(conn: Connection, kind: str, value: Any) -> None:
+    """Remember `value` (of `kind`) for the COMMIT_OBSERVERS, told when `conn`'s transaction
+    commits; forgotten if it rolls back (or if a group commit's job is undone alone)."""
+    if COMMIT_OBSERVERS:
+        conn.info.setdefault(_NOTES, []).append((kind, value))
+
+
+def _committed(conn: Connection) -> None:
+    notes = conn.info.pop(_NOTES, None)
+    if notes:
+        for observe in COMMIT_OBSERVERS:
+            try:
+                observe(notes)
+            except Exception:  # counting must never stop a commit
+                log.exception("A commit observer failed; the transaction commits regardless.")
+
+
+def _rolled_back(conn: Connection) -> None:
+    conn.info.pop(_NOTES, None)
+
 
 _GC_LOCK = threading.Lock()
 _bulk_depth = 0
@@ -90,6 +119,8 @@ class Database:
         kwargs: dict[str, Any] = {"echo": echo, "json_serializer": dumps, "json_deserializer": orjson.loads,
                                   **dialect.engine_options(self.url)}
         self.engine: Engine = create_engine(self.url, **kwargs)
+        event.listen(self.engine, "commit", _committed)
+        event.listen(self.engine, "rollback", _rolled_back)
         single = dialect.single_writer
         self._write_lock: threading.Lock | None = threading.Lock() if single else None
         #: One writer at a time: a lock shared with sibling processes (the worker pool of
@@ -207,10 +238,12 @@ class Database:
                 assert raw is not None
                 for job in batch:
                     raw.execute("SAVEPOINT tollgate_job")
+                    noted = len(connection.info.get(_NOTES, ()))
                     try:
                         job.result = job.work(connection)
                     except BaseException as error:  # handed to the job's own caller
                         raw.execute("ROLLBACK TO SAVEPOINT tollgate_job")
+                        del connection.info.get(_NOTES, [])[noted:]
                         job.error = error
                     raw.execute("RELEASE SAVEPOINT tollgate_job")
         except BaseException as error:  # the commit itself failed: nobody's work is stored
@@ -236,6 +269,18 @@ class Database:
             self.cluster_lock(connection, "schema")  # processes starting together migrate once
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+
+    def migration_status(self) -> tuple[str | None, str | None]:
+        """(the database's Alembic revision, the newest migration's): equal when the schema is current."""
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        head = ScriptDirectory.from_config(config).get_current_head()
+        with self.read() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+        return current, head
 
     def cluster_lock(self, connection: Connection, name: str) -> None:
         """Enter the critical section `name` of `CLUSTER_LOCKS` for the rest of `connection`'s

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, update
 
 from tollgate.service.exceptions import StaleBatch
+from tollgate.service.storage import db as database
 from tollgate.service.storage import keys as declared_keys
 from tollgate.service.storage.bulk import BulkWriter, Reader
 from tollgate.service.storage.dialects import same
@@ -377,6 +378,11 @@ class UnitOfWork:
         if rows.keys_written:
             bulk.insert("instance_keys", declared_keys.KEY_COLUMNS, rows.keys_written, declared_keys.UPSERT)
         bulk.insert("history", HISTORY_COLUMNS, rows.history)
+        if database.COMMIT_OBSERVERS and rows.history:  # for the metrics: (workflow, event, outcome, reasons)
+            records = self.records
+            database.note(self.conn, "history", [
+                (records[r[0]]["workflow"] if r[0] in records else "", r[2], r[5],
+                 r[6] if r[5] != "applied" else None) for r in rows.history])
         # cancelled or fired: deleted; armed: inserted or replaced in one statement
         bulk.delete_pairs("timers", "instance", "name", rows.timers_deleted)
         bulk.insert("timers", TIMER_COLUMNS, rows.timers_armed,

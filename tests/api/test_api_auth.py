@@ -29,9 +29,11 @@ EDITORS = {"policy_editor", "admin"}
 
 def allowed_roles(route: Route) -> set[str]:
     """Who SPEC §4 lets call a route, derived from the method and path alone."""
+    if route.path == "/metrics":  # Prometheus' own `monitor` token, or any reader of the service
+        return {"viewer", "operator", "admin", "monitor"}
     if route.method == "GET":
         return READERS
-    if route.path == "/instances/{id}/events":
+    if route.path in ("/instances/{id}/events", "/events"):
         return OPERATORS | {"gateway"}
     return EDITORS if route.path.startswith("/rules") else OPERATORS
 

@@ -91,7 +91,7 @@ def test_notifications_list_the_outbox_of_an_instance(api: Client, clock: str) -
     assert sent["recipient"].lower() == "member@example.com"
     assert sent["payload"]["code"] == "[redacted]"  # read-only roles never read codes: tests/test_secrets.py
     assert sent["created_at"] == "2025-03-05T03:00:00+00:00"
-    assert api.get(f"/notifications?instance={other}").get_json() == {"items": []}
+    assert api.get(f"/notifications?instance={other}").get_json() == {"items": [], "next_cursor": None}
     assert len(api.get("/notifications").get_json()["items"]) == 1
 
 

@@ -14,7 +14,7 @@ from tests.helpers.kst import kst_instant
 from tests.helpers.paths import RULES_PATH
 
 API_TOKENS = {"viewer": "tok-viewer", "operator": "tok-operator", "policy_editor": "tok-editor",
-              "gateway": "tok-gateway", "admin": "tok-admin"}
+              "gateway": "tok-gateway", "admin": "tok-admin", "monitor": "tok-monitor"}
 API_NOW = kst_instant(2025, 3, 5, 12)  # real time, pinned, for instances without a test clock
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from tests.helpers.client import LOOPBACK, Client, SocketTransport
 from tests.helpers.paths import ROOT, RULES_PATH
 
-ROLES = ("viewer", "operator", "policy_editor", "admin")
+ROLES = ("viewer", "operator", "policy_editor", "admin", "monitor")
 START_TIMEOUT = 90.0  # seconds; generous, the machine is shared
 STOP_TIMEOUT = 20.0
 
@@ -64,7 +64,7 @@ def free_port() -> int:
 
 
 def role_tokens() -> dict[str, str]:
-    """A fresh random token for each of the four roles."""
+    """A fresh random token for each of these roles."""
     return {role: f"{role}-{secrets.token_urlsafe(12)}" for role in ROLES}
 
 
