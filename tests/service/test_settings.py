@@ -54,7 +54,7 @@ def test_a_bad_value_fails_naming_its_variable(variable: str, value: str) -> Non
 
 def test_every_variable_is_in_the_readme_settings_table() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    table = readme.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    table = readme.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
     for variable in ENVIRONMENT:
         assert f"`{variable}`" in table, f"{variable} is missing from README ## Settings"
 
