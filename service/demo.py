@@ -1,11 +1,14 @@
 """`tollgate demo`: one account through signup, payment, credit and two billing months.
 
 Runs the real runtime on a throw-away SQLite database and a test clock, acting as the member and
-as the payment gateway, then prints the timeline from the history (KST).
+as the payment gateway (October's charge request goes out through the relay's signed webhook to a
+loopback gateway, which reports it back in one batch: `demo_gateway.py`), then prints the
+timeline from the history (KST).
 """
 
 from __future__ import annotations
 
+import io
 import sys
 from datetime import datetime
 from typing import Any, TextIO
@@ -15,6 +18,7 @@ from sqlalchemy import select
 
 from tollgate.service.application.runtime import Runtime
 from tollgate.service.bootstrap import start_runtime
+from tollgate.service.demo_gateway import round_trip
 from tollgate.service.settings import Settings
 from tollgate.service.storage.tables import history, instances
 
@@ -38,8 +42,8 @@ class Member:
         return self.rt.fire(instance, event, data or {}, actor="demo").status
 
 
-def script(rt: Runtime) -> str:
-    """Run the scenario; return the account id."""
+def script(rt: Runtime, out: TextIO | None = None) -> str:
+    """Run the scenario (the gateway's round trip printed on `out`); return the account id."""
     clock = rt.create_clock(kst(2026, 9, 28, 21, 0), "demo")["id"]
     m = Member(rt, clock)
     account = rt.create_instance("signup", {}, instance_id="acct_demo", clock=clock, actor="demo")["id"]
@@ -74,7 +78,8 @@ def script(rt: Runtime) -> str:
                                   instance_id="inv_2026_11", actor="demo")["id"]
     m.at(kst(2026, 11, 3, 13, 59))
     m.at(kst(2026, 11, 10, 0, 1))
-    m.fire(october, "charge_succeeded", {"payment_ref": "pg-20261110-0001"})
+    # the first autopay day wrote a charge request: out through the relay's signed webhook, back in a batch
+    round_trip(rt, out or io.StringIO(), "pg-20261110-0001")
     m.at(kst(2026, 11, 30, 20, 0))
     m.fire(november, "add_usage", {"amount": 86_000})
     for day in range(10, 15):
@@ -100,7 +105,7 @@ def render(rows: list[dict[str, Any]], out: TextIO) -> None:
         when = row["at"].astimezone(KST).strftime("%Y-%m-%d %H:%M")
         move = f"{row['from_state'] or '∅'} → {row['to_state']}"
         mark = "" if row["outcome"] == "applied" else "  ✗ refused"
-        actor = "  (timer)" if row["actor"] == "timer" else ""
+        actor = {"timer": "  (timer)", "gateway": "  (gateway, POST /events batch)"}.get(row["actor"], "")
         out.write(f"{when:<17} {row['workflow']:<15} {row['event']:<26} {move}{mark}{actor}\n")
         for reason in row["reasons"]:
             out.write(f"{'':<17}   ↳ {reason['rule']}: {reason['message']['ko']}\n")
@@ -111,7 +116,7 @@ def render(rows: list[dict[str, Any]], out: TextIO) -> None:
 
 def run(out: TextIO = sys.stdout, rules: str = "rules.yaml", database_url: str = "sqlite://") -> int:
     runtime, _ = start_runtime(Settings(database_url=database_url, rules=rules))
-    account = script(runtime)
+    account = script(runtime, out)
     render(timeline(runtime, account), out)
     states = {i["id"]: i["state"] for i in runtime.list_instances(account=account, limit=50)["items"]}
     out.write("\ninvoices:\n")
