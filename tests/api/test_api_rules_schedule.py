@@ -124,7 +124,7 @@ def test_a_clock_advanced_across_the_instant_replans_armed_timers(api: Client, l
     assert instance["state"] == "type_selection"
     assert abandon_due(instance) == T + 71 * HOUR
     fired = api.ok("POST", f"/clocks/{clock}/advance", json={"to": (T + 71 * HOUR).isoformat()})["fired"]
-    assert [(f["instance"], f["timer"], f["to"]) for f in fired] == [(signup, "signup_abandoned", "expired")]
+    assert [(f["instance"], f["event"], f["to"]) for f in fired] == [(signup, "expire", "expired")]
     expired = api.history(signup)[-1]
     assert expired["event"] == "expire" and expired["rules_version"] == 2
     assert api.history(signup)[0]["rules_version"] == 1  # its creation still names version 1
