@@ -200,6 +200,28 @@ def _worker(args: argparse.Namespace) -> int:
     from tollgate.service.bootstrap import build_relay
 
     relay = build_relay(settings, runtime)
+    if settings.worker_metrics_port is not None:
+        from tollgate.service.auth import CHALLENGE, allowed, parse_tokens, role_of
+        from tollgate.service.metrics import serve_worker_metrics
+
+        tokens = parse_tokens(settings.tokens)
+
+        def authorize(header: str | None) -> int:
+            role = role_of(header, tokens)
+            return 401 if role is None else 200 if allowed(role, "metrics") else 403
+
+        try:
+            if not tokens:
+                raise ValueError("--metrics-port needs TOLLGATE_TOKENS with a role that may read metrics "
+                                 "(monitor, viewer, operator or admin): the endpoint is never open.")
+            serve_worker_metrics(settings.worker_metrics_host, settings.worker_metrics_port, authorize,
+                                 CHALLENGE)
+        except (ValueError, OSError) as error:
+            runtime.close()
+            print(f"tollgate worker: {error}", file=sys.stderr)
+            return 2
+        print(f"tollgate worker: metrics on http://{settings.worker_metrics_host}:{settings.worker_metrics_port}"
+              "/metrics", flush=True)
     scheduler = Scheduler(runtime, interval=args.interval, batch=args.batch, relay=relay,
                           relay_interval=settings.relay_interval)
     try:
@@ -222,7 +244,9 @@ def _settings(args: argparse.Namespace) -> Settings:
     """The environment's settings with the command line's --database and --rules over them."""
     from tollgate.service.settings import Settings
 
-    return Settings.from_environment(database_url=args.database, rules=args.rules)
+    return Settings.from_environment(database_url=args.database, rules=args.rules,
+                                     worker_metrics_port=getattr(args, "metrics_port", None),
+                                     worker_metrics_host=getattr(args, "metrics_host", None))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -276,6 +300,12 @@ def _register_worker(subparsers: Subparsers) -> None:
     parser.add_argument("--once", action="store_true", help="one sweep, then exit")
     parser.add_argument("--until-idle", action="store_true",
                         help="sweep until nothing is due (checked twice, --interval apart), then exit")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve this worker's own /metrics on PORT, behind TOLLGATE_TOKENS "
+                        "(default: $TOLLGATE_WORKER_METRICS_PORT, none)")
+    parser.add_argument("--metrics-host", metavar="ADDRESS",
+                        help="the address of --metrics-port "
+                        "(default: $TOLLGATE_WORKER_METRICS_HOST, 127.0.0.1)")
     _add_storage_options(parser)
     parser.set_defaults(handler=_worker)
 

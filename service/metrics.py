@@ -28,9 +28,12 @@ prometheus_client picks its storage when it is first imported.
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import orjson
 from prometheus_client import (
@@ -139,4 +142,46 @@ def exposition(gauges: Gauges) -> bytes:
     return generate_latest(registry)
 
 
-__all__ = ["CONTENT_TYPE", "REGISTRY", "delivery_attempted", "exposition", "install", "observe_request"]
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not worth a log line each
+        pass
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def serve_worker_metrics(host: str, port: int, authorize: Callable[[str | None], int],
+                         challenge: str) -> WSGIServer:
+    """`tollgate worker --metrics-port`: this worker's own counters (events and denials it
+    committed, timer lag, deliveries) on `http://host:port/metrics`, on a thread. `authorize`
+    answers 200, 401 or 403 for an Authorization header (the caller binds the API's tokens: a role
+    with the `metrics` permission); `challenge` is the WWW-Authenticate of a 401.
+
+    A worker serves no API, so its side port is prometheus_client's own kind of server (wsgiref,
+    threaded); the database gauges (backlogs, rules version) are the servers' to report."""
+    install()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ.get("PATH_INFO") != "/metrics" or environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"Only GET /metrics is served here.\n"]
+        status = authorize(environ.get("HTTP_AUTHORIZATION"))
+        if status == 401:
+            start_response("401 Unauthorized", [("Content-Type", "text/plain"),
+                                                ("WWW-Authenticate", challenge)])
+            return [b"A bearer token of a role that may read metrics is required.\n"]
+        if status != 200:
+            start_response("403 Forbidden", [("Content-Type", "text/plain")])
+            return [b"This role may not read metrics.\n"]
+        body = exposition(dict)
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body)))])
+        return [body]
+
+    server = make_server(host, port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="tollgate-metrics", daemon=True).start()
+    return server
+
+
+__all__ = ["CONTENT_TYPE", "REGISTRY", "delivery_attempted", "exposition", "install", "observe_request",
+           "serve_worker_metrics"]

@@ -34,7 +34,10 @@ ENVIRONMENT = {"TOLLGATE_DATABASE_URL": "database_url", "TOLLGATE_RULES": "rules
                "TOLLGATE_HOST": "host", "TOLLGATE_PORT": "port", "TOLLGATE_WORKERS": "workers",
                "TOLLGATE_THREADS": "threads",
                "TOLLGATE_SCHEDULER_INTERVAL_SECONDS": "scheduler_interval",
-               "TOLLGATE_SCHEDULER_BATCH": "scheduler_batch"}
+               "TOLLGATE_SCHEDULER_BATCH": "scheduler_batch",
+               # `tollgate worker --metrics-port` (its own /metrics, behind the API's tokens)
+               "TOLLGATE_WORKER_METRICS_HOST": "worker_metrics_host",
+               "TOLLGATE_WORKER_METRICS_PORT": "worker_metrics_port"}
 # Delivery (service/application/relay.py, service/delivery/webhooks.py; README "Delivery").
 ENVIRONMENT.update({
     "TOLLGATE_RELAY_RETRY_BASE_SECONDS": "relay_retry_base", "TOLLGATE_RELAY_RETRY_WINDOW_SECONDS":
@@ -93,6 +96,9 @@ class Settings:
     #: The scheduler thread of each server worker: seconds between idle sweeps, timers per sweep.
     scheduler_interval: float = 1.0
     scheduler_batch: int = 500
+    #: `tollgate worker`'s own /metrics side port (None: none) and the address it listens on.
+    worker_metrics_port: int | None = None
+    worker_metrics_host: str = "127.0.0.1"
     #: Real time for the application (tests pin it); None: the system clock.
     now: Callable[[], datetime] | None = None
 
@@ -133,6 +139,13 @@ class Settings:
                 _bounded_int(values["workers"], "workers", 1, 64, "\"auto\" or a number of processes")
         if "threads" in values:
             values["threads"] = _bounded_int(values["threads"], "threads", 1, 256, "a number of threads")
+        if "worker_metrics_host" in values:
+            values["worker_metrics_host"] = host(values["worker_metrics_host"])
+        if values.get("worker_metrics_port") in ("", None):
+            values.pop("worker_metrics_port", None)
+        else:
+            values["worker_metrics_port"] = _bounded_int(values["worker_metrics_port"], "worker_metrics_port",
+                                                         1, 65535, "a TCP port")
         if "scheduler_interval" in values:
             values["scheduler_interval"] = _seconds(values["scheduler_interval"], "scheduler_interval")
         if "scheduler_batch" in values:

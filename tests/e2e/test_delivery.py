@@ -225,3 +225,57 @@ def test_a_month_of_invoices_mails_every_email_notice_once_over_smtp(backend: st
     assert issued, [str(m["Subject"]) for m in messages]
     kinds = {part.get_content_type() for m in messages for part in m.iter_parts()}
     assert kinds == {"text/plain", "text/html"}
+
+
+def test_a_worker_serves_its_own_metrics_behind_the_tokens(tmp_path: Path) -> None:
+    """`tollgate worker --metrics-port`: the deliveries it committed are on its own /metrics, for a
+    role that may read metrics only (401 without a token, 403 for the gateway role)."""
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.helpers.server import free_port
+
+    n = 25
+    port = free_port()
+    tokens = "monitor=mon-token-e2e,gateway=gw-token-e2e"
+
+    def scrape(token: str | None) -> tuple[int, str]:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, ""
+
+    with database_url("sqlite", tmp_path) as url, Receiver(tmp_path, SECRET, name="sms") as sms:
+        _seed_sms(url, n)
+        env = _webhook_env(sms, TOLLGATE_TOKENS=tokens, TOLLGATE_WORKER_METRICS_PORT=str(port))
+        worker = _worker(url, env, tmp_path / "worker.log")
+        try:
+            poll(lambda: _states(url, "sms") == Counter({"delivered": n}), timeout=WAIT,
+                 what="every notification delivered")
+            poll(lambda: scrape("mon-token-e2e")[0] == 200, timeout=WAIT, what="the worker's /metrics")
+            status, text_ = scrape("mon-token-e2e")
+            assert status == 200
+            refused = scrape(None)[0], scrape("gw-token-e2e")[0], scrape("not-a-token")[0]
+        finally:
+            _stop(worker)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text_) for s in family.samples}
+    assert samples[("tollgate_delivery_attempts_total", (("channel", "sms"), ("result", "delivered")))] == n
+    assert refused == (401, 403, 401)
+    assert "metrics on http://127.0.0.1:" in (tmp_path / "worker.log").read_text()
+
+
+def test_a_worker_refuses_a_metrics_port_without_tokens(tmp_path: Path) -> None:
+    from tests.helpers.server import free_port
+
+    with database_url("sqlite", tmp_path) as url:
+        _seed_sms(url, 1)
+        worker = _worker(url, {"TOLLGATE_WORKER_METRICS_PORT": str(free_port())}, tmp_path / "worker.log")
+        assert worker.wait(WAIT) == 2
+    assert "needs TOLLGATE_TOKENS" in (tmp_path / "worker.log").read_text()
