@@ -214,13 +214,13 @@ def _worker(args: argparse.Namespace) -> int:
             if not tokens:
                 raise ValueError("--metrics-port needs TOLLGATE_TOKENS with a role that may read metrics "
                                  "(monitor, viewer, operator or admin): the endpoint is never open.")
-            serve_worker_metrics(settings.worker_metrics_host, settings.worker_metrics_port, authorize,
-                                 CHALLENGE)
+            served = serve_worker_metrics(settings.worker_metrics_host, settings.worker_metrics_port,
+                                          authorize, CHALLENGE)
         except (ValueError, OSError) as error:
             runtime.close()
             print(f"tollgate worker: {error}", file=sys.stderr)
             return 2
-        print(f"tollgate worker: metrics on http://{settings.worker_metrics_host}:{settings.worker_metrics_port}"
+        print(f"tollgate worker: metrics on http://{settings.worker_metrics_host}:{served.server_port}"
               "/metrics", flush=True)
     scheduler = Scheduler(runtime, interval=args.interval, batch=args.batch, relay=relay,
                           relay_interval=settings.relay_interval)
@@ -301,8 +301,8 @@ def _register_worker(subparsers: Subparsers) -> None:
     parser.add_argument("--until-idle", action="store_true",
                         help="sweep until nothing is due (checked twice, --interval apart), then exit")
     parser.add_argument("--metrics-port", type=int, metavar="PORT",
-                        help="serve this worker's own /metrics on PORT, behind TOLLGATE_TOKENS "
-                        "(default: $TOLLGATE_WORKER_METRICS_PORT, none)")
+                        help="serve this worker's own /metrics on PORT (0: any free port, printed), behind "
+                        "TOLLGATE_TOKENS (default: $TOLLGATE_WORKER_METRICS_PORT, none)")
     parser.add_argument("--metrics-host", metavar="ADDRESS",
                         help="the address of --metrics-port "
                         "(default: $TOLLGATE_WORKER_METRICS_HOST, 127.0.0.1)")

@@ -145,7 +145,7 @@ class Settings:
             values.pop("worker_metrics_port", None)
         else:
             values["worker_metrics_port"] = _bounded_int(values["worker_metrics_port"], "worker_metrics_port",
-                                                         1, 65535, "a TCP port")
+                                                         0, 65535, "a TCP port (0: any free one)")
         if "scheduler_interval" in values:
             values["scheduler_interval"] = _seconds(values["scheduler_interval"], "scheduler_interval")
         if "scheduler_batch" in values:

@@ -9,6 +9,7 @@ real receiver processes (tests/helpers/receiver.py) that verify every signature.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -235,14 +236,14 @@ def test_a_worker_serves_its_own_metrics_behind_the_tokens(tmp_path: Path) -> No
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from tests.helpers.server import free_port
-
     n = 25
-    port = free_port()
     tokens = "monitor=mon-token-e2e,gateway=gw-token-e2e"
+    log = tmp_path / "worker.log"
 
     def scrape(token: str | None) -> tuple[int, str]:
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+        port = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", log.read_text())
+        assert port, log.read_text()[-2000:]
+        request = urllib.request.Request(f"http://127.0.0.1:{port.group(1)}/metrics")
         if token:
             request.add_header("Authorization", f"Bearer {token}")
         try:
@@ -253,8 +254,8 @@ def test_a_worker_serves_its_own_metrics_behind_the_tokens(tmp_path: Path) -> No
 
     with database_url("sqlite", tmp_path) as url, Receiver(tmp_path, SECRET, name="sms") as sms:
         _seed_sms(url, n)
-        env = _webhook_env(sms, TOLLGATE_TOKENS=tokens, TOLLGATE_WORKER_METRICS_PORT=str(port))
-        worker = _worker(url, env, tmp_path / "worker.log")
+        env = _webhook_env(sms, TOLLGATE_TOKENS=tokens, TOLLGATE_WORKER_METRICS_PORT="0")  # any free port
+        worker = _worker(url, env, log)
         try:
             poll(lambda: _states(url, "sms") == Counter({"delivered": n}), timeout=WAIT,
                  what="every notification delivered")
@@ -268,7 +269,6 @@ def test_a_worker_serves_its_own_metrics_behind_the_tokens(tmp_path: Path) -> No
                for family in text_string_to_metric_families(text_) for s in family.samples}
     assert samples[("tollgate_delivery_attempts_total", (("channel", "sms"), ("result", "delivered")))] == n
     assert refused == (401, 403, 401)
-    assert "metrics on http://127.0.0.1:" in (tmp_path / "worker.log").read_text()
 
 
 def test_a_worker_refuses_a_metrics_port_without_tokens(tmp_path: Path) -> None:
