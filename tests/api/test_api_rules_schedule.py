@@ -18,6 +18,7 @@ from flask import Flask
 
 from tests.helpers.app import API_NOW, dispose_app, make_app
 from tests.helpers.client import Client
+from tests.helpers.real_time import RealTime
 from tests.helpers.schemas import assert_conforms
 
 YAML = {"Content-Type": "application/yaml"}
@@ -25,19 +26,11 @@ T = API_NOW + timedelta(days=1)  # the instant the scheduled version takes effec
 HOUR = timedelta(hours=1)
 
 
-class RealTime:
-    """The app's real time, pinned; a test moves it."""
-
-    def __init__(self) -> None:
-        self.now = API_NOW
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture
 def real_time() -> RealTime:
-    return RealTime()
+    return RealTime(API_NOW)
 
 
 @pytest.fixture

@@ -2,51 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
-import pytest
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import inspect, text
 
-from tollgate.service.storage.db import MIGRATIONS, Database
-
-
-def _config(db: Database) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    return config
-
-
-def _run(db: Database, action: str, revision: str) -> None:
-    config = _config(db)
-    with db.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        getattr(command, action)(config, revision)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        db = Database(f"sqlite:///{tmp_path / 'm.db'}")
-    else:
-        db = Database(request.getfixturevalue("postgres_database"))
-        with db.engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
-    yield db
-    if not db.is_sqlite:  # leave the shared PostgreSQL test database migrated for other tests
-        with db.engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
-        db.migrate()
-    db.dispose()
+from tests.helpers.migrations import run_migration
+from tollgate.service.storage.db import Database
 
 
 def test_0002_backfills_history_seq_from_existing_history(empty_db: Database) -> None:
-    _run(empty_db, "upgrade", "0001")
+    run_migration(empty_db, "upgrade", "0001")
     now = datetime(2026, 11, 26, tzinfo=UTC)
     with empty_db.engine.begin() as conn:
         conn.execute(text("INSERT INTO instances (id, workflow, state, context, secrets, version, "
@@ -56,7 +21,7 @@ def test_0002_backfills_history_seq_from_existing_history(empty_db: Database) ->
             conn.execute(text("INSERT INTO history (instance, seq, event, to_state, outcome, reasons, notes, "
                               "data, at, rules_version, actor) VALUES ('a1', :s, 'e', 'login_info', "
                               "'applied', '[]', '[]', '{}', :t, 1, 'test')"), {"s": seq, "t": now})
-    _run(empty_db, "upgrade", "0002")
+    run_migration(empty_db, "upgrade", "0002")
     with empty_db.engine.connect() as conn:
         row = conn.execute(text("SELECT history_seq, version FROM instances WHERE id = 'a1'")).one()
         assert tuple(row) == (3, 2)
@@ -65,7 +30,7 @@ def test_0002_backfills_history_seq_from_existing_history(empty_db: Database) ->
 
 def test_downgrade_and_upgrade_again(empty_db: Database) -> None:
     empty_db.migrate()
-    _run(empty_db, "downgrade", "0001")
+    run_migration(empty_db, "downgrade", "0001")
     assert "history_seq" not in {c["name"] for c in inspect(empty_db.engine).get_columns("instances")}
     empty_db.migrate()
     assert "history_seq" in {c["name"] for c in inspect(empty_db.engine).get_columns("instances")}

@@ -317,19 +317,12 @@ def blank_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def test_migration_0011_marks_existing_notifications_delivered_and_new_ones_pending(blank_url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    from tollgate.service.storage.db import MIGRATIONS
+    from tests.helpers.migrations import run_migration
 
     db = Database(blank_url)
 
     def run(action: str, revision: str) -> None:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        with db.engine.begin() as connection:
-            config.attributes["connection"] = connection
-            getattr(command, action)(config, revision)
+        run_migration(db, action, revision)
 
     def insert(conn: Any, n: int) -> None:
         conn.execute(text("INSERT INTO notifications (instance, template, channel, recipient, payload, "

@@ -10,20 +10,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from alembic import command
-from alembic.config import Config
 from flask import Flask
 from sqlalchemy import inspect, text
 
 from tests.helpers.app import dispose_app, make_app
 from tests.helpers.client import Client
 from tests.helpers.impact_history import History, build_history, candidate
+from tests.helpers.migrations import run_migration
 from tests.helpers.paths import RULES_PATH
 from tollgate.service.application.impact import ARMED_BEFORE, NO_INPUTS, Impact
 from tollgate.service.application.policy_files import load_policy
 from tollgate.service.application.rules_history import RulesHistory
 from tollgate.service.cli import main
-from tollgate.service.storage.db import MIGRATIONS, Database
+from tollgate.service.storage.db import Database
 
 RULES = RULES_PATH.read_text(encoding="utf-8")
 
@@ -89,34 +88,12 @@ def test_trouble_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 # ── migration 0009 ────────────────────────────────────────────────────────────────────────────
 
 
-def _run(db: Database, action: str, revision: str) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    with db.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        getattr(command, action)(config, revision)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        db = Database(f"sqlite:///{tmp_path / 'm.db'}")
-    else:
-        db = Database(request.getfixturevalue("postgres_database"))
-        with db.engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
-    yield db
-    if not db.is_sqlite:  # leave the shared PostgreSQL test database migrated for other tests
-        with db.engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
-        db.migrate()
-    db.dispose()
 
 
 def test_0009_leaves_older_rows_unreplayable_and_downgrades(empty_db: Database) -> None:
-    _run(empty_db, "upgrade", "0008")
+    run_migration(empty_db, "upgrade", "0008")
     now = datetime(2026, 11, 26, tzinfo=UTC)
     policy = load_policy(RULES, "rules.yaml")
     with empty_db.engine.begin() as conn:
@@ -133,7 +110,7 @@ def test_0009_leaves_older_rows_unreplayable_and_downgrades(empty_db: Database) 
                          {"q": seq, "e": event, "f": source, "o": target, "t": now})
         conn.execute(text("INSERT INTO timers (instance, name, event, due_at) VALUES ('acct_old', "
                           "'signup_abandoned', 'expire', :t)"), {"t": now})
-    _run(empty_db, "upgrade", "0009")
+    run_migration(empty_db, "upgrade", "0009")
     columns = {c["name"] for c in inspect(empty_db.engine).get_columns("timers")}
     assert {"armed_at", "armed_seq"} <= columns
     assert "inputs" in {c["name"] for c in inspect(empty_db.engine).get_columns("history")}
@@ -143,7 +120,7 @@ def test_0009_leaves_older_rows_unreplayable_and_downgrades(empty_db: Database) 
     assert report["looking_back"]["replayed"] == 0 and report["changed"] is False
     assert report["looking_ahead"]["not_replannable"] == [
         {"why": ARMED_BEFORE, "count": 1, "examples": ["acct_old"]}]
-    _run(empty_db, "downgrade", "0008")
+    run_migration(empty_db, "downgrade", "0008")
     assert "inputs" not in {c["name"] for c in inspect(empty_db.engine).get_columns("history")}
     assert not {"armed_at", "armed_seq"} & {c["name"] for c in inspect(empty_db.engine).get_columns("timers")}
     with empty_db.engine.connect() as conn:

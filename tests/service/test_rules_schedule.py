@@ -18,6 +18,7 @@ from sqlalchemy import select, text
 
 from tests.helpers.kst import kst_instant
 from tests.helpers.paths import RULES_PATH
+from tests.helpers.real_time import RealTime
 from tollgate.service.application.runtime import Runtime
 from tollgate.service.storage.db import MIGRATIONS, Database
 from tollgate.service.storage.tables import history, rules_state, timers
@@ -27,17 +28,11 @@ T = NOW + timedelta(days=1)
 HOUR = timedelta(hours=1)
 
 
-class RealTime:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture
 def real_time() -> RealTime:
-    return RealTime()
+    return RealTime(NOW)
 
 
 @pytest.fixture
@@ -122,7 +117,7 @@ def test_workers_racing_at_the_instant_replan_once_and_fire_each_timer_once(
     errors: list[BaseException] = []
     fired: list[str] = []
     lock = threading.Lock()
-    clocks = [RealTime() for _ in range(workers)]
+    clocks = [RealTime(NOW) for _ in range(workers)]
     peers = [Runtime(Database(database_url), now=clock) for clock in clocks]
     caplog.set_level(logging.INFO, logger="tollgate.timers")
     caplog.clear()

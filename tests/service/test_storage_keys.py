@@ -14,12 +14,11 @@ from typing import Any
 
 import pytest
 import yaml
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import inspect, text
 
+from tests.helpers.migrations import run_migration
 from tollgate.service.application.policy_files import definitions
-from tollgate.service.storage.db import MIGRATIONS, Database
+from tollgate.service.storage.db import Database
 from tollgate.workflows.definitions import Key
 
 KR = {"country": "KR", "member_type": "individual", "birth_date": "1990-01-01"}
@@ -44,17 +43,11 @@ def test_a_key_value_is_normalised_joined_and_released() -> None:
     assert month.value({"account": "acct_1"}) is None
 
 
-def _run(db: Database, action: str, revision: str) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    with db.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        getattr(command, action)(config, revision)
 
 
 def test_0008_carries_emails_and_invoice_months_into_instance_keys(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'keys.db'}")
-    _run(db, "upgrade", "0007")
+    run_migration(db, "upgrade", "0007")
     now = datetime(2026, 11, 26, tzinfo=UTC)
     rows: list[dict[str, Any]] = [
         {"id": "acct_live", "workflow": "signup", "state": "active", "account": None,
@@ -72,7 +65,7 @@ def test_0008_carries_emails_and_invoice_months_into_instance_keys(tmp_path: Pat
                               "VALUES (:id, :workflow, :state, '{}', '{}', 1, 0, :account, :email, :month, "
                               ":t, :t)"),
                          {**row, "t": now})
-    _run(db, "upgrade", "0008")
+    run_migration(db, "upgrade", "0008")
     with db.engine.connect() as conn:
         kept = {tuple(r) for r in conn.execute(text("SELECT instance, name, workflow, value, unique_value "
                                                    "FROM instance_keys"))}
@@ -80,7 +73,7 @@ def test_0008_carries_emails_and_invoice_months_into_instance_keys(tmp_path: Pat
                     ("inv_1", "account_month", "invoice", "acct_live\x1f2026-10", "acct_live\x1f2026-10")}
     columns = {c["name"] for c in inspect(db.engine).get_columns("instances")}
     assert not columns & {"email", "usage_month"}
-    _run(db, "downgrade", "0007")
+    run_migration(db, "downgrade", "0007")
     with db.engine.connect() as conn:
         back = dict(conn.execute(text("SELECT id, coalesce(email, usage_month) FROM instances")).all())
     assert back == {"acct_live": "live@example.com", "acct_gone": None, "inv_1": "2026-10", "pm_1": None}
