@@ -54,7 +54,9 @@ def _runtime(url: str) -> Any:
     return runtime
 
 
-def _seed_sms(runtime: Any, n: int) -> None:
+def seed_sms(runtime: Any, n: int) -> None:
+    """`n` pending SMS notifications of one account, written straight into the tables (also the
+    tests' seed)."""
     from sqlalchemy import text
 
     now = datetime(2026, 11, 3, tzinfo=UTC)
@@ -76,7 +78,7 @@ def throughput(url: str, n: int, directory: Path, progress: Any = None) -> list[
     from tollgate.service.delivery.webhooks import WebhookSender
 
     runtime = _runtime(url)
-    _seed_sms(runtime, n)
+    seed_sms(runtime, n)
     with Receiver(directory, SECRET, name="bare") as bare_receiver:
         sender = WebhookSender("sms", bare_receiver.url, SECRET)
         created = datetime(2026, 11, 3, tzinfo=UTC)

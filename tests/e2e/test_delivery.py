@@ -14,13 +14,13 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
 from bench.billing import CHARGED_AT, MONTH_END, seed_month
+from bench.relay import seed_sms
 from tests.e2e.conftest import database_url
 from tests.helpers.paths import ROOT, RULES_PATH
 from tests.helpers.postgres import BACKENDS
@@ -63,14 +63,7 @@ def _seed_sms(url: str, n: int) -> None:
 
     runtime = Runtime(Database(url))
     runtime.bootstrap(RULES_PATH)
-    now = datetime(2026, 11, 3, tzinfo=UTC)
-    with runtime.db.engine.begin() as conn:
-        conn.execute(text("INSERT INTO instances (id, workflow, state, context, secrets, version, "
-                          "history_seq, created_at, updated_at) "
-                          "VALUES ('acct', 'signup', 'active', '{}', '{}', 1, 0, :t, :t)"), {"t": now})
-        conn.execute(text("INSERT INTO notifications (instance, template, channel, recipient, payload, "
-                          "created_at) VALUES ('acct', 'invoice_issued', 'sms', '+821000000000', "
-                          "'{\"amount_due\": 1000}', :t)"), [{"t": now}] * n)
+    seed_sms(runtime, n)
     runtime.close()
 
 
