@@ -266,3 +266,22 @@ def test_applied_with_a_rule_that_did_not_hold_fails_naming_it(tmp_path: Path) -
                      "deposit_not_in_future, deposits_cover_due, partner_not_payable")
     assert messages[0].endswith("(phone_owner did not hold there or is not judged there)")
     assert messages[1].endswith("(partner_not_payable did not hold there or is not judged there)")
+
+
+@pytest.mark.parametrize("paths", [["tests/policy"], ["tests/policy/credit.yaml"]])
+def test_the_coverage_file_conforms_to_its_schema(tmp_path: Path, paths: list[str]) -> None:
+    """`--coverage-json` writes what schemas/coverage.schema.json describes, whole or with gaps."""
+    from jsonschema import Draft202012Validator
+
+    from tests.helpers.paths import ROOT
+
+    out = tmp_path / "coverage.json"
+    main(["rules", "test", *(str(ROOT / p) for p in paths), "--rules", str(RULES_PATH),
+          "--coverage-json", str(out)])
+    schema = json.loads((ROOT / "schemas" / "coverage.schema.json").read_text(encoding="utf-8"))
+    Draft202012Validator.check_schema(schema)
+    result = json.loads(out.read_text(encoding="utf-8"))
+    validator = Draft202012Validator(schema)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(result)]
+    assert errors == []
+    assert bool(result["never_exercised"]) == (paths != ["tests/policy"])
